@@ -1,0 +1,276 @@
+/*
+ * config.c - the settings table and its parser.
+ */
+#include "config.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum setting_type { T_STRING, T_INT, T_BOOL, T_ENUM };
+
+struct setting {
+	const char *env;          /* environment variable */
+	const char *flag;         /* --flag */
+	enum setting_type type;
+	size_t offset;            /* into struct obr_config */
+	const char *def;          /* default as text; NULL = unset */
+	int64_t min, max;         /* T_INT bounds */
+	const char *const *choices; /* T_ENUM: index = stored value */
+	const char *help;
+};
+
+static const char *const mode_choices[] = { "listen", "poll", NULL };
+static const char *const level_choices[] = { "error", "warning", "info", "debug", NULL };
+static const char *const format_choices[] = { "text", "json", NULL };
+
+#define OFF(field) offsetof(struct obr_config, field)
+#define DAY_MS INT64_C(86400000)
+
+static const struct setting settings[] = {
+	{ "DATABASE_URL", "database", T_STRING, OFF(database_url), NULL, 0, 0, NULL,
+	  "PostgreSQL connection: a libpq URI or conninfo string (required)" },
+	{ "OUTBOX_MODE", "mode", T_ENUM, OFF(mode), "listen", 0, 0, mode_choices,
+	  "listen: LISTEN/NOTIFY push plus a slow fallback poll; poll: poll only (PgBouncer transaction pooling, managed poolers)" },
+	{ "OUTBOX_CHANNEL", "channel", T_STRING, OFF(channel), "outbox", 0, 0, NULL,
+	  "notification channel the insert trigger notifies" },
+	{ "OUTBOX_POLL_INTERVAL_MS", "poll-interval-ms", T_INT, OFF(poll_interval_ms), NULL, 50, DAY_MS, NULL,
+	  "fallback poll interval; default 30000 in listen mode, 1000 in poll mode" },
+	{ "OUTBOX_LEASE_MS", "lease-ms", T_INT, OFF(lease_ms), "30000", 1000, DAY_MS, NULL,
+	  "partition lease length; renewed while work is in flight, taken over when expired" },
+	{ "OUTBOX_RETRY_BASE_MS", "retry-base-ms", T_INT, OFF(retry_base_ms), "1000", 1, DAY_MS, NULL,
+	  "first retry delay of a failed row; doubles per attempt, with jitter" },
+	{ "OUTBOX_RETRY_MAX_MS", "retry-max-ms", T_INT, OFF(retry_max_ms), "300000", 1, 7 * DAY_MS, NULL,
+	  "cap of the retry delay" },
+	{ "OUTBOX_FAILURE_LIMIT", "failure-limit", T_INT, OFF(failure_limit), "10", 1, 1000000, NULL,
+	  "attempts (the crate's count) after which a failing row is parked and its partition moves on" },
+	{ "OUTBOX_DELETE_ON_SUCCESS", "delete-on-success", T_BOOL, OFF(delete_on_success), "false", 0, 0, NULL,
+	  "delete delivered rows instead of setting processed_at" },
+	{ "OUTBOX_HTTP_TIMEOUT_MS", "http-timeout-ms", T_INT, OFF(http_timeout_ms), "3000", 1, 600000, NULL,
+	  "timeout of one HTTP request, connection included" },
+	{ "OUTBOX_MAX_IN_FLIGHT", "max-in-flight", T_INT, OFF(max_in_flight), "128", 1, 100000, NULL,
+	  "partitions delivered concurrently (each sends one row at a time)" },
+	{ "OUTBOX_BATCH_SIZE", "batch-size", T_INT, OFF(batch_size), "32", 1, 10000, NULL,
+	  "rows fetched per partition per query" },
+	{ "OUTBOX_CLAIM_LIMIT", "claim-limit", T_INT, OFF(claim_limit), "256", 1, 100000, NULL,
+	  "partitions claimed per query and found per poll" },
+	{ "OUTBOX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", T_INT, OFF(shutdown_grace_ms), "8000", 0, 3600000, NULL,
+	  "on SIGTERM/SIGINT, how long in-flight requests may take to finish" },
+	{ "OUTBOX_HEALTH_CHECK_MS", "health-check-ms", T_INT, OFF(health_check_ms), "10000", 100, 3600000, NULL,
+	  "interval of the cheap query that proves the listen connection alive" },
+	{ "OUTBOX_CA_FILE", "ca-file", T_STRING, OFF(ca_file), NULL, 0, 0, NULL,
+	  "extra CA bundle (PEM) for HTTPS destinations; the system store is used otherwise" },
+	{ "OUTBOX_LOG_LEVEL", "log-level", T_ENUM, OFF(log_level), "info", 0, 0, level_choices,
+	  "error, warning, info or debug" },
+	{ "OUTBOX_LOG_FORMAT", "log-format", T_ENUM, OFF(log_format), "text", 0, 0, format_choices,
+	  "text or json, one event per line on stderr" },
+};
+
+#define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
+
+const char *obr_mode_name(enum obr_mode mode)
+{
+	return mode_choices[mode];
+}
+
+static int apply(struct obr_config *cfg, const struct setting *s, const char *value, const char *source,
+                 char *err, size_t errlen)
+{
+	char *base = (char *)cfg;
+
+	switch (s->type) {
+	case T_STRING: {
+		char **dst = (char **)(void *)(base + s->offset);
+		if (*value == '\0') {
+			snprintf(err, errlen, "invalid value for %s (%s): must not be empty", s->env, source);
+			return -1;
+		}
+		char *copy = strdup(value);
+		if (!copy) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		free(*dst);
+		*dst = copy;
+		return 0;
+	}
+	case T_INT: {
+		int64_t *dst = (int64_t *)(void *)(base + s->offset);
+		char *end;
+		errno = 0;
+		long long v = strtoll(value, &end, 10);
+		if (errno || end == value || *end != '\0') {
+			snprintf(err, errlen, "invalid value for %s (%s): \"%s\" is not an integer", s->env, source, value);
+			return -1;
+		}
+		if (v < s->min || v > s->max) {
+			snprintf(err, errlen, "invalid value for %s (%s): %lld is out of range %" PRId64 "..%" PRId64,
+			         s->env, source, v, s->min, s->max);
+			return -1;
+		}
+		*dst = (int64_t)v;
+		return 0;
+	}
+	case T_BOOL: {
+		bool *dst = (bool *)(void *)(base + s->offset);
+		if (!strcasecmp(value, "true") || !strcmp(value, "1") || !strcasecmp(value, "yes") || !strcasecmp(value, "on"))
+			*dst = true;
+		else if (!strcasecmp(value, "false") || !strcmp(value, "0") || !strcasecmp(value, "no") || !strcasecmp(value, "off"))
+			*dst = false;
+		else {
+			snprintf(err, errlen, "invalid value for %s (%s): \"%s\" is not a boolean (true or false)",
+			         s->env, source, value);
+			return -1;
+		}
+		return 0;
+	}
+	case T_ENUM: {
+		int *dst = (int *)(void *)(base + s->offset);
+		for (int i = 0; s->choices[i]; i++) {
+			if (!strcasecmp(value, s->choices[i])) {
+				*dst = i;
+				return 0;
+			}
+		}
+		char list[256] = "";
+		for (int i = 0; s->choices[i]; i++) {
+			strncat(list, i ? ", " : "", sizeof(list) - strlen(list) - 1);
+			strncat(list, s->choices[i], sizeof(list) - strlen(list) - 1);
+		}
+		snprintf(err, errlen, "invalid value for %s (%s): \"%s\" is not one of %s", s->env, source, value, list);
+		return -1;
+	}
+	}
+	return -1;
+}
+
+static const struct setting *find_env(const char *name, size_t len)
+{
+	for (size_t i = 0; i < N_SETTINGS; i++)
+		if (strlen(settings[i].env) == len && !strncmp(settings[i].env, name, len))
+			return &settings[i];
+	return NULL;
+}
+
+static const struct setting *find_flag(const char *name, size_t len)
+{
+	for (size_t i = 0; i < N_SETTINGS; i++)
+		if (strlen(settings[i].flag) == len && !strncmp(settings[i].flag, name, len))
+			return &settings[i];
+	return NULL;
+}
+
+int obr_config_load(struct obr_config *cfg, char *const *envp, int argc, char *const *argv,
+                    char *err, size_t errlen)
+{
+	memset(cfg, 0, sizeof(*cfg));
+
+	for (size_t i = 0; i < N_SETTINGS; i++)
+		if (settings[i].def && apply(cfg, &settings[i], settings[i].def, "default", err, errlen))
+			goto fail;
+
+	for (char *const *e = envp; e && *e; e++) {
+		const char *eq = strchr(*e, '=');
+		if (!eq)
+			continue;
+		size_t len = (size_t)(eq - *e);
+		const struct setting *s = find_env(*e, len);
+		if (!s) {
+			if (len > 7 && !strncmp(*e, "OUTBOX_", 7)) {
+				snprintf(err, errlen, "unknown setting %.*s in the environment (see --help for the list)",
+				         (int)len, *e);
+				goto fail;
+			}
+			continue;
+		}
+		if (apply(cfg, s, eq + 1, "environment", err, errlen))
+			goto fail;
+	}
+
+	for (int i = 0; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strncmp(arg, "--", 2) != 0) {
+			snprintf(err, errlen, "unexpected argument \"%s\"", arg);
+			goto fail;
+		}
+		arg += 2;
+		const char *eq = strchr(arg, '=');
+		size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+		const struct setting *s = find_flag(arg, len);
+		if (!s) {
+			snprintf(err, errlen, "unknown option --%.*s (see --help)", (int)len, arg);
+			goto fail;
+		}
+		const char *value = eq ? eq + 1 : NULL;
+		if (!value) {
+			if (s->type == T_BOOL)
+				value = "true";
+			else if (i + 1 < argc)
+				value = argv[++i];
+			else {
+				snprintf(err, errlen, "option --%s needs a value", s->flag);
+				goto fail;
+			}
+		}
+		char source[80];
+		snprintf(source, sizeof(source), "--%s", s->flag);
+		if (apply(cfg, s, value, source, err, errlen))
+			goto fail;
+	}
+
+	if (!cfg->database_url) {
+		snprintf(err, errlen, "DATABASE_URL is not set: give the database as DATABASE_URL or --database");
+		goto fail;
+	}
+	if (cfg->poll_interval_ms == 0)
+		cfg->poll_interval_ms = cfg->mode == OBR_MODE_POLL ? 1000 : 30000;
+	if (cfg->retry_max_ms < cfg->retry_base_ms) {
+		snprintf(err, errlen, "invalid value for OUTBOX_RETRY_MAX_MS: %" PRId64 " is below OUTBOX_RETRY_BASE_MS (%" PRId64 ")",
+		         cfg->retry_max_ms, cfg->retry_base_ms);
+		goto fail;
+	}
+	for (const char *c = cfg->channel; *c; c++) {
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_')) {
+			snprintf(err, errlen, "invalid value for OUTBOX_CHANNEL: \"%s\" (use lower-case letters, digits and _)",
+			         cfg->channel);
+			goto fail;
+		}
+	}
+	return 0;
+
+fail:
+	obr_config_free(cfg);
+	return -1;
+}
+
+void obr_config_free(struct obr_config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < N_SETTINGS; i++) {
+		if (settings[i].type == T_STRING) {
+			char **p = (char **)(void *)((char *)cfg + settings[i].offset);
+			free(*p);
+			*p = NULL;
+		}
+	}
+}
+
+void obr_config_print_help(FILE *out)
+{
+	fprintf(out, "Settings (environment variable, or flag; the flag wins):\n");
+	for (size_t i = 0; i < N_SETTINGS; i++) {
+		const struct setting *s = &settings[i];
+		fprintf(out, "  %-26s --%s", s->env, s->flag);
+		if (s->type != T_BOOL)
+			fprintf(out, " VALUE");
+		fprintf(out, "\n      %s\n", s->help);
+		if (s->def)
+			fprintf(out, "      default: %s\n", s->def);
+	}
+}

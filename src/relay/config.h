@@ -1,0 +1,53 @@
+/*
+ * config.h - every setting of the relay: an environment variable and a flag with the same
+ * meaning, one declarative table that drives parsing, validation, defaults and --help.
+ *
+ * Precedence: built-in default < environment < command-line flag. A bad value, or an unknown
+ * OUTBOX_* variable or flag, is an error that names the setting: the relay never starts
+ * with a silently wrong value.
+ */
+#ifndef OBR_CONFIG_H
+#define OBR_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum obr_mode {
+	OBR_MODE_LISTEN = 0,   /* LISTEN/NOTIFY push plus a slow fallback poll */
+	OBR_MODE_POLL = 1,     /* poll only: no session state, works through transaction poolers */
+};
+
+struct obr_config {
+	char *database_url;
+	enum obr_mode mode;
+	char *channel;
+	int64_t poll_interval_ms;      /* 0 = mode's default, resolved by obr_config_load */
+	int64_t lease_ms;
+	int64_t retry_base_ms;
+	int64_t retry_max_ms;
+	int64_t failure_limit;
+	bool delete_on_success;
+	int64_t http_timeout_ms;
+	int64_t max_in_flight;
+	int64_t batch_size;
+	int64_t claim_limit;
+	int64_t shutdown_grace_ms;
+	int64_t health_check_ms;
+	char *ca_file;
+	int log_level;                 /* enum obr_log_level */
+	int log_format;                /* enum obr_log_format */
+};
+
+/* Fills cfg from defaults, the environment (envp-style array) and argv flags. argv holds only
+ * the flags (subcommand already removed). Returns 0, or -1 with a message in err. */
+int obr_config_load(struct obr_config *cfg, char *const *envp, int argc, char *const *argv,
+                    char *err, size_t errlen);
+void obr_config_free(struct obr_config *cfg);
+
+/* Prints every setting with its flag, environment variable, default and meaning. */
+void obr_config_print_help(FILE *out);
+
+const char *obr_mode_name(enum obr_mode mode);
+
+#endif

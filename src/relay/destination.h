@@ -1,0 +1,57 @@
+/*
+ * destination.h - a row's destinations and headers, parsed and checked before anything is sent.
+ *
+ * Pure functions of the row's text (no I/O), so every malformed shape is unit-tested. A row
+ * that does not parse is parked by the relay with the message this module writes.
+ *
+ * Shapes (outbox-pattern-processor 0.3.6, tried in its order SQS, SNS, HTTP):
+ *   {"queue_url": "..."}                                   SQS
+ *   {"topic_arn": "..."}                                   SNS
+ *   {"url": "...", "headers": {...}|null, "method": "POST"|"PUT"|"PATCH"|null}   HTTP
+ */
+#ifndef OBR_DESTINATION_H
+#define OBR_DESTINATION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define OBR_MAX_DESTINATIONS 64
+#define OBR_MAX_HEADERS 64
+
+enum obr_dest_kind { OBR_DEST_HTTP, OBR_DEST_SQS, OBR_DEST_SNS };
+enum obr_http_method { OBR_POST, OBR_PUT, OBR_PATCH };
+
+struct obr_header {
+	char *name;
+	char *value;
+};
+
+struct obr_destination {
+	enum obr_dest_kind kind;
+	int index;                      /* position in the row's destinations array */
+	bool already_sent;              /* listed in sent_destinations: skip on this attempt */
+	char *target;                   /* url, queue_url or topic_arn */
+	enum obr_http_method method;
+	/* HTTP: final request headers (destination's, then the row's; x-idempotent-key last).
+	 * SQS/SNS: the row's headers (message attributes). */
+	struct obr_header *headers;
+	int nheaders, cap;
+};
+
+struct obr_plan {
+	struct obr_destination *dests;
+	int ndests;
+};
+
+/* Returns 0, or -1 with the reason in err (suitable for last_error). getenv_fn resolves
+ * {{ENV_NAME}} header values (NULL = getenv). sent_destinations is PostgreSQL's int[] text
+ * ("{0,2}") or NULL. */
+int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char *destinations_json,
+                   const char *headers_json, const char *sent_destinations, char *(*getenv_fn)(const char *),
+                   char *err, size_t errlen);
+void obr_plan_clear(struct obr_plan *plan);
+
+const char *obr_dest_kind_name(enum obr_dest_kind kind);
+const char *obr_http_method_name(enum obr_http_method method);
+
+#endif

@@ -1,0 +1,297 @@
+/*
+ * http.c - libcurl multi socket API on libevent.
+ */
+#include "http.h"
+
+#include "log.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_RESPONSE_KEEP 512  /* bytes of an error response body kept for last_error */
+
+struct request {
+	struct obr_http *http;
+	CURL *easy;
+	struct curl_slist *headers;
+	char *body;
+	obr_http_done_fn done;
+	void *arg;
+	char errbuf[CURL_ERROR_SIZE];
+	char response[MAX_RESPONSE_KEEP + 1];
+	size_t response_len;
+	struct request *prev, *next;
+};
+
+struct sock {
+	struct event *ev;
+};
+
+struct obr_http {
+	struct event_base *base;
+	CURLM *multi;
+	struct event *timer;
+	struct obr_http_options opt;
+	char *ca_file;
+	struct request *requests;   /* in flight, for abort_all */
+	int in_flight;
+};
+
+static void request_free(struct request *r)
+{
+	if (!r)
+		return;
+	if (r->easy)
+		curl_easy_cleanup(r->easy);
+	curl_slist_free_all(r->headers);
+	free(r->body);
+	free(r);
+}
+
+static void unlink_request(struct obr_http *http, struct request *r)
+{
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		http->requests = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	http->in_flight--;
+}
+
+static void check_done(struct obr_http *http)
+{
+	CURLMsg *msg;
+	int left;
+
+	while ((msg = curl_multi_info_read(http->multi, &left)) != NULL) {
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		struct request *r;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)(void *)&r);
+		struct obr_http_result res = { 0 };
+		curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &res.status);
+		if (msg->data.result != CURLE_OK) {
+			snprintf(res.error, sizeof(res.error), "%s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(msg->data.result));
+		} else if (res.status >= 200 && res.status < 300) {
+			res.ok = true;
+		} else {
+			r->response[r->response_len] = '\0';
+			for (size_t i = 0; i < r->response_len; i++)
+				if ((unsigned char)r->response[i] < 32)
+					r->response[i] = ' ';
+			snprintf(res.error, sizeof(res.error), "HTTP %ld%s%s", res.status, r->response_len ? ": " : "",
+			         r->response);
+		}
+		curl_multi_remove_handle(http->multi, r->easy);
+		unlink_request(http, r);
+		r->done(r->arg, &res);
+		request_free(r);
+	}
+}
+
+static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_http *http = arg;
+	int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+	int running;
+	curl_multi_socket_action(http->multi, fd, action, &running);
+	check_done(http);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_http *http = arg;
+	int running;
+	curl_multi_socket_action(http->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	check_done(http);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct obr_http *http = userp;
+	struct sock *sk = socketp;
+
+	if (what == CURL_POLL_REMOVE) {
+		if (sk) {
+			event_free(sk->ev);
+			free(sk);
+			curl_multi_assign(http->multi, s, NULL);
+		}
+		return 0;
+	}
+	short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
+	if (!sk) {
+		sk = calloc(1, sizeof(*sk));
+		if (!sk)
+			return -1;
+		curl_multi_assign(http->multi, s, sk);
+	} else {
+		event_free(sk->ev);
+	}
+	sk->ev = event_new(http->base, s, kind, on_socket_event, http);
+	if (!sk->ev)
+		return -1;
+	event_add(sk->ev, NULL);
+	return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct obr_http *http = userp;
+	if (timeout_ms < 0) {
+		evtimer_del(http->timer);
+		return 0;
+	}
+	struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+	evtimer_add(http->timer, &tv);
+	return 0;
+}
+
+/* Keeps the start of an error answer for last_error; a success body is discarded. */
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct request *r = userdata;
+	size_t n = size * nmemb;
+	size_t room = MAX_RESPONSE_KEEP - r->response_len;
+	size_t take = n < room ? n : room;
+	memcpy(r->response + r->response_len, ptr, take);
+	r->response_len += take;
+	return n;
+}
+
+struct obr_http *obr_http_new(struct event_base *base, const struct obr_http_options *opt)
+{
+	struct obr_http *http = calloc(1, sizeof(*http));
+	if (!http)
+		return NULL;
+	http->base = base;
+	http->opt = *opt;
+	if (opt->ca_file && !(http->ca_file = strdup(opt->ca_file)))
+		goto fail;
+	http->opt.ca_file = http->ca_file;
+	http->multi = curl_multi_init();
+	http->timer = evtimer_new(base, on_timeout, http);
+	if (!http->multi || !http->timer)
+		goto fail;
+	curl_multi_setopt(http->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+	curl_multi_setopt(http->multi, CURLMOPT_SOCKETDATA, http);
+	curl_multi_setopt(http->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+	curl_multi_setopt(http->multi, CURLMOPT_TIMERDATA, http);
+	curl_multi_setopt(http->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	curl_multi_setopt(http->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+	return http;
+fail:
+	obr_http_free(http);
+	return NULL;
+}
+
+int obr_http_send(struct obr_http *http, enum obr_http_method method, const char *url,
+                  const struct obr_header *headers, int nheaders, const char *body, size_t body_len,
+                  obr_http_done_fn done, void *arg)
+{
+	struct request *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -1;
+	r->http = http;
+	r->done = done;
+	r->arg = arg;
+	r->easy = curl_easy_init();
+	r->body = malloc(body_len + 1);
+	if (!r->easy || !r->body)
+		goto fail;
+	memcpy(r->body, body, body_len);
+	r->body[body_len] = '\0';
+
+	bool has_content_type = false;
+	char line[8600];
+	for (int i = 0; i < nheaders; i++) {
+		if (!strcasecmp(headers[i].name, "content-type"))
+			has_content_type = true;
+		/* "Name;" is curl's way to send a header with an empty value */
+		if (headers[i].value[0])
+			snprintf(line, sizeof(line), "%s: %s", headers[i].name, headers[i].value);
+		else
+			snprintf(line, sizeof(line), "%s;", headers[i].name);
+		struct curl_slist *l = curl_slist_append(r->headers, line);
+		if (!l)
+			goto fail;
+		r->headers = l;
+	}
+	/* curl would add its own Content-Type and Expect: the row decides what is sent */
+	const char *suppress[] = { has_content_type ? NULL : "Content-Type:", "Expect:" };
+	for (size_t i = 0; i < 2; i++) {
+		if (!suppress[i])
+			continue;
+		struct curl_slist *l = curl_slist_append(r->headers, suppress[i]);
+		if (!l)
+			goto fail;
+		r->headers = l;
+	}
+
+	CURL *e = r->easy;
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+	if (method != OBR_POST)
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, obr_http_method_name(method));
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, http->opt.timeout_ms);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, http->opt.timeout_ms);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "outbox-relay/" OBR_VERSION);
+	if (http->opt.ca_file)
+		curl_easy_setopt(e, CURLOPT_CAINFO, http->opt.ca_file);
+
+	if (curl_multi_add_handle(http->multi, e) != CURLM_OK)
+		goto fail;
+	r->next = http->requests;
+	if (r->next)
+		r->next->prev = r;
+	http->requests = r;
+	http->in_flight++;
+	return 0;
+fail:
+	request_free(r);
+	return -1;
+}
+
+int obr_http_in_flight(const struct obr_http *http)
+{
+	return http->in_flight;
+}
+
+void obr_http_abort_all(struct obr_http *http)
+{
+	while (http->requests) {
+		struct request *r = http->requests;
+		curl_multi_remove_handle(http->multi, r->easy);
+		unlink_request(http, r);
+		request_free(r);
+	}
+}
+
+void obr_http_free(struct obr_http *http)
+{
+	if (!http)
+		return;
+	if (http->multi) {
+		obr_http_abort_all(http);
+		curl_multi_cleanup(http->multi);
+	}
+	if (http->timer)
+		event_free(http->timer);
+	free(http->ca_file);
+	free(http);
+}

@@ -1,0 +1,45 @@
+/*
+ * http.h - HTTP(S) requests on the relay's event loop through the libcurl multi interface.
+ *
+ * One CURLM for the process: connections are kept alive and reused, HTTP/2 is used when the
+ * server offers it over TLS. Socket and timer callbacks plug curl into libevent; there is no
+ * curl_easy_perform and no busy loop.
+ */
+#ifndef OBR_HTTP_H
+#define OBR_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "destination.h"
+
+struct event_base;
+struct obr_http;
+
+struct obr_http_result {
+	long status;             /* HTTP status, 0 when no answer */
+	bool ok;                 /* 2xx */
+	char error[512];         /* why not ok, for last_error and the log */
+};
+
+typedef void (*obr_http_done_fn)(void *arg, const struct obr_http_result *res);
+
+struct obr_http_options {
+	long timeout_ms;
+	const char *ca_file;     /* extra CA bundle; NULL = system store */
+};
+
+struct obr_http *obr_http_new(struct event_base *base, const struct obr_http_options *opt);
+
+/* Starts one request. method/url/headers/body are copied (body is sent as is). Returns 0, or -1
+ * when the request could not be started (the callback is not called). */
+int obr_http_send(struct obr_http *http, enum obr_http_method method, const char *url,
+                  const struct obr_header *headers, int nheaders, const char *body, size_t body_len,
+                  obr_http_done_fn done, void *arg);
+
+int obr_http_in_flight(const struct obr_http *http);
+/* Cancels every request in flight; their callbacks are not called. */
+void obr_http_abort_all(struct obr_http *http);
+void obr_http_free(struct obr_http *http);
+
+#endif

@@ -1,0 +1,86 @@
+/*
+ * log.c - line-oriented logging to stderr.
+ */
+#include "log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static enum obr_log_level current_level = OBR_LOG_INFO;
+static enum obr_log_format current_format = OBR_LOG_TEXT;
+
+static const char *const level_names[] = { "error", "warning", "info", "debug" };
+
+void obr_log_configure(enum obr_log_level level, enum obr_log_format format)
+{
+	current_level = level;
+	current_format = format;
+}
+
+bool obr_log_enabled(enum obr_log_level level)
+{
+	return level <= current_level;
+}
+
+/* JSON string escaping for the message; control characters become \u00XX. */
+static size_t json_escape(char *dst, size_t cap, const char *src)
+{
+	size_t o = 0;
+	for (const unsigned char *s = (const unsigned char *)src; *s && o + 7 < cap; s++) {
+		if (*s == '"' || *s == '\\') {
+			dst[o++] = '\\';
+			dst[o++] = (char)*s;
+		} else if (*s < 0x20) {
+			o += (size_t)snprintf(dst + o, cap - o, "\\u%04x", *s);
+		} else {
+			dst[o++] = (char)*s;
+		}
+	}
+	dst[o] = '\0';
+	return o;
+}
+
+void obr_log_write(enum obr_log_level level, const char *fmt, ...)
+{
+	char msg[4096];
+	char line[8192];
+	char ts[40];
+	struct timespec now;
+	struct tm tm;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+
+	/* one event per line: a newline inside a message would split it */
+	for (char *p = msg; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	gmtime_r(&now.tv_sec, &tm);
+	size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000);
+
+	int len;
+	if (current_format == OBR_LOG_JSON) {
+		char esc[sizeof(msg) * 2];
+		json_escape(esc, sizeof(esc), msg);
+		len = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"pid\":%d,\"msg\":\"%s\"}\n",
+		               ts, level_names[level], (int)getpid(), esc);
+	} else {
+		len = snprintf(line, sizeof(line), "%s [%d] %s: %s\n", ts, (int)getpid(), level_names[level], msg);
+	}
+	if (len < 0)
+		return;
+	if ((size_t)len >= sizeof(line)) {
+		len = (int)sizeof(line) - 1;
+		line[len - 1] = '\n';
+	}
+	/* a single write keeps lines whole when several processes share the file */
+	ssize_t w = write(STDERR_FILENO, line, (size_t)len);
+	(void)w;
+}

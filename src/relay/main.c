@@ -1,0 +1,154 @@
+/*
+ * main.c - the outbox-relay command: run (the default), migrate, --help, --version.
+ */
+#include "config.h"
+#include "log.h"
+#include "migrate.h"
+#include "relay.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+	        "outbox-relay %s - delivers rows of a PostgreSQL outbox table to HTTP(S) endpoints right after commit\n"
+	        "\n"
+	        "Usage:\n"
+	        "  outbox-relay [run] [OPTIONS]      connect to DATABASE_URL, listen and deliver (the default)\n"
+	        "  outbox-relay migrate [--database URL]\n"
+	        "                                    create or upgrade the outbox schema (safe to run again,\n"
+	        "                                    and concurrently; only adds to a crate-made schema)\n"
+	        "  outbox-relay --help | --version\n"
+	        "\n",
+	        OBR_VERSION);
+	obr_config_print_help(out);
+	fprintf(out,
+	        "\nSignals: SIGTERM/SIGINT stop claiming, let in-flight requests finish within the grace\n"
+	        "period, record their results, release leases and exit 0.\n");
+}
+
+struct daemon_ctx {
+	struct obr_relay *relay;
+	struct event_base *base;
+	int signals;
+};
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon_ctx *d = arg;
+	if (sig == SIGHUP) {
+		log_info("SIGHUP received: nothing to reload in this version");
+		return;
+	}
+	if (++d->signals > 1) {
+		log_warn("second signal: exiting now");
+		event_base_loopbreak(d->base);
+		return;
+	}
+	obr_relay_shutdown(d->relay);
+}
+
+static int run(int argc, char **argv)
+{
+	struct obr_config cfg;
+	char err[1024];
+	int rc = 1;
+
+	if (obr_config_load(&cfg, environ, argc, argv, err, sizeof(err))) {
+		fprintf(stderr, "outbox-relay: %s\n", err);
+		return 2;
+	}
+	obr_log_configure((enum obr_log_level)cfg.log_level, (enum obr_log_format)cfg.log_format);
+	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+	signal(SIGPIPE, SIG_IGN);
+
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		log_error("could not initialise libcurl");
+		obr_config_free(&cfg);
+		return 1;
+	}
+	struct daemon_ctx d = { 0 };
+	struct event *sigs[3] = { NULL, NULL, NULL };
+	d.base = event_base_new();
+	if (!d.base)
+		goto out;
+	d.relay = obr_relay_new(d.base, &cfg);
+	if (!d.relay) {
+		log_error("could not create the relay (out of memory?)");
+		goto out;
+	}
+	int signums[] = { SIGTERM, SIGINT, SIGHUP };
+	for (int i = 0; i < 3; i++) {
+		sigs[i] = evsignal_new(d.base, signums[i], on_signal, &d);
+		if (!sigs[i] || event_add(sigs[i], NULL))
+			goto out;
+	}
+	if (obr_relay_start(d.relay))
+		goto out;
+	event_base_dispatch(d.base);
+	log_info("outbox-relay stopped");
+	rc = 0;
+out:
+	for (int i = 0; i < 3; i++)
+		if (sigs[i])
+			event_free(sigs[i]);
+	obr_relay_free(d.relay);
+	if (d.base)
+		event_base_free(d.base);
+	curl_global_cleanup();
+	obr_config_free(&cfg);
+	return rc;
+}
+
+static int migrate(int argc, char **argv)
+{
+	const char *url = getenv("DATABASE_URL");
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--database") && i + 1 < argc)
+			url = argv[++i];
+		else if (!strncmp(argv[i], "--database=", 11))
+			url = argv[i] + 11;
+		else if (!strcmp(argv[i], "--help")) {
+			usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "outbox-relay migrate: unknown argument \"%s\"\n", argv[i]);
+			return 2;
+		}
+	}
+	if (!url || !*url) {
+		fprintf(stderr, "outbox-relay migrate: DATABASE_URL is not set: give the database as DATABASE_URL or --database\n");
+		return 2;
+	}
+	return obr_migrate(url);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
+		usage(stdout);
+		return 0;
+	}
+	if (argc > 1 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) {
+		printf("outbox-relay %s\n", OBR_VERSION);
+		return 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "migrate"))
+		return migrate(argc - 2, argv + 2);
+	if (argc > 1 && !strcmp(argv[1], "run"))
+		return run(argc - 2, argv + 2);
+	if (argc > 1 && argv[1][0] != '-') {
+		fprintf(stderr, "outbox-relay: unknown command \"%s\" (see --help)\n", argv[1]);
+		return 2;
+	}
+	return run(argc - 1, argv + 1);
+}

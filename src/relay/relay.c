@@ -1,0 +1,1340 @@
+/*
+ * relay.c - partitions, their state machine, and the statements that move them.
+ *
+ * A partition is in exactly one of these states:
+ *   IDLE       known, not held: waiting to be claimed (in the claim set) or about to be dropped
+ *   CLAIMING   a claim statement for it is running
+ *   HELD       we hold its lease: its fetched rows are delivered one after another
+ *   ADVANCING  its fetched rows are done; a statement looks for more or releases it
+ * Within a HELD partition one row is "current" from its first request until its result is
+ * committed; the next row starts only then, so a crash repeats at most the current row.
+ *
+ * The work connection runs one statement at a time; what accumulates while one runs goes out
+ * together in the next (results of many rows in one statement, many partitions per claim).
+ */
+#include "relay.h"
+
+#include "destination.h"
+#include "http.h"
+#include "log.h"
+#include "pg.h"
+#include "store.h"
+#include "strbuf.h"
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uuid/uuid.h>
+
+#define KEY_LEN 36
+#define MAX_CLAIM_SET 65536          /* notified partitions remembered; beyond, a scan catches up */
+#define MAX_STATEMENT_BYTES (64u << 20)
+#define LISTEN_CHECK_TIMEOUT_MS 5000
+
+enum part_state { P_IDLE, P_CLAIMING, P_HELD, P_ADVANCING };
+
+struct row {
+	struct row *next;
+	char key[KEY_LEN + 1];
+	char *destinations;
+	char *headers;
+	char *payload;
+	size_t payload_len;
+	char *sent;
+	long attempts;
+	int64_t created_ms;
+};
+
+struct part;
+struct delivery;
+struct obr_relay;
+
+struct request_ctx {
+	struct obr_relay *relay;
+	struct delivery *delivery;
+	int dest;
+};
+
+/* One row being delivered: its destinations' requests, then its result until committed. */
+struct delivery {
+	struct part *part;
+	struct row *row;
+	struct obr_plan plan;
+	int waiting;                /* requests still running */
+	bool *ok;                   /* per destination */
+	struct request_ctx *ctx;    /* per destination: what a request's callback needs */
+	char error[1024];           /* first failure */
+	bool finished;
+};
+
+struct part {
+	char key[KEY_LEN + 1];
+	enum part_state state;
+	bool again;                 /* notified while busy: look again before letting go */
+	bool in_claim_set;
+	bool in_advance_set;
+	bool in_ready_list;
+	bool lost;                  /* lease taken by another instance: finish current, then drop */
+	struct row *queue, *queue_tail;
+	struct delivery *current;
+	struct part *hash_next;
+	struct part *ready_next;
+};
+
+/* A row's result waiting to be written by the next complete statement. */
+struct mark {
+	struct part *part;
+	char key[KEY_LEN + 1];
+	bool success;
+	bool park;
+	bool counted;               /* an attempt was made (malformed rows are parked without one) */
+	int64_t delay_ms;
+	char *error;
+	char *sent;                 /* int[] literal */
+};
+
+struct vec {
+	void **items;
+	size_t len, cap;
+};
+
+struct obr_relay {
+	struct event_base *base;
+	const struct obr_config *cfg;
+	char lock_id[KEY_LEN + 1];
+
+	struct obr_pg *listen_pg;   /* NULL in poll mode */
+	struct obr_pg *work_pg;
+	struct obr_http *http;
+
+	struct part **buckets;
+	size_t nbuckets, nparts;
+
+	struct vec claim_set;       /* struct part *, IDLE */
+	struct vec advance_set;     /* struct part *, HELD with nothing left to deliver */
+	struct vec marks;           /* struct mark * */
+	struct part *ready_head, *ready_tail;   /* HELD partitions waiting for a delivery slot */
+	int active;                 /* partitions with a current row */
+	int held;                   /* partitions in CLAIMING, HELD or ADVANCING */
+
+	bool scan_wanted;
+	bool renew_wanted;
+	bool statement_running;
+	bool listen_ready;
+	bool ready_logged;
+	bool first_scan_done;
+	bool stopping;
+	bool released_all;
+	bool listen_check_pending;
+
+	struct event *kick_ev;      /* one flush per loop turn */
+	struct event *poll_ev;
+	struct event *due_ev;
+	int64_t due_at_ms;          /* monotonic; 0 = not armed */
+	struct event *renew_ev;
+	struct event *listen_check_ev;
+	struct event *listen_check_timeout_ev;
+	struct event *grace_ev;
+
+	struct obr_relay_stats stats;
+};
+
+static void kick(struct obr_relay *r);
+static void dispatch(struct obr_relay *r);
+static void maybe_finish_shutdown(struct obr_relay *r);
+
+/* ---- small helpers ---- */
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int vec_push(struct vec *v, void *item)
+{
+	if (v->len == v->cap) {
+		size_t cap = v->cap ? v->cap * 2 : 64;
+		void **items = realloc(v->items, cap * sizeof(*items));
+		if (!items)
+			return -1;
+		v->items = items;
+		v->cap = cap;
+	}
+	v->items[v->len++] = item;
+	return 0;
+}
+
+static void timer_ms(struct event *ev, int64_t ms)
+{
+	if (ms < 0)
+		ms = 0;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	evtimer_add(ev, &tv);
+}
+
+/* A notification payload must be a UUID; PostgreSQL prints them lower-case. */
+static bool normalize_key(const char *in, char out[KEY_LEN + 1])
+{
+	if (strlen(in) != KEY_LEN)
+		return false;
+	for (int i = 0; i < KEY_LEN; i++) {
+		char c = in[i];
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (c != '-')
+				return false;
+		} else if (c >= 'A' && c <= 'F') {
+			c = (char)(c - 'A' + 'a');
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+			return false;
+		}
+		out[i] = c;
+	}
+	out[KEY_LEN] = '\0';
+	return true;
+}
+
+/* ---- partition table ---- */
+
+static size_t key_hash(const char *key)
+{
+	size_t h = 1469598103934665603u;
+	for (int i = 0; i < KEY_LEN; i++)
+		h = (h ^ (unsigned char)key[i]) * 1099511628211u;
+	return h;
+}
+
+static struct part *part_find(struct obr_relay *r, const char *key)
+{
+	for (struct part *p = r->buckets[key_hash(key) & (r->nbuckets - 1)]; p; p = p->hash_next)
+		if (!memcmp(p->key, key, KEY_LEN))
+			return p;
+	return NULL;
+}
+
+static void grow_table(struct obr_relay *r)
+{
+	size_t n = r->nbuckets * 2;
+	struct part **b = calloc(n, sizeof(*b));
+	if (!b)
+		return; /* keep the old table: longer chains, still correct */
+	for (size_t i = 0; i < r->nbuckets; i++) {
+		struct part *p = r->buckets[i];
+		while (p) {
+			struct part *next = p->hash_next;
+			size_t slot = key_hash(p->key) & (n - 1);
+			p->hash_next = b[slot];
+			b[slot] = p;
+			p = next;
+		}
+	}
+	free(r->buckets);
+	r->buckets = b;
+	r->nbuckets = n;
+}
+
+static struct part *part_get(struct obr_relay *r, const char *key)
+{
+	struct part *p = part_find(r, key);
+	if (p)
+		return p;
+	if (r->nparts >= r->nbuckets)
+		grow_table(r);
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	memcpy(p->key, key, KEY_LEN + 1);
+	size_t slot = key_hash(key) & (r->nbuckets - 1);
+	p->hash_next = r->buckets[slot];
+	r->buckets[slot] = p;
+	r->nparts++;
+	return p;
+}
+
+static void row_free(struct row *row)
+{
+	if (!row)
+		return;
+	free(row->destinations);
+	free(row->headers);
+	free(row->payload);
+	free(row->sent);
+	free(row);
+}
+
+static void drop_queue(struct part *p)
+{
+	while (p->queue) {
+		struct row *next = p->queue->next;
+		row_free(p->queue);
+		p->queue = next;
+	}
+	p->queue_tail = NULL;
+}
+
+/* Forgets an IDLE partition that nothing refers to any more. */
+static void part_maybe_drop(struct obr_relay *r, struct part *p)
+{
+	if (p->state != P_IDLE || p->in_claim_set || p->in_advance_set || p->in_ready_list || p->current)
+		return;
+	struct part **pp = &r->buckets[key_hash(p->key) & (r->nbuckets - 1)];
+	while (*pp && *pp != p)
+		pp = &(*pp)->hash_next;
+	if (*pp)
+		*pp = p->hash_next;
+	drop_queue(p);
+	free(p);
+	r->nparts--;
+}
+
+static void set_state(struct obr_relay *r, struct part *p, enum part_state s)
+{
+	bool was_held = p->state != P_IDLE;
+	bool is_held = s != P_IDLE;
+	r->held += (int)is_held - (int)was_held;
+	p->state = s;
+}
+
+static void want_claim(struct obr_relay *r, struct part *p)
+{
+	if (p->in_claim_set || r->stopping)
+		return;
+	if (r->claim_set.len >= MAX_CLAIM_SET || vec_push(&r->claim_set, p)) {
+		r->scan_wanted = true; /* too many to remember: the scan finds them */
+		return;
+	}
+	p->in_claim_set = true;
+}
+
+static void want_advance(struct obr_relay *r, struct part *p)
+{
+	if (p->in_advance_set)
+		return;
+	if (vec_push(&r->advance_set, p)) {
+		log_error("out of memory");
+		return;
+	}
+	p->in_advance_set = true;
+}
+
+static void arm_due(struct obr_relay *r, int64_t in_ms)
+{
+	if (r->stopping)
+		return;
+	if (in_ms < 1)
+		in_ms = 1;
+	int64_t at = mono_ms() + in_ms;
+	if (r->due_at_ms && r->due_at_ms <= at)
+		return;
+	r->due_at_ms = at;
+	timer_ms(r->due_ev, in_ms);
+}
+
+/* ---- notifications ---- */
+
+static void on_notify(void *arg, const char *channel, const char *payload)
+{
+	struct obr_relay *r = arg;
+	char key[KEY_LEN + 1];
+
+	r->stats.notifications++;
+	if (r->stopping)
+		return;
+	if (!normalize_key(payload, key)) {
+		log_warn("ignoring notification on channel %s: payload \"%.64s\" is not a partition key", channel, payload);
+		return;
+	}
+	struct part *p = part_get(r, key);
+	if (!p) {
+		r->scan_wanted = true;
+		kick(r);
+		return;
+	}
+	if (p->state == P_IDLE)
+		want_claim(r, p);
+	else
+		p->again = true;
+	kick(r);
+}
+
+/* ---- delivery ---- */
+
+static void delivery_free(struct delivery *d)
+{
+	if (!d)
+		return;
+	obr_plan_clear(&d->plan);
+	free(d->ok);
+	free(d->ctx);
+	row_free(d->row);
+	free(d);
+}
+
+static int64_t retry_delay_ms(const struct obr_config *cfg, long attempts)
+{
+	/* base * 2^(attempts-1), capped, then "equal jitter": [delay/2, delay] */
+	int64_t delay = cfg->retry_base_ms;
+	for (long i = 1; i < attempts && delay < cfg->retry_max_ms; i++)
+		delay *= 2;
+	if (delay > cfg->retry_max_ms)
+		delay = cfg->retry_max_ms;
+	int64_t half = delay / 2;
+	return half + (half > 0 ? (int64_t)(random() % (half + 1)) : 0);
+}
+
+static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool park, bool counted,
+                     const char *error)
+{
+	struct mark *m = calloc(1, sizeof(*m));
+	if (!m) {
+		log_error("out of memory recording the result of row %s", d->row->key);
+		return;
+	}
+	m->part = d->part;
+	memcpy(m->key, d->row->key, KEY_LEN + 1);
+	m->success = success;
+	m->park = park;
+	m->counted = counted;
+	if (!success) {
+		struct strbuf sent;
+		size_t count = 0;
+		strbuf_init(&sent, 4096);
+		strbuf_puts(&sent, "{");
+		for (int i = 0; i < d->plan.ndests; i++) {
+			if (d->ok && d->ok[i]) {
+				strbuf_array_sep(&sent, &count);
+				strbuf_printf(&sent, "%d", d->plan.dests[i].index);
+			}
+		}
+		strbuf_puts(&sent, "}");
+		m->sent = sent.failed ? strdup("{}") : strdup(sent.data);
+		strbuf_free(&sent);
+		m->error = strdup(error ? error : "unknown error");
+		m->delay_ms = park ? 0 : retry_delay_ms(r->cfg, d->row->attempts + 1);
+	}
+	if (vec_push(&r->marks, m)) {
+		free(m->sent);
+		free(m->error);
+		free(m);
+		log_error("out of memory recording the result of row %s", d->row->key);
+		return;
+	}
+	d->finished = true;
+	kick(r);
+}
+
+/* Host and path of a URL, for logs: the query string may carry secrets. */
+static void url_for_log(const char *url, char *out, size_t cap)
+{
+	size_t n = strcspn(url, "?#");
+	snprintf(out, cap, "%.*s", (int)(n < 200 ? n : 200), url);
+}
+
+static void finish_delivery(struct obr_relay *r, struct delivery *d)
+{
+	struct row *row = d->row;
+	if (!d->error[0]) {
+		r->stats.delivered++;
+		log_debug("delivered row %s partition %s", row->key, d->part->key);
+		add_mark(r, d, true, false, true, NULL);
+		return;
+	}
+	long attempts = row->attempts + 1;
+	bool park = attempts >= r->cfg->failure_limit;
+	r->stats.failed++;
+	if (park) {
+		r->stats.parked++;
+		log_warn("parking row %s partition %s after %ld attempts: %s", row->key, d->part->key, attempts, d->error);
+	} else {
+		log_warn("delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
+		         d->part->key, attempts, (long)r->cfg->failure_limit, d->error);
+	}
+	add_mark(r, d, false, park, true, d->error);
+}
+
+static void on_http_done(void *arg, const struct obr_http_result *res);
+
+static void dest_failed(struct delivery *d, int i, const char *why)
+{
+	if (d->error[0])
+		return; /* keep the first reason; the others are in the log */
+	const struct obr_destination *dest = &d->plan.dests[i];
+	char where[256];
+	url_for_log(dest->target, where, sizeof(where));
+	snprintf(d->error, sizeof(d->error), "destinations[%d] %s %s: %s", dest->index, obr_dest_kind_name(dest->kind),
+	         where, why);
+}
+
+static void start_delivery(struct obr_relay *r, struct part *p)
+{
+	struct row *row = p->queue;
+	p->queue = row->next;
+	if (!p->queue)
+		p->queue_tail = NULL;
+	row->next = NULL;
+
+	struct delivery *d = calloc(1, sizeof(*d));
+	if (!d) {
+		log_error("out of memory delivering row %s", row->key);
+		row_free(row);
+		return;
+	}
+	d->part = p;
+	d->row = row;
+	p->current = d;
+	r->active++;
+
+	char err[512];
+	if (obr_plan_parse(&d->plan, row->key, row->destinations, row->headers, row->sent, NULL, err, sizeof(err))) {
+		r->stats.parked++;
+		log_warn("parking malformed row %s partition %s: %s", row->key, p->key, err);
+		add_mark(r, d, false, true, false, err);
+		return;
+	}
+	size_t nd = (size_t)(d->plan.ndests ? d->plan.ndests : 1);
+	d->ok = calloc(nd, sizeof(*d->ok));
+	d->ctx = calloc(nd, sizeof(*d->ctx));
+	if (!d->ok || !d->ctx) {
+		snprintf(d->error, sizeof(d->error), "out of memory");
+		finish_delivery(r, d);
+		return;
+	}
+	for (int i = 0; i < d->plan.ndests; i++) {
+		struct obr_destination *dest = &d->plan.dests[i];
+		if (dest->already_sent) {
+			d->ok[i] = true;
+			continue;
+		}
+		if (dest->kind != OBR_DEST_HTTP) {
+			dest_failed(d, i, "SQS and SNS delivery is not available in this version");
+			continue;
+		}
+		struct request_ctx *ctx = &d->ctx[i];
+		*ctx = (struct request_ctx){ r, d, i };
+		if (obr_http_send(r->http, dest->method, dest->target, dest->headers, dest->nheaders, row->payload,
+		                  row->payload_len, on_http_done, ctx)) {
+			dest_failed(d, i, "could not start the request");
+			continue;
+		}
+		d->waiting++;
+	}
+	if (d->waiting == 0)
+		finish_delivery(r, d);
+}
+
+static void on_http_done(void *arg, const struct obr_http_result *res)
+{
+	struct request_ctx *ctx = arg;
+	struct obr_relay *r = ctx->relay;
+	struct delivery *d = ctx->delivery;
+	int i = ctx->dest;
+
+	if (res->ok)
+		d->ok[i] = true;
+	else
+		dest_failed(d, i, res->error);
+	if (--d->waiting == 0)
+		finish_delivery(r, d);
+}
+
+/* Starts the next row of every partition that has one, within the in-flight limit. */
+static void dispatch(struct obr_relay *r)
+{
+	while (r->ready_head && r->active < r->cfg->max_in_flight && !r->stopping) {
+		struct part *p = r->ready_head;
+		r->ready_head = p->ready_next;
+		if (!r->ready_head)
+			r->ready_tail = NULL;
+		p->ready_next = NULL;
+		p->in_ready_list = false;
+		if (p->state != P_HELD || p->current || p->lost) {
+			part_maybe_drop(r, p);
+			continue;
+		}
+		if (p->queue)
+			start_delivery(r, p);
+		else
+			want_advance(r, p);
+	}
+}
+
+static void make_ready(struct obr_relay *r, struct part *p)
+{
+	if (p->in_ready_list)
+		return;
+	p->in_ready_list = true;
+	p->ready_next = NULL;
+	if (r->ready_tail)
+		r->ready_tail->ready_next = p;
+	else
+		r->ready_head = p;
+	r->ready_tail = p;
+}
+
+/* ---- statement results ---- */
+
+/* Takes a claim or advance result: rows per partition, in order. */
+static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim)
+{
+	int n = PQntuples(res);
+	for (int i = 0; i < n;) {
+		const char *key = PQgetvalue(res, i, HC_PARTITION);
+		const char *lease = PQgetvalue(res, i, HC_LEASE);
+		struct part *p = part_find(r, key);
+		int first = i;
+		while (i < n && !strcmp(PQgetvalue(res, i, HC_PARTITION), key))
+			i++;
+		if (!p)
+			continue;
+
+		if (!strcmp(lease, "lost")) {
+			log_warn("lease on partition %s was lost to another instance", key);
+			drop_queue(p);
+			set_state(r, p, P_IDLE);
+			part_maybe_drop(r, p);
+			continue;
+		}
+		if (!strcmp(lease, "released")) {
+			set_state(r, p, P_IDLE);
+			drop_queue(p);
+			if (!PQgetisnull(res, first, HC_KEY))
+				arm_due(r, strtoll(PQgetvalue(res, first, HC_DUE_IN_MS), NULL, 10));
+			if (p->again) {
+				p->again = false;
+				want_claim(r, p);
+			}
+			part_maybe_drop(r, p);
+			continue;
+		}
+
+		/* held: queue the leading due rows; a row that is not due stops the queue */
+		set_state(r, p, P_HELD);
+		p->again = false;
+		p->lost = false;
+		for (int j = first; j < i; j++) {
+			if (PQgetisnull(res, j, HC_KEY))
+				break;
+			if (strcmp(PQgetvalue(res, j, HC_DUE), "t") != 0) {
+				arm_due(r, strtoll(PQgetvalue(res, j, HC_DUE_IN_MS), NULL, 10));
+				break;
+			}
+			struct row *row = calloc(1, sizeof(*row));
+			if (!row)
+				break;
+			snprintf(row->key, sizeof(row->key), "%s", PQgetvalue(res, j, HC_KEY));
+			row->destinations = strdup(PQgetvalue(res, j, HC_DESTINATIONS));
+			row->headers = PQgetisnull(res, j, HC_HEADERS) ? NULL : strdup(PQgetvalue(res, j, HC_HEADERS));
+			row->payload_len = (size_t)PQgetlength(res, j, HC_PAYLOAD);
+			row->payload = malloc(row->payload_len + 1);
+			if (row->payload)
+				memcpy(row->payload, PQgetvalue(res, j, HC_PAYLOAD), row->payload_len + 1);
+			row->sent = PQgetisnull(res, j, HC_SENT) ? NULL : strdup(PQgetvalue(res, j, HC_SENT));
+			row->attempts = strtol(PQgetvalue(res, j, HC_ATTEMPTS), NULL, 10);
+			row->created_ms = strtoll(PQgetvalue(res, j, HC_CREATED_MS), NULL, 10);
+			if (!row->destinations || !row->payload) {
+				row_free(row);
+				break;
+			}
+			if (p->queue_tail)
+				p->queue_tail->next = row;
+			else
+				p->queue = row;
+			p->queue_tail = row;
+		}
+		(void)from_claim;
+		if (p->queue)
+			make_ready(r, p);
+		else
+			want_advance(r, p); /* nothing due: the advance releases it */
+	}
+}
+
+struct batch {
+	struct obr_relay *relay;
+	struct vec parts;   /* or marks */
+	bool errored;
+};
+
+static struct batch *batch_new(struct obr_relay *r)
+{
+	struct batch *b = calloc(1, sizeof(*b));
+	if (b)
+		b->relay = r;
+	return b;
+}
+
+static void batch_free(struct batch *b)
+{
+	if (!b)
+		return;
+	free(b->parts.items);
+	free(b);
+}
+
+static void statement_error(const char *what, const char *err)
+{
+	log_warn("%s statement failed, will retry: %s", what, err ? err : "connection lost");
+}
+
+static void on_claim_result(void *arg, const PGresult *res, const char *err)
+{
+	struct batch *b = arg;
+	struct obr_relay *r = b->relay;
+	r->statement_running = false;
+
+	if (res && !err) {
+		take_heads(r, res, true);
+		r->stats.claims++;
+	} else {
+		statement_error("claim", err);
+	}
+	/* partitions not in the result are held by another instance (or the statement failed) */
+	for (size_t i = 0; i < b->parts.len; i++) {
+		struct part *p = b->parts.items[i];
+		if (p->state != P_CLAIMING)
+			continue;
+		set_state(r, p, P_IDLE);
+		if (!res || err)
+			want_claim(r, p); /* try again */
+		p->again = false;
+		part_maybe_drop(r, p);
+	}
+	batch_free(b);
+	dispatch(r);
+	kick(r);
+}
+
+static void on_advance_result(void *arg, const PGresult *res, const char *err)
+{
+	struct batch *b = arg;
+	struct obr_relay *r = b->relay;
+	r->statement_running = false;
+
+	if (res && !err)
+		take_heads(r, res, false);
+	else
+		statement_error("advance", err);
+	for (size_t i = 0; i < b->parts.len; i++) {
+		struct part *p = b->parts.items[i];
+		if (p->state == P_ADVANCING) {
+			/* failed statement: still ours as far as we know; look again */
+			set_state(r, p, P_HELD);
+			want_advance(r, p);
+		}
+	}
+	batch_free(b);
+	dispatch(r);
+	kick(r);
+	maybe_finish_shutdown(r);
+}
+
+static void mark_free(struct mark *m)
+{
+	free(m->error);
+	free(m->sent);
+	free(m);
+}
+
+static void on_complete_result(void *arg, const PGresult *res, const char *err)
+{
+	struct batch *b = arg;
+	struct obr_relay *r = b->relay;
+	r->statement_running = false;
+
+	if (!res || err) {
+		statement_error("complete", err);
+		/* keep the results: they go out with the next complete statement */
+		for (size_t i = 0; i < b->parts.len; i++)
+			vec_push(&r->marks, b->parts.items[i]);
+		batch_free(b);
+		kick(r);
+		return;
+	}
+	for (size_t i = 0; i < b->parts.len; i++) {
+		struct mark *m = b->parts.items[i];
+		struct part *p = m->part;
+		struct delivery *d = p->current;
+		p->current = NULL;
+		r->active--;
+		delivery_free(d);
+		if (!m->success && !m->park) {
+			drop_queue(p); /* the head waits for its retry; the advance releases the partition */
+		}
+		if (p->lost) {
+			drop_queue(p);
+			set_state(r, p, P_IDLE);
+			p->lost = false;
+			part_maybe_drop(r, p);
+		} else if (p->queue && !r->stopping) {
+			make_ready(r, p);
+		} else {
+			want_advance(r, p);
+		}
+		mark_free(m);
+	}
+	batch_free(b);
+	dispatch(r);
+	kick(r);
+	maybe_finish_shutdown(r);
+}
+
+static void on_scan_result(void *arg, const PGresult *res, const char *err)
+{
+	struct obr_relay *r = arg;
+	r->statement_running = false;
+
+	if (!res || err) {
+		statement_error("scan", err);
+		r->scan_wanted = true;
+		kick(r);
+		return;
+	}
+	r->stats.scans++;
+	int n = PQntuples(res);
+	for (int i = 0; i < n; i++) {
+		if (PQgetisnull(res, i, 0)) {
+			if (!PQgetisnull(res, i, 1))
+				arm_due(r, strtoll(PQgetvalue(res, i, 1), NULL, 10));
+			continue;
+		}
+		r->stats.scan_found++;
+		struct part *p = part_get(r, PQgetvalue(res, i, 0));
+		if (p && p->state == P_IDLE)
+			want_claim(r, p);
+	}
+	/* a full page (the last row is the due time): there may be more */
+	if (n - 1 >= r->cfg->claim_limit)
+		r->scan_wanted = true;
+	if (!r->first_scan_done) {
+		r->first_scan_done = true;
+		if (r->cfg->mode == OBR_MODE_POLL && !r->ready_logged) {
+			r->ready_logged = true;
+			log_info("relay ready: polling every %lld ms", (long long)r->cfg->poll_interval_ms);
+		}
+	}
+	kick(r);
+}
+
+static void on_renew_result(void *arg, const PGresult *res, const char *err)
+{
+	struct obr_relay *r = arg;
+	r->statement_running = false;
+	if (!res || err) {
+		statement_error("lease renewal", err);
+		kick(r);
+		return;
+	}
+	/* every partition we believe held but is not in the result has been taken over */
+	int n = PQntuples(res);
+	for (size_t bkt = 0; bkt < r->nbuckets; bkt++) {
+		for (struct part *p = r->buckets[bkt]; p; p = p->hash_next) {
+			if (p->state != P_HELD)
+				continue;
+			bool found = false;
+			for (int i = 0; i < n && !found; i++)
+				found = !strcmp(PQgetvalue(res, i, 0), p->key);
+			if (!found && !p->lost) {
+				log_warn("lease on partition %s expired and was taken over; its fetched rows are dropped", p->key);
+				p->lost = true;
+				drop_queue(p);
+				if (!p->current)
+					set_state(r, p, P_IDLE); /* dropped when it leaves the lists */
+			}
+		}
+	}
+	kick(r);
+}
+
+static void on_release_all_result(void *arg, const PGresult *res, const char *err)
+{
+	struct obr_relay *r = arg;
+	r->statement_running = false;
+	if (!res || err)
+		log_warn("could not release leases at shutdown (they expire by themselves): %s", err ? err : "connection lost");
+	else
+		log_info("released %s leases", PQcmdTuples((PGresult *)(uintptr_t)res));
+	r->released_all = true;
+	event_base_loopbreak(r->base);
+}
+
+/* ---- building statements ---- */
+
+static char *uuid_array(struct part **parts, size_t n)
+{
+	struct strbuf b;
+	strbuf_init(&b, MAX_STATEMENT_BYTES);
+	strbuf_puts(&b, "{");
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			strbuf_puts(&b, ",");
+		strbuf_append(&b, parts[i]->key, KEY_LEN);
+	}
+	strbuf_puts(&b, "}");
+	if (b.failed) {
+		strbuf_free(&b);
+		return NULL;
+	}
+	return b.data;
+}
+
+static bool send_heads_statement(struct obr_relay *r, const char *sql, struct batch *b, obr_pg_result_fn fn)
+{
+	char *keys = uuid_array((struct part **)b->parts.items, b->parts.len);
+	char batch[24], lease[24];
+	snprintf(batch, sizeof(batch), "%lld", (long long)r->cfg->batch_size);
+	snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
+	const char *params[] = { r->lock_id, keys, batch, lease };
+	bool ok = keys && obr_pg_query(r->work_pg, sql, 4, params, fn, b) == 0;
+	free(keys);
+	return ok;
+}
+
+static bool send_complete(struct obr_relay *r)
+{
+	struct strbuf done, keys, errs, delays, parks, sents, counted;
+	size_t nd = 0, nf = 0;
+	struct batch *b = batch_new(r);
+	if (!b)
+		return false;
+	strbuf_init(&done, MAX_STATEMENT_BYTES);
+	strbuf_init(&keys, MAX_STATEMENT_BYTES);
+	strbuf_init(&errs, MAX_STATEMENT_BYTES);
+	strbuf_init(&delays, MAX_STATEMENT_BYTES);
+	strbuf_init(&parks, MAX_STATEMENT_BYTES);
+	strbuf_init(&sents, MAX_STATEMENT_BYTES);
+	strbuf_init(&counted, MAX_STATEMENT_BYTES);
+	struct strbuf *all[] = { &done, &keys, &errs, &delays, &parks, &sents, &counted };
+	for (size_t i = 0; i < 7; i++)
+		strbuf_puts(all[i], "{");
+
+	for (size_t i = 0; i < r->marks.len; i++) {
+		struct mark *m = r->marks.items[i];
+		if (m->success) {
+			strbuf_array_sep(&done, &nd);
+			strbuf_puts(&done, m->key);
+		} else {
+			size_t c = nf;
+			strbuf_array_sep(&keys, &c);
+			strbuf_puts(&keys, m->key);
+			c = nf;
+			strbuf_array_sep(&errs, &c);
+			strbuf_array_elem(&errs, m->error);
+			c = nf;
+			strbuf_array_sep(&delays, &c);
+			strbuf_printf(&delays, "%lld", (long long)m->delay_ms);
+			c = nf;
+			strbuf_array_sep(&parks, &c);
+			strbuf_puts(&parks, m->park ? "t" : "f");
+			c = nf;
+			strbuf_array_sep(&sents, &c);
+			strbuf_array_elem(&sents, m->sent);
+			strbuf_array_sep(&counted, &nf);
+			strbuf_puts(&counted, m->counted ? "t" : "f");
+		}
+		vec_push(&b->parts, m);
+	}
+	bool failed = false;
+	for (size_t i = 0; i < 7; i++) {
+		strbuf_puts(all[i], "}");
+		failed |= all[i]->failed;
+	}
+	bool ok = false;
+	if (!failed && b->parts.len == r->marks.len) {
+		const char *params[] = { done.data, keys.data, errs.data, delays.data, parks.data, sents.data, counted.data };
+		ok = obr_pg_query(r->work_pg, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 7,
+		                  params, on_complete_result, b) == 0;
+	}
+	for (size_t i = 0; i < 7; i++)
+		strbuf_free(all[i]);
+	if (ok)
+		r->marks.len = 0;
+	else
+		batch_free(b);
+	return ok;
+}
+
+/* Sends the most useful statement, if the work connection is free. */
+static void flush(struct obr_relay *r)
+{
+	if (r->statement_running || !obr_pg_is_up(r->work_pg))
+		return;
+
+	/* 1. results of delivered rows: they unblock their partitions */
+	if (r->marks.len) {
+		if (send_complete(r))
+			r->statement_running = true;
+		return;
+	}
+
+	/* at shutdown nothing is fetched any more: the final release gives back every lease */
+	if (r->stopping && r->advance_set.len) {
+		for (size_t i = 0; i < r->advance_set.len; i++) {
+			struct part *p = r->advance_set.items[i];
+			p->in_advance_set = false;
+			set_state(r, p, P_IDLE);
+			drop_queue(p);
+			part_maybe_drop(r, p);
+		}
+		r->advance_set.len = 0;
+	}
+
+	/* 2. held partitions with nothing left: more rows, or release */
+	if (r->advance_set.len) {
+		struct batch *b = batch_new(r);
+		if (!b)
+			return;
+		size_t take = r->advance_set.len;
+		if (take > (size_t)r->cfg->claim_limit)
+			take = (size_t)r->cfg->claim_limit;
+		for (size_t i = 0; i < take; i++) {
+			struct part *p = r->advance_set.items[i];
+			p->in_advance_set = false;
+			set_state(r, p, P_ADVANCING);
+			vec_push(&b->parts, p);
+		}
+		memmove(r->advance_set.items, r->advance_set.items + take, (r->advance_set.len - take) * sizeof(void *));
+		r->advance_set.len -= take;
+		if (send_heads_statement(r, OBR_SQL_ADVANCE, b, on_advance_result)) {
+			r->statement_running = true;
+		} else {
+			for (size_t i = 0; i < b->parts.len; i++) {
+				struct part *p = b->parts.items[i];
+				set_state(r, p, P_HELD);
+				want_advance(r, p);
+			}
+			batch_free(b);
+		}
+		return;
+	}
+
+	if (r->stopping) {
+		if (!r->released_all && r->active == 0 && obr_http_in_flight(r->http) == 0) {
+			const char *params[] = { r->lock_id };
+			if (obr_pg_query(r->work_pg, OBR_SQL_RELEASE_ALL, 1, params, on_release_all_result, r) == 0)
+				r->statement_running = true;
+		}
+		return;
+	}
+
+	/* 3. lease renewal, when due */
+	if (r->renew_wanted) {
+		r->renew_wanted = false;
+		char lease[24];
+		snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
+		const char *params[] = { r->lock_id, lease };
+		if (obr_pg_query(r->work_pg, OBR_SQL_RENEW, 2, params, on_renew_result, r) == 0)
+			r->statement_running = true;
+		return;
+	}
+
+	/* 4. claim notified partitions, as many as there are free delivery slots */
+	int room = (int)r->cfg->max_in_flight - r->held;
+	if (r->claim_set.len && room > 0) {
+		struct batch *b = batch_new(r);
+		if (!b)
+			return;
+		size_t take = r->claim_set.len;
+		if (take > (size_t)room)
+			take = (size_t)room;
+		if (take > (size_t)r->cfg->claim_limit)
+			take = (size_t)r->cfg->claim_limit;
+		for (size_t i = 0; i < take; i++) {
+			struct part *p = r->claim_set.items[i];
+			p->in_claim_set = false;
+			set_state(r, p, P_CLAIMING);
+			vec_push(&b->parts, p);
+		}
+		memmove(r->claim_set.items, r->claim_set.items + take, (r->claim_set.len - take) * sizeof(void *));
+		r->claim_set.len -= take;
+		if (send_heads_statement(r, OBR_SQL_CLAIM, b, on_claim_result)) {
+			r->statement_running = true;
+		} else {
+			for (size_t i = 0; i < b->parts.len; i++) {
+				struct part *p = b->parts.items[i];
+				set_state(r, p, P_IDLE);
+				want_claim(r, p);
+			}
+			batch_free(b);
+		}
+		return;
+	}
+
+	/* 5. scan for partitions no notification announced */
+	if (r->scan_wanted && r->claim_set.len == 0) {
+		r->scan_wanted = false;
+		char limit[24];
+		snprintf(limit, sizeof(limit), "%lld", (long long)r->cfg->claim_limit);
+		const char *params[] = { limit };
+		if (obr_pg_query(r->work_pg, OBR_SQL_SCAN, 1, params, on_scan_result, r) == 0)
+			r->statement_running = true;
+		else
+			r->scan_wanted = true;
+	}
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	dispatch(r);
+	flush(r);
+}
+
+static void kick(struct obr_relay *r)
+{
+	event_active(r->kick_ev, EV_TIMEOUT, 0);
+}
+
+/* ---- timers ---- */
+
+static void on_poll(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	r->scan_wanted = true;
+	kick(r);
+}
+
+static void on_due(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	r->due_at_ms = 0;
+	r->scan_wanted = true;
+	kick(r);
+}
+
+static void on_renew(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	if (r->held > 0) {
+		r->renew_wanted = true;
+		kick(r);
+	}
+}
+
+/* ---- connections ---- */
+
+static void check_ready(struct obr_relay *r)
+{
+	if (r->ready_logged || r->cfg->mode != OBR_MODE_LISTEN)
+		return;
+	if (r->listen_ready && obr_pg_is_up(r->work_pg)) {
+		r->ready_logged = true;
+		log_info("relay ready: listening on channel %s, instance %s", r->cfg->channel, r->lock_id);
+	}
+}
+
+static void on_work_connected(void *arg)
+{
+	struct obr_relay *r = arg;
+	r->scan_wanted = true;
+	check_ready(r);
+	kick(r);
+}
+
+static void on_work_disconnected(void *arg, const char *why)
+{
+	struct obr_relay *r = arg;
+	r->stats.reconnects++;
+	r->statement_running = false;
+}
+
+static void on_listen_connected(void *arg)
+{
+	struct obr_relay *r = arg;
+	r->listen_ready = true;
+	r->listen_check_pending = false;
+	/* notifications sent while we were not listening are lost: catch up with a scan */
+	r->scan_wanted = true;
+	check_ready(r);
+	kick(r);
+}
+
+static void on_listen_disconnected(void *arg, const char *why)
+{
+	struct obr_relay *r = arg;
+	r->listen_ready = false;
+	r->stats.reconnects++;
+	evtimer_del(r->listen_check_timeout_ev);
+}
+
+static void on_listen_check_result(void *arg, const PGresult *res, const char *err)
+{
+	struct obr_relay *r = arg;
+	r->listen_check_pending = false;
+	evtimer_del(r->listen_check_timeout_ev);
+}
+
+static void on_listen_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	if (!r->listen_pg || !obr_pg_is_up(r->listen_pg) || r->listen_check_pending)
+		return;
+	if (obr_pg_query(r->listen_pg, "SELECT 1", 0, NULL, on_listen_check_result, r) == 0) {
+		r->listen_check_pending = true;
+		timer_ms(r->listen_check_timeout_ev, LISTEN_CHECK_TIMEOUT_MS);
+	}
+}
+
+static void on_listen_check_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	r->listen_check_pending = false;
+	obr_pg_reset(r->listen_pg, "the listen connection did not answer a health check");
+}
+
+/* ---- shutdown ---- */
+
+static void maybe_finish_shutdown(struct obr_relay *r)
+{
+	if (r->stopping)
+		kick(r);
+}
+
+static void on_grace(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	int n = obr_http_in_flight(r->http);
+	if (n > 0)
+		log_warn("shutdown grace period over: abandoning %d requests in flight (their rows will be sent again)", n);
+	obr_http_abort_all(r->http);
+	/* the abandoned rows have no result to write */
+	for (size_t b = 0; b < r->nbuckets; b++) {
+		for (struct part *p = r->buckets[b]; p; p = p->hash_next) {
+			if (p->current && !p->current->finished) {
+				delivery_free(p->current);
+				p->current = NULL;
+				r->active--;
+			}
+		}
+	}
+	if (!obr_pg_is_up(r->work_pg)) {
+		log_warn("database unreachable at shutdown: leases expire by themselves");
+		event_base_loopbreak(r->base);
+		return;
+	}
+	kick(r);
+}
+
+void obr_relay_shutdown(struct obr_relay *r)
+{
+	if (r->stopping)
+		return;
+	r->stopping = true;
+	log_info("shutting down: %d rows in flight, grace period %lld ms", r->active, (long long)r->cfg->shutdown_grace_ms);
+	for (size_t i = 0; i < r->claim_set.len; i++) {
+		struct part *p = r->claim_set.items[i];
+		p->in_claim_set = false;
+	}
+	r->claim_set.len = 0;
+	evtimer_del(r->poll_ev);
+	evtimer_del(r->due_ev);
+	timer_ms(r->grace_ev, r->cfg->shutdown_grace_ms);
+	kick(r);
+}
+
+/* ---- lifecycle ---- */
+
+struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config *cfg)
+{
+	struct obr_relay *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->base = base;
+	r->cfg = cfg;
+	uuid_t id;
+	uuid_generate_random(id);
+	uuid_unparse_lower(id, r->lock_id);
+
+	r->nbuckets = 1024;
+	r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
+	struct obr_http_options hopt = { .timeout_ms = (long)cfg->http_timeout_ms, .ca_file = cfg->ca_file };
+	r->http = obr_http_new(base, &hopt);
+	r->kick_ev = event_new(base, -1, 0, on_kick, r);
+	r->poll_ev = event_new(base, -1, EV_PERSIST, on_poll, r);
+	r->due_ev = evtimer_new(base, on_due, r);
+	r->renew_ev = event_new(base, -1, EV_PERSIST, on_renew, r);
+	r->listen_check_ev = event_new(base, -1, EV_PERSIST, on_listen_check, r);
+	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
+	r->grace_ev = evtimer_new(base, on_grace, r);
+	if (!r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	    !r->listen_check_timeout_ev || !r->grace_ev)
+		goto fail;
+
+	struct obr_pg_callbacks work_cb = { on_work_connected, on_work_disconnected, NULL };
+	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work", NULL, &work_cb, r);
+	if (!r->work_pg)
+		goto fail;
+	if (cfg->mode == OBR_MODE_LISTEN) {
+		char listen_sql[128];
+		snprintf(listen_sql, sizeof(listen_sql), "LISTEN %s", cfg->channel);
+		struct obr_pg_callbacks listen_cb = { on_listen_connected, on_listen_disconnected, on_notify };
+		r->listen_pg = obr_pg_new(base, cfg->database_url, "outbox-relay listen", listen_sql, &listen_cb, r);
+		if (!r->listen_pg)
+			goto fail;
+	}
+	return r;
+fail:
+	obr_relay_free(r);
+	return NULL;
+}
+
+int obr_relay_start(struct obr_relay *r)
+{
+	struct timeval tv;
+	int64_t ms = r->cfg->poll_interval_ms;
+	tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	event_add(r->poll_ev, &tv);
+	ms = r->cfg->lease_ms / 3;
+	tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	event_add(r->renew_ev, &tv);
+	if (r->listen_pg) {
+		ms = r->cfg->health_check_ms;
+		tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+		event_add(r->listen_check_ev, &tv);
+		obr_pg_start(r->listen_pg);
+	}
+	obr_pg_start(r->work_pg);
+	log_info("outbox-relay %s starting: mode %s, instance %s", OBR_VERSION, obr_mode_name(r->cfg->mode), r->lock_id);
+	return 0;
+}
+
+const struct obr_relay_stats *obr_relay_stats(const struct obr_relay *r)
+{
+	return &r->stats;
+}
+
+void obr_relay_free(struct obr_relay *r)
+{
+	if (!r)
+		return;
+	obr_pg_free(r->listen_pg);
+	obr_pg_free(r->work_pg);
+	if (r->http)
+		obr_http_abort_all(r->http);
+	for (size_t b = 0; r->buckets && b < r->nbuckets; b++) {
+		struct part *p = r->buckets[b];
+		while (p) {
+			struct part *next = p->hash_next;
+			if (p->current)
+				delivery_free(p->current);
+			drop_queue(p);
+			free(p);
+			p = next;
+		}
+	}
+	for (size_t i = 0; i < r->marks.len; i++)
+		mark_free(r->marks.items[i]);
+	free(r->marks.items);
+	free(r->claim_set.items);
+	free(r->advance_set.items);
+	free(r->buckets);
+	obr_http_free(r->http);
+	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
+		                r->listen_check_timeout_ev, r->grace_ev };
+	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+		if (evs[i])
+			event_free(evs[i]);
+	free(r);
+}

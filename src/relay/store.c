@@ -1,0 +1,117 @@
+/*
+ * store.c - the statements. Parameters are described above each one.
+ */
+#include "store.h"
+
+/* A partition's first rows in delivery order; "l" is the outer partition. */
+#define HEADS_OF(part) \
+	"SELECT o.idempotent_key, o.destinations::text AS destinations, o.headers::text AS headers, o.payload, " \
+	"       o.attempts, o.sent_destinations::text AS sent, " \
+	"       (o.process_after <= now() AND coalesce(o.retry_after, o.process_after) <= now()) AS due, " \
+	"       ceil(extract(epoch FROM greatest(o.process_after, coalesce(o.retry_after, o.process_after)) - now()) * 1000)::bigint AS due_in_ms, " \
+	"       floor(extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms, " \
+	"       row_number() OVER (ORDER BY o.process_after, o.created_at, o.idempotent_key) AS rn " \
+	"  FROM outbox o " \
+	" WHERE o.partition_key = " part " AND o.processed_at IS NULL AND o.dead_at IS NULL " \
+	" ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT $3"
+
+#define HEADS_COLUMNS \
+	"h.idempotent_key, h.destinations, h.headers, h.payload, h.attempts, h.sent, h.due, h.due_in_ms, h.created_ms"
+
+/*
+ * Claim: lease the given partitions (free ones, expired ones, and our own after a reconnect)
+ * and return each leased partition's first rows, in one round trip. Partitions another
+ * instance holds are simply absent from the result.
+ * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
+ */
+const char OBR_SQL_CLAIM[] =
+	"WITH leased AS ("
+	"  INSERT INTO outbox_lock (partition_key, lock_id, processing_until) "
+	"  SELECT k, $1::uuid, now() + $4::bigint * interval '1 millisecond' "
+	"    FROM (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k) p ORDER BY k "
+	"  ON CONFLICT (partition_key) WHERE processed_at IS NULL DO UPDATE "
+	"     SET lock_id = EXCLUDED.lock_id, processing_until = EXCLUDED.processing_until "
+	"   WHERE outbox_lock.processing_until < now() OR outbox_lock.lock_id = EXCLUDED.lock_id "
+	"  RETURNING partition_key) "
+	"SELECT l.partition_key::text, 'held', " HEADS_COLUMNS
+	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key") ") h ON true "
+	" ORDER BY l.partition_key, h.rn";
+
+/*
+ * Advance: for partitions we hold whose fetched rows are done, look again. A partition whose
+ * head is due keeps its lease (renewed) and gets its next rows; any other is released in the
+ * same statement, with its head's due time so the relay can arm a timer. A row committed after
+ * this statement's snapshot was notified, and the relay claims its partition again.
+ * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
+ */
+const char OBR_SQL_ADVANCE[] =
+	"WITH h AS ("
+	"  SELECT p.k, x.* FROM (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k) p "
+	"  LEFT JOIN LATERAL (" HEADS_OF("p.k") ") x ON true), "
+	"f AS (SELECT k, coalesce(bool_or(rn = 1 AND due), false) AS keep FROM h GROUP BY k), "
+	"rel AS (DELETE FROM outbox_lock l USING f "
+	"         WHERE NOT f.keep AND l.partition_key = f.k AND l.lock_id = $1::uuid AND l.processed_at IS NULL "
+	"        RETURNING l.partition_key), "
+	"ren AS (UPDATE outbox_lock l SET processing_until = now() + $4::bigint * interval '1 millisecond' FROM f "
+	"         WHERE f.keep AND l.partition_key = f.k AND l.lock_id = $1::uuid AND l.processed_at IS NULL "
+	"        RETURNING l.partition_key) "
+	"SELECT h.k::text, CASE WHEN ren.partition_key IS NOT NULL THEN 'held' "
+	"                       WHEN rel.partition_key IS NOT NULL THEN 'released' ELSE 'lost' END, " HEADS_COLUMNS
+	"  FROM h LEFT JOIN rel ON rel.partition_key = h.k LEFT JOIN ren ON ren.partition_key = h.k "
+	" ORDER BY h.k, h.rn";
+
+/*
+ * Complete: the results of delivered rows, successes and failures, in one statement.
+ * A failed row keeps its place (process_after is never touched, unlike the crate): its
+ * retry_after blocks the partition until the retry, or dead_at parks it.
+ * $1 uuid[] delivered; failures as parallel arrays: $2 uuid[] key, $3 text[] error,
+ * $4 bigint[] retry delay ms, $5 bool[] park, $6 text[] sent_destinations (int[] literals),
+ * $7 bool[] counts as an attempt
+ */
+#define COMPLETE_FAILED \
+	"failed AS (UPDATE outbox o SET attempts = o.attempts + f.counted::int, last_error = f.err, " \
+	"       retry_after = CASE WHEN f.park THEN NULL ELSE now() + f.delay_ms * interval '1 millisecond' END, " \
+	"       dead_at = CASE WHEN f.park THEN now() END, sent_destinations = f.sent::int[] " \
+	"  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[]) " \
+	"       AS f(key, err, delay_ms, park, sent, counted) " \
+	" WHERE o.idempotent_key = f.key AND o.processed_at IS NULL RETURNING 1) " \
+	"SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM failed)"
+
+const char OBR_SQL_COMPLETE[] =
+	"WITH done AS (UPDATE outbox SET processed_at = now(), attempts = attempts + 1, retry_after = NULL "
+	"               WHERE idempotent_key = ANY($1::uuid[]) AND processed_at IS NULL RETURNING 1), "
+	COMPLETE_FAILED;
+
+const char OBR_SQL_COMPLETE_DELETE[] =
+	"WITH done AS (DELETE FROM outbox WHERE idempotent_key = ANY($1::uuid[]) RETURNING 1), "
+	COMPLETE_FAILED;
+
+/*
+ * Scan (fallback poll, catch-up after a connect, due timer): partitions whose head is due and
+ * that no live lease holds, oldest first; then one row (NULL partition) with the milliseconds
+ * until the next row becomes due, for the due timer. Reads only pending rows (partial indexes).
+ * $1 limit
+ */
+const char OBR_SQL_SCAN[] =
+	"(SELECT h.k::text, NULL::bigint FROM ("
+	"   SELECT DISTINCT ON (partition_key) partition_key AS k, process_after, retry_after FROM outbox "
+	"    WHERE processed_at IS NULL AND dead_at IS NULL "
+	"    ORDER BY partition_key, process_after, created_at, idempotent_key) h "
+	"  WHERE h.process_after <= now() AND coalesce(h.retry_after, h.process_after) <= now() "
+	"    AND NOT EXISTS (SELECT 1 FROM outbox_lock l WHERE l.partition_key = h.k AND l.processed_at IS NULL "
+	"                       AND l.processing_until >= now()) "
+	"  ORDER BY h.process_after LIMIT $1::int) "
+	"UNION ALL "
+	"SELECT NULL, ceil(extract(epoch FROM least("
+	"   (SELECT min(process_after) FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after > now()), "
+	"   (SELECT min(retry_after) FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND retry_after > now())"
+	" ) - now()) * 1000)::bigint";
+
+/* Renew every lease of this instance; the result is the set still held. $1 lock_id, $2 lease ms */
+const char OBR_SQL_RENEW[] =
+	"UPDATE outbox_lock SET processing_until = now() + $2::bigint * interval '1 millisecond' "
+	" WHERE lock_id = $1::uuid AND processed_at IS NULL RETURNING partition_key::text";
+
+/* Shutdown: give back every lease of this instance. $1 lock_id */
+const char OBR_SQL_RELEASE_ALL[] =
+	"DELETE FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL";

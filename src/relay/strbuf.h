@@ -1,0 +1,32 @@
+/*
+ * strbuf.h - a growable string with a hard cap, and PostgreSQL array-literal building.
+ */
+#ifndef OBR_STRBUF_H
+#define OBR_STRBUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct strbuf {
+	char *data;
+	size_t len, cap, max;
+	bool failed;      /* out of memory or over max: the content is incomplete */
+};
+
+void strbuf_init(struct strbuf *b, size_t max);
+void strbuf_append(struct strbuf *b, const char *s, size_t n);
+void strbuf_puts(struct strbuf *b, const char *s);
+void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as one element of an array literal: quoted, with " and \ escaped; NULL = NULL. */
+void strbuf_array_elem(struct strbuf *b, const char *s);
+void strbuf_reset(struct strbuf *b);
+void strbuf_free(struct strbuf *b);
+
+/* Helper for building "{a,b,c}": call before each element. */
+static inline void strbuf_array_sep(struct strbuf *b, size_t *count)
+{
+	if ((*count)++)
+		strbuf_append(b, ",", 1);
+}
+
+#endif
