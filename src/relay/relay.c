@@ -962,7 +962,18 @@ static void flush(struct obr_relay *r)
 	if (r->statement_running || !obr_pg_is_up(r->work_pg))
 		return;
 
-	/* 1. results of delivered rows: they unblock their partitions */
+	/* 1. lease renewal first, when due: a late renewal lets another instance send our rows */
+	if (r->renew_wanted && !r->stopping) {
+		r->renew_wanted = false;
+		char lease[24];
+		snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
+		const char *params[] = { r->lock_id, lease };
+		if (obr_pg_query(r->work_pg, OBR_SQL_RENEW, 2, params, on_renew_result, r) == 0)
+			r->statement_running = true;
+		return;
+	}
+
+	/* 2. results of delivered rows: they unblock their partitions */
 	if (r->marks.len) {
 		if (send_complete(r))
 			r->statement_running = true;
@@ -981,7 +992,7 @@ static void flush(struct obr_relay *r)
 		r->advance_set.len = 0;
 	}
 
-	/* 2. held partitions with nothing left: more rows, or release */
+	/* 3. held partitions with nothing left: more rows, or release */
 	if (r->advance_set.len) {
 		struct batch *b = batch_new(r);
 		if (!b)
@@ -1016,17 +1027,6 @@ static void flush(struct obr_relay *r)
 			if (obr_pg_query(r->work_pg, OBR_SQL_RELEASE_ALL, 1, params, on_release_all_result, r) == 0)
 				r->statement_running = true;
 		}
-		return;
-	}
-
-	/* 3. lease renewal, when due */
-	if (r->renew_wanted) {
-		r->renew_wanted = false;
-		char lease[24];
-		snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
-		const char *params[] = { r->lock_id, lease };
-		if (obr_pg_query(r->work_pg, OBR_SQL_RENEW, 2, params, on_renew_result, r) == 0)
-			r->statement_running = true;
 		return;
 	}
 
