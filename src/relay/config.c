@@ -165,7 +165,7 @@ static const struct setting *find_flag(const char *name, size_t len)
 	return NULL;
 }
 
-int obr_config_load(struct obr_config *cfg, char *const *envp, int argc, char *const *argv,
+int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, const char *const *argv,
                     char *err, size_t errlen)
 {
 	memset(cfg, 0, sizeof(*cfg));
@@ -174,7 +174,7 @@ int obr_config_load(struct obr_config *cfg, char *const *envp, int argc, char *c
 		if (settings[i].def && apply(cfg, &settings[i], settings[i].def, "default", err, errlen))
 			goto fail;
 
-	for (char *const *e = envp; e && *e; e++) {
+	for (const char *const *e = envp; e && *e; e++) {
 		const char *eq = strchr(*e, '=');
 		if (!eq)
 			continue;

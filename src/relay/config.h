@@ -41,7 +41,7 @@ struct obr_config {
 
 /* Fills cfg from defaults, the environment (envp-style array) and argv flags. argv holds only
  * the flags (subcommand already removed). Returns 0, or -1 with a message in err. */
-int obr_config_load(struct obr_config *cfg, char *const *envp, int argc, char *const *argv,
+int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, const char *const *argv,
                     char *err, size_t errlen);
 void obr_config_free(struct obr_config *cfg);
 

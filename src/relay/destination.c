@@ -125,7 +125,7 @@ oom:
 
 /* Checks one headers object and adds its entries. where names it in messages. */
 static int add_headers(struct obr_destination *d, struct json_object *obj, const char *where, bool substitute,
-                       char *(*getenv_fn)(const char *), char *err, size_t errlen)
+                       const char *(*getenv_fn)(const char *), char *err, size_t errlen)
 {
 	if (!obj || json_object_is_type(obj, json_type_null))
 		return 0;
@@ -201,6 +201,11 @@ static int check_http_url(const char *url, char *err, size_t errlen)
 	return 0;
 }
 
+static const char *process_env(const char *name)
+{
+	return getenv(name);
+}
+
 static const char *string_member(struct json_object *obj, const char *key, bool *present, bool *wrong_type)
 {
 	struct json_object *v;
@@ -233,7 +238,7 @@ static int parse_sent(const char *sent, bool *sent_mask, int nmax)
 }
 
 static int parse_destination(struct obr_destination *d, struct json_object *obj, int index,
-                             char *(*getenv_fn)(const char *), char *err, size_t errlen)
+                             const char *(*getenv_fn)(const char *), char *err, size_t errlen)
 {
 	char where[64];
 	bool present, wrong;
@@ -324,7 +329,7 @@ static int parse_destination(struct obr_destination *d, struct json_object *obj,
 }
 
 int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char *destinations_json,
-                   const char *headers_json, const char *sent_destinations, char *(*getenv_fn)(const char *),
+                   const char *headers_json, const char *sent_destinations, const char *(*getenv_fn)(const char *),
                    char *err, size_t errlen)
 {
 	struct json_object *dests = NULL, *headers = NULL;
@@ -333,7 +338,7 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
 
 	memset(plan, 0, sizeof(*plan));
 	if (!getenv_fn)
-		getenv_fn = getenv;
+		getenv_fn = process_env;
 
 	enum json_tokener_error jerr;
 	dests = json_tokener_parse_verbose(destinations_json ? destinations_json : "", &jerr);

@@ -47,7 +47,7 @@ struct obr_plan {
  * {{ENV_NAME}} header values (NULL = getenv). sent_destinations is PostgreSQL's int[] text
  * ("{0,2}") or NULL. */
 int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char *destinations_json,
-                   const char *headers_json, const char *sent_destinations, char *(*getenv_fn)(const char *),
+                   const char *headers_json, const char *sent_destinations, const char *(*getenv_fn)(const char *),
                    char *err, size_t errlen);
 void obr_plan_clear(struct obr_plan *plan);
 

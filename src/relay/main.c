@@ -63,7 +63,7 @@ static int run(int argc, char **argv)
 	char err[1024];
 	int rc = 1;
 
-	if (obr_config_load(&cfg, environ, argc, argv, err, sizeof(err))) {
+	if (obr_config_load(&cfg, (const char *const *)environ, argc, (const char *const *)argv, err, sizeof(err))) {
 		fprintf(stderr, "outbox-relay: %s\n", err);
 		return 2;
 	}

@@ -1,0 +1,126 @@
+/*
+ * test_config.c - the settings table (src/relay/config.c): defaults, precedence, and a clear
+ * error naming the setting for every kind of bad value.
+ */
+#include "config.h"
+#include "harness.h"
+
+#include <string.h>
+
+static int load(struct obr_config *cfg, const char *const *envp, int argc, const char *const *argv, char *err)
+{
+	return obr_config_load(cfg, envp, argc, argv, err, 512);
+}
+
+static void test_defaults(void)
+{
+	const char *env[] = { "DATABASE_URL=postgresql://x/y", "PATH=/bin", NULL };
+	struct obr_config cfg;
+	char err[512];
+	CHECK_INT_EQ(load(&cfg, env, 0, NULL, err), 0);
+	CHECK_STR_EQ(cfg.database_url, "postgresql://x/y");
+	CHECK_INT_EQ(cfg.mode, OBR_MODE_LISTEN);
+	CHECK_INT_EQ(cfg.poll_interval_ms, 30000);
+	CHECK_INT_EQ(cfg.lease_ms, 30000);
+	CHECK_INT_EQ(cfg.failure_limit, 10);
+	CHECK_INT_EQ(cfg.http_timeout_ms, 3000);
+	CHECK_INT_EQ(cfg.shutdown_grace_ms, 8000);
+	CHECK(!cfg.delete_on_success);
+	CHECK_STR_EQ(cfg.channel, "outbox");
+	obr_config_free(&cfg);
+}
+
+static void test_poll_mode_default_interval(void)
+{
+	const char *env[] = { "DATABASE_URL=x", "OUTBOX_MODE=poll", NULL };
+	struct obr_config cfg;
+	char err[512];
+	CHECK_INT_EQ(load(&cfg, env, 0, NULL, err), 0);
+	CHECK_INT_EQ(cfg.mode, OBR_MODE_POLL);
+	CHECK_INT_EQ(cfg.poll_interval_ms, 1000);
+	obr_config_free(&cfg);
+}
+
+static void test_flag_beats_environment(void)
+{
+	const char *env[] = { "DATABASE_URL=x", "OUTBOX_LEASE_MS=5000", "OUTBOX_DELETE_ON_SUCCESS=false", NULL };
+	const char *argv[] = { "--lease-ms", "7000", "--delete-on-success", "--database=postgresql://flag", NULL };
+	struct obr_config cfg;
+	char err[512];
+	CHECK_INT_EQ(load(&cfg, env, 4, argv, err), 0);
+	CHECK_INT_EQ(cfg.lease_ms, 7000);
+	CHECK(cfg.delete_on_success);
+	CHECK_STR_EQ(cfg.database_url, "postgresql://flag");
+	obr_config_free(&cfg);
+}
+
+static void test_bad_values_name_the_setting(void)
+{
+	static const struct {
+		const char *var;
+		const char *expect;
+	} cases[] = {
+		{ "OUTBOX_LEASE_MS=abc", "OUTBOX_LEASE_MS" },
+		{ "OUTBOX_LEASE_MS=10", "out of range" },
+		{ "OUTBOX_LEASE_MS=", "OUTBOX_LEASE_MS" },
+		{ "OUTBOX_LEASE_MS=12ms", "not an integer" },
+		{ "OUTBOX_POLL_INTERVAL_MS=49", "OUTBOX_POLL_INTERVAL_MS" },
+		{ "OUTBOX_FAILURE_LIMIT=0", "OUTBOX_FAILURE_LIMIT" },
+		{ "OUTBOX_FAILURE_LIMIT=99999999999999999999", "OUTBOX_FAILURE_LIMIT" },
+		{ "OUTBOX_DELETE_ON_SUCCESS=maybe", "OUTBOX_DELETE_ON_SUCCESS" },
+		{ "OUTBOX_MODE=push", "OUTBOX_MODE" },
+		{ "OUTBOX_LOG_LEVEL=loud", "OUTBOX_LOG_LEVEL" },
+		{ "OUTBOX_CHANNEL=Bad-Name", "OUTBOX_CHANNEL" },
+		{ "OUTBOX_RETRY_MAX_MS=10", "OUTBOX_RETRY_MAX_MS" },
+		{ "OUTBOX_LEASEMS=1000", "unknown setting OUTBOX_LEASEMS" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *env[] = { "DATABASE_URL=x", cases[i].var, NULL };
+		struct obr_config cfg;
+		char err[512] = "";
+		int rc = load(&cfg, env, 0, NULL, err);
+		if (rc == 0 || !strstr(err, cases[i].expect))
+			fprintf(stderr, "case %s: rc=%d err=\"%s\"\n", cases[i].var, rc, err);
+		CHECK(rc != 0);
+		CHECK(strstr(err, cases[i].expect) != NULL);
+	}
+}
+
+static void test_bad_flags(void)
+{
+	const char *env[] = { "DATABASE_URL=x", NULL };
+	struct obr_config cfg;
+	char err[512];
+	const char *unknown[] = { "--lease", "1000", NULL };
+	CHECK(load(&cfg, env, 2, unknown, err) != 0);
+	CHECK(strstr(err, "unknown option --lease") != NULL);
+	const char *missing[] = { "--lease-ms", NULL };
+	CHECK(load(&cfg, env, 1, missing, err) != 0);
+	CHECK(strstr(err, "needs a value") != NULL);
+	const char *stray[] = { "extra", NULL };
+	CHECK(load(&cfg, env, 1, stray, err) != 0);
+	CHECK(strstr(err, "unexpected argument") != NULL);
+}
+
+static void test_database_required(void)
+{
+	const char *env[] = { "PATH=/bin", NULL };
+	struct obr_config cfg;
+	char err[512];
+	CHECK(load(&cfg, env, 0, NULL, err) != 0);
+	CHECK(strstr(err, "DATABASE_URL") != NULL);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct test tests[] = {
+		TEST(test_defaults),
+		TEST(test_poll_mode_default_interval),
+		TEST(test_flag_beats_environment),
+		TEST(test_bad_values_name_the_setting),
+		TEST(test_bad_flags),
+		TEST(test_database_required),
+		TEST_END,
+	};
+	return run_tests(tests, argc, argv);
+}
