@@ -10,7 +10,7 @@ packages=(
   libpq-dev libevent-dev libcurl4-openssl-dev libjson-c-dev uuid-dev
   postgresql-15 postgresql-client-15 pgbouncer
   python3 python3-psycopg2 python3-pytest
-  valgrind
+  valgrind curl
 )
 
 missing=()

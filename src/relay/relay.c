@@ -23,6 +23,7 @@
 
 #include <event2/event.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -32,6 +33,11 @@
 #define MAX_CLAIM_SET 65536          /* notified partitions remembered; beyond, a scan catches up */
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
+#define SAMPLE_MS 5000                 /* gauges for /metrics */
+
+const double obr_latency_bounds[OBR_LATENCY_BUCKETS] = {
+	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+};
 
 enum part_state { P_IDLE, P_CLAIMING, P_HELD, P_ADVANCING };
 
@@ -121,6 +127,7 @@ struct obr_relay {
 
 	bool scan_wanted;
 	bool renew_wanted;
+	bool sample_wanted;
 	bool statement_running;
 	bool listen_ready;
 	bool ready_logged;
@@ -137,6 +144,7 @@ struct obr_relay {
 	struct event *listen_check_ev;
 	struct event *listen_check_timeout_ev;
 	struct event *grace_ev;
+	struct event *sample_ev;
 
 	struct obr_relay_stats stats;
 };
@@ -433,20 +441,46 @@ static void url_for_log(const char *url, char *out, size_t cap)
 	snprintf(out, cap, "%.*s", (int)(n < 200 ? n : 200), url);
 }
 
+static int64_t realtime_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void record_latency(struct obr_relay *r, int64_t created_ms)
+{
+	double s = (double)(realtime_ms() - created_ms) / 1000.0;
+	if (s < 0)
+		s = 0; /* clocks of client and relay differ */
+	r->stats.latency_count++;
+	r->stats.latency_sum += s;
+	for (int i = 0; i < OBR_LATENCY_BUCKETS; i++) {
+		if (s <= obr_latency_bounds[i]) {
+			r->stats.latency_buckets[i]++;
+			break;
+		}
+	}
+}
+
 static void finish_delivery(struct obr_relay *r, struct delivery *d)
 {
 	struct row *row = d->row;
 	if (!d->error[0]) {
-		r->stats.delivered++;
+		r->stats.rows_delivered++;
+		record_latency(r, row->created_ms);
 		log_debug("delivered row %s partition %s", row->key, d->part->key);
 		add_mark(r, d, true, false, true, NULL);
 		return;
 	}
 	long attempts = row->attempts + 1;
 	bool park = attempts >= r->cfg->failure_limit;
-	r->stats.failed++;
 	if (park) {
-		r->stats.parked++;
+		for (int i = 0; i < d->plan.ndests; i++)
+			if (!d->ok[i]) {
+				r->stats.parked[d->plan.dests[i].kind]++;
+				break;
+			}
 		log_warn("parking row %s partition %s after %ld attempts: %s", row->key, d->part->key, attempts, d->error);
 	} else {
 		log_warn("delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
@@ -457,8 +491,9 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 
 static void on_http_done(void *arg, const struct obr_http_result *res);
 
-static void dest_failed(struct delivery *d, int i, const char *why)
+static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const char *why)
 {
+	r->stats.failed[d->plan.dests[i].kind]++;
 	if (d->error[0])
 		return; /* keep the first reason; the others are in the log */
 	const struct obr_destination *dest = &d->plan.dests[i];
@@ -489,7 +524,7 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 
 	char err[512];
 	if (obr_plan_parse(&d->plan, row->key, row->destinations, row->headers, row->sent, NULL, err, sizeof(err))) {
-		r->stats.parked++;
+		r->stats.parked_malformed++;
 		log_warn("parking malformed row %s partition %s: %s", row->key, p->key, err);
 		add_mark(r, d, false, true, false, err);
 		return;
@@ -509,14 +544,14 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 			continue;
 		}
 		if (dest->kind != OBR_DEST_HTTP) {
-			dest_failed(d, i, "SQS and SNS delivery is not available in this version");
+			dest_failed(r, d, i, "SQS and SNS delivery is not available in this version");
 			continue;
 		}
 		struct request_ctx *ctx = &d->ctx[i];
 		*ctx = (struct request_ctx){ r, d, i };
 		if (obr_http_send(r->http, dest->method, dest->target, dest->headers, dest->nheaders, row->payload,
 		                  row->payload_len, on_http_done, ctx)) {
-			dest_failed(d, i, "could not start the request");
+			dest_failed(r, d, i, "could not start the request");
 			continue;
 		}
 		d->waiting++;
@@ -532,10 +567,12 @@ static void on_http_done(void *arg, const struct obr_http_result *res)
 	struct delivery *d = ctx->delivery;
 	int i = ctx->dest;
 
-	if (res->ok)
+	if (res->ok) {
 		d->ok[i] = true;
+		r->stats.delivered[d->plan.dests[i].kind]++;
+	}
 	else
-		dest_failed(d, i, res->error);
+		dest_failed(r, d, i, res->error);
 	if (--d->waiting == 0)
 		finish_delivery(r, d);
 }
@@ -848,6 +885,21 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 	kick(r);
 }
 
+static void on_sample_result(void *arg, const PGresult *res, const char *err)
+{
+	struct obr_relay *r = arg;
+	r->statement_running = false;
+	if (res && !err && PQntuples(res) == 1) {
+		r->stats.due_rows = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		r->stats.oldest_due_age_s = strtod(PQgetvalue(res, 0, 1), NULL);
+		r->stats.notification_queue_usage = strtod(PQgetvalue(res, 0, 2), NULL);
+		r->stats.sampled_at_unix = realtime_ms() / 1000;
+	} else {
+		statement_error("sample", err);
+	}
+	kick(r);
+}
+
 static void on_release_all_result(void *arg, const PGresult *res, const char *err)
 {
 	struct obr_relay *r = arg;
@@ -1062,7 +1114,16 @@ static void flush(struct obr_relay *r)
 		return;
 	}
 
-	/* 5. scan for partitions no notification announced */
+	/* 5. the gauges for /metrics, every few seconds */
+	if (r->sample_wanted) {
+		r->sample_wanted = false;
+		if (obr_pg_query(r->work_pg, OBR_SQL_SAMPLE, 0, NULL, on_sample_result, r) == 0) {
+			r->statement_running = true;
+			return;
+		}
+	}
+
+	/* 6. scan for partitions no notification announced */
 	if (r->scan_wanted && r->claim_set.len == 0) {
 		r->scan_wanted = false;
 		char limit[24];
@@ -1101,6 +1162,13 @@ static void on_due(evutil_socket_t fd, short what, void *arg)
 	struct obr_relay *r = arg;
 	r->due_at_ms = 0;
 	r->scan_wanted = true;
+	kick(r);
+}
+
+static void on_sample(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	r->sample_wanted = true;
 	kick(r);
 }
 
@@ -1258,7 +1326,11 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->listen_check_ev = event_new(base, -1, EV_PERSIST, on_listen_check, r);
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
-	if (!r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	r->sample_ev = event_new(base, -1, EV_PERSIST, on_sample, r);
+	r->stats.due_rows = -1;
+	r->stats.oldest_due_age_s = -1;
+	r->stats.notification_queue_usage = -1;
+	if (!r->sample_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
@@ -1289,6 +1361,9 @@ int obr_relay_start(struct obr_relay *r)
 	ms = r->cfg->lease_ms / 3;
 	tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 	event_add(r->renew_ev, &tv);
+	tv = (struct timeval){ SAMPLE_MS / 1000, (SAMPLE_MS % 1000) * 1000 };
+	event_add(r->sample_ev, &tv);
+	r->sample_wanted = true;
 	if (r->listen_pg) {
 		ms = r->cfg->health_check_ms;
 		tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
@@ -1300,9 +1375,32 @@ int obr_relay_start(struct obr_relay *r)
 	return 0;
 }
 
-const struct obr_relay_stats *obr_relay_stats(const struct obr_relay *r)
+const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 {
+	r->stats.in_flight_requests = obr_http_in_flight(r->http);
+	r->stats.leases_held = r->held;
 	return &r->stats;
+}
+
+bool obr_relay_ready(const struct obr_relay *r, char *why, size_t whylen)
+{
+	if (r->stopping) {
+		snprintf(why, whylen, "shutting down");
+		return false;
+	}
+	if (!obr_pg_is_up(r->work_pg)) {
+		snprintf(why, whylen, "database connection is down");
+		return false;
+	}
+	if (r->listen_pg && !r->listen_ready) {
+		snprintf(why, whylen, "LISTEN is not active (listen connection down)");
+		return false;
+	}
+	if (!r->listen_pg && !r->first_scan_done) {
+		snprintf(why, whylen, "first poll not done yet");
+		return false;
+	}
+	return true;
 }
 
 void obr_relay_free(struct obr_relay *r)
@@ -1332,7 +1430,7 @@ void obr_relay_free(struct obr_relay *r)
 	free(r->buckets);
 	obr_http_free(r->http);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
-		                r->listen_check_timeout_ev, r->grace_ev };
+		                r->listen_check_timeout_ev, r->grace_ev, r->sample_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);

@@ -115,3 +115,11 @@ const char OBR_SQL_RENEW[] =
 /* Shutdown: give back every lease of this instance. $1 lock_id */
 const char OBR_SQL_RELEASE_ALL[] =
 	"DELETE FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL";
+
+/* The gauges behind /metrics, sampled every few seconds (never per scrape): due rows and the
+ * age of the oldest, from the partial index of pending rows; the notification queue's fill. */
+const char OBR_SQL_SAMPLE[] =
+	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after)), 0)::float8, "
+	"       pg_notification_queue_usage() "
+	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after <= now() "
+	"   AND coalesce(retry_after, process_after) <= now()";

@@ -33,5 +33,6 @@ extern const char OBR_SQL_COMPLETE_DELETE[];
 extern const char OBR_SQL_SCAN[];
 extern const char OBR_SQL_RENEW[];
 extern const char OBR_SQL_RELEASE_ALL[];
+extern const char OBR_SQL_SAMPLE[];
 
 #endif
