@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_RESPONSE_KEEP 512  /* bytes of an error response body kept for last_error */
+#define DEFAULT_RESPONSE_KEEP 512  /* bytes of an error response body kept for last_error */
 
 struct request {
 	struct obr_http *http;
@@ -20,8 +20,8 @@ struct request {
 	obr_http_done_fn done;
 	void *arg;
 	char errbuf[CURL_ERROR_SIZE];
-	char response[MAX_RESPONSE_KEEP + 1];
-	size_t response_len;
+	char *response;           /* keep + 1 bytes */
+	size_t response_len, keep;
 	struct request *prev, *next;
 };
 
@@ -47,6 +47,7 @@ static void request_free(struct request *r)
 		curl_easy_cleanup(r->easy);
 	curl_slist_free_all(r->headers);
 	free(r->body);
+	free(r->response);
 	free(r);
 }
 
@@ -73,17 +74,20 @@ static void check_done(struct obr_http *http)
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)(void *)&r);
 		struct obr_http_result res = { 0 };
 		curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &res.status);
+		r->response[r->response_len] = '\0';
+		res.body = r->response;
+		res.body_len = r->response_len;
 		if (msg->data.result != CURLE_OK) {
 			snprintf(res.error, sizeof(res.error), "%s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(msg->data.result));
 		} else if (res.status >= 200 && res.status < 300) {
 			res.ok = true;
 		} else {
-			r->response[r->response_len] = '\0';
-			for (size_t i = 0; i < r->response_len; i++)
-				if ((unsigned char)r->response[i] < 32)
-					r->response[i] = ' ';
-			snprintf(res.error, sizeof(res.error), "HTTP %ld%s%s", res.status, r->response_len ? ": " : "",
-			         r->response);
+			char shown[256];
+			size_t n = r->response_len < sizeof(shown) - 1 ? r->response_len : sizeof(shown) - 1;
+			for (size_t i = 0; i < n; i++)
+				shown[i] = (unsigned char)r->response[i] < 32 ? ' ' : r->response[i];
+			shown[n] = '\0';
+			snprintf(res.error, sizeof(res.error), "HTTP %ld%s%s", res.status, n ? ": " : "", shown);
 		}
 		curl_multi_remove_handle(http->multi, r->easy);
 		unlink_request(http, r);
@@ -155,7 +159,7 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	struct request *r = userdata;
 	size_t n = size * nmemb;
-	size_t room = MAX_RESPONSE_KEEP - r->response_len;
+	size_t room = r->keep - r->response_len;
 	size_t take = n < room ? n : room;
 	memcpy(r->response + r->response_len, ptr, take);
 	r->response_len += take;
@@ -188,9 +192,7 @@ fail:
 	return NULL;
 }
 
-int obr_http_send(struct obr_http *http, enum obr_http_method method, const char *url,
-                  const struct obr_header *headers, int nheaders, const char *body, size_t body_len,
-                  obr_http_done_fn done, void *arg)
+int obr_http_start(struct obr_http *http, const struct obr_http_request *req, obr_http_done_fn done, void *arg)
 {
 	struct request *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -198,30 +200,37 @@ int obr_http_send(struct obr_http *http, enum obr_http_method method, const char
 	r->http = http;
 	r->done = done;
 	r->arg = arg;
+	r->keep = req->keep_response ? req->keep_response : DEFAULT_RESPONSE_KEEP;
 	r->easy = curl_easy_init();
-	r->body = malloc(body_len + 1);
-	if (!r->easy || !r->body)
+	r->response = malloc(r->keep + 1);
+	if (!r->easy || !r->response)
 		goto fail;
-	memcpy(r->body, body, body_len);
-	r->body[body_len] = '\0';
+	if (req->body) {
+		r->body = malloc(req->body_len + 1);
+		if (!r->body)
+			goto fail;
+		memcpy(r->body, req->body, req->body_len);
+		r->body[req->body_len] = '\0';
+	}
 
 	bool has_content_type = false;
 	char line[8600];
-	for (int i = 0; i < nheaders; i++) {
-		if (!strcasecmp(headers[i].name, "content-type"))
+	for (int i = 0; i < req->nheaders; i++) {
+		const struct obr_header *h = &req->headers[i];
+		if (!strcasecmp(h->name, "content-type"))
 			has_content_type = true;
 		/* "Name;" is curl's way to send a header with an empty value */
-		if (headers[i].value[0])
-			snprintf(line, sizeof(line), "%s: %s", headers[i].name, headers[i].value);
+		if (h->value[0])
+			snprintf(line, sizeof(line), "%s: %s", h->name, h->value);
 		else
-			snprintf(line, sizeof(line), "%s;", headers[i].name);
+			snprintf(line, sizeof(line), "%s;", h->name);
 		struct curl_slist *l = curl_slist_append(r->headers, line);
 		if (!l)
 			goto fail;
 		r->headers = l;
 	}
-	/* curl would add its own Content-Type and Expect: the row decides what is sent */
-	const char *suppress[] = { has_content_type ? NULL : "Content-Type:", "Expect:" };
+	/* curl would add its own Content-Type and Expect: the caller decides what is sent */
+	const char *suppress[] = { has_content_type || !req->body ? NULL : "Content-Type:", "Expect:" };
 	for (size_t i = 0; i < 2; i++) {
 		if (!suppress[i])
 			continue;
@@ -232,16 +241,25 @@ int obr_http_send(struct obr_http *http, enum obr_http_method method, const char
 	}
 
 	CURL *e = r->easy;
-	curl_easy_setopt(e, CURLOPT_URL, url);
+	long timeout = req->timeout_ms ? req->timeout_ms : http->opt.timeout_ms;
+	curl_easy_setopt(e, CURLOPT_URL, req->url);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, r);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-	if (method != OBR_POST)
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, obr_http_method_name(method));
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, http->opt.timeout_ms);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, http->opt.timeout_ms);
+	if (r->body) {
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+		if (strcmp(req->method, "POST") != 0)
+			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+	} else if (strcmp(req->method, "GET") != 0) {
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+	}
+	if (req->aws_sigv4) {
+		curl_easy_setopt(e, CURLOPT_AWS_SIGV4, req->aws_sigv4);
+		curl_easy_setopt(e, CURLOPT_USERPWD, req->userpwd);
+	}
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
@@ -265,6 +283,21 @@ int obr_http_send(struct obr_http *http, enum obr_http_method method, const char
 fail:
 	request_free(r);
 	return -1;
+}
+
+int obr_http_send(struct obr_http *http, enum obr_http_method method, const char *url,
+                  const struct obr_header *headers, int nheaders, const char *body, size_t body_len,
+                  obr_http_done_fn done, void *arg)
+{
+	struct obr_http_request req = {
+		.method = obr_http_method_name(method),
+		.url = url,
+		.headers = headers,
+		.nheaders = nheaders,
+		.body = body,
+		.body_len = body_len,
+	};
+	return obr_http_start(http, &req, done, arg);
 }
 
 int obr_http_in_flight(const struct obr_http *http)

@@ -19,7 +19,24 @@ struct obr_http;
 struct obr_http_result {
 	long status;             /* HTTP status, 0 when no answer */
 	bool ok;                 /* 2xx */
+	bool permanent;          /* retrying cannot help (e.g. the queue does not exist): park the row */
 	char error[512];         /* why not ok, for last_error and the log */
+	const char *body;        /* the response body (up to keep_response bytes), valid in the callback */
+	size_t body_len;
+};
+
+/* A request in full; everything is copied by obr_http_start. */
+struct obr_http_request {
+	const char *method;                 /* "POST", "PUT", "PATCH", "GET" */
+	const char *url;
+	const struct obr_header *headers;
+	int nheaders;
+	const char *body;                   /* NULL: no body (GET) */
+	size_t body_len;
+	const char *aws_sigv4;              /* CURLOPT_AWS_SIGV4, e.g. "aws:amz:eu-west-1:sqs"; NULL: unsigned */
+	const char *userpwd;                /* "ACCESS_KEY:SECRET_KEY" for aws_sigv4 */
+	size_t keep_response;               /* response bytes to hand to the callback (0: 512, for errors) */
+	long timeout_ms;                    /* 0: the default of obr_http_new */
 };
 
 typedef void (*obr_http_done_fn)(void *arg, const struct obr_http_result *res);
@@ -36,6 +53,9 @@ struct obr_http *obr_http_new(struct event_base *base, const struct obr_http_opt
 int obr_http_send(struct obr_http *http, enum obr_http_method method, const char *url,
                   const struct obr_header *headers, int nheaders, const char *body, size_t body_len,
                   obr_http_done_fn done, void *arg);
+
+/* The general form: any method, signing, a response body for the caller. */
+int obr_http_start(struct obr_http *http, const struct obr_http_request *req, obr_http_done_fn done, void *arg);
 
 int obr_http_in_flight(const struct obr_http *http);
 /* Cancels every request in flight; their callbacks are not called. */

@@ -14,6 +14,7 @@
  */
 #include "relay.h"
 
+#include "aws.h"
 #include "destination.h"
 #include "http.h"
 #include "log.h"
@@ -72,6 +73,7 @@ struct delivery {
 	bool *ok;                   /* per destination */
 	struct request_ctx *ctx;    /* per destination: what a request's callback needs */
 	char error[1024];           /* first failure */
+	bool permanent;             /* a destination said retrying cannot help */
 	bool finished;
 };
 
@@ -114,6 +116,7 @@ struct obr_relay {
 	struct obr_pg *listen_pg;   /* NULL in poll mode */
 	struct obr_pg *work_pg;
 	struct obr_http *http;
+	struct obr_aws *aws;
 
 	struct part **buckets;
 	size_t nbuckets, nparts;
@@ -474,14 +477,15 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 		return;
 	}
 	long attempts = row->attempts + 1;
-	bool park = attempts >= r->cfg->failure_limit;
+	bool park = attempts >= r->cfg->failure_limit || d->permanent;
 	if (park) {
 		for (int i = 0; i < d->plan.ndests; i++)
 			if (!d->ok[i]) {
 				r->stats.parked[d->plan.dests[i].kind]++;
 				break;
 			}
-		log_warn("parking row %s partition %s after %ld attempts: %s", row->key, d->part->key, attempts, d->error);
+		log_warn("parking row %s partition %s after %ld attempts%s: %s", row->key, d->part->key, attempts,
+		         d->permanent ? " (permanent error)" : "", d->error);
 	} else {
 		log_warn("delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
 		         d->part->key, attempts, (long)r->cfg->failure_limit, d->error);
@@ -543,15 +547,18 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 			d->ok[i] = true;
 			continue;
 		}
-		if (dest->kind != OBR_DEST_HTTP) {
-			dest_failed(r, d, i, "SQS and SNS delivery is not available in this version");
-			continue;
-		}
 		struct request_ctx *ctx = &d->ctx[i];
 		*ctx = (struct request_ctx){ r, d, i };
-		if (obr_http_send(r->http, dest->method, dest->target, dest->headers, dest->nheaders, row->payload,
-		                  row->payload_len, on_http_done, ctx)) {
-			dest_failed(r, d, i, "could not start the request");
+		int rc;
+		if (dest->kind == OBR_DEST_HTTP)
+			rc = obr_http_send(r->http, dest->method, dest->target, dest->headers, dest->nheaders, row->payload,
+			                   row->payload_len, on_http_done, ctx);
+		else
+			rc = obr_aws_submit(r->aws, dest->kind, dest->target, row->key, p->key, dest->headers, dest->nheaders,
+			                    row->payload, row->payload_len, on_http_done, ctx);
+		if (rc) {
+			dest_failed(r, d, i, dest->kind == OBR_DEST_HTTP ? "could not start the request"
+			                                                : "SQS/SNS delivery is not available");
 			continue;
 		}
 		d->waiting++;
@@ -570,6 +577,8 @@ static void on_http_done(void *arg, const struct obr_http_result *res)
 	if (res->ok) {
 		d->ok[i] = true;
 		r->stats.delivered[d->plan.dests[i].kind]++;
+	} else if (res->permanent) {
+		d->permanent = true;
 	}
 	else
 		dest_failed(r, d, i, res->error);
@@ -1263,9 +1272,10 @@ static void maybe_finish_shutdown(struct obr_relay *r)
 static void on_grace(evutil_socket_t fd, short what, void *arg)
 {
 	struct obr_relay *r = arg;
-	int n = obr_http_in_flight(r->http);
+	int n = obr_http_in_flight(r->http) + obr_aws_in_flight(r->aws);
 	if (n > 0)
 		log_warn("shutdown grace period over: abandoning %d requests in flight (their rows will be sent again)", n);
+	obr_aws_abort_all(r->aws);
 	obr_http_abort_all(r->http);
 	/* the abandoned rows have no result to write */
 	for (size_t b = 0; b < r->nbuckets; b++) {
@@ -1319,6 +1329,12 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
 	struct obr_http_options hopt = { .timeout_ms = (long)cfg->http_timeout_ms, .ca_file = cfg->ca_file };
 	r->http = obr_http_new(base, &hopt);
+	char aws_err[256];
+	r->aws = r->http ? obr_aws_new(base, r->http, aws_err, sizeof(aws_err)) : NULL;
+	if (r->http && !r->aws) {
+		log_error("%s", aws_err);
+		goto fail;
+	}
 	r->kick_ev = event_new(base, -1, 0, on_kick, r);
 	r->poll_ev = event_new(base, -1, EV_PERSIST, on_poll, r);
 	r->due_ev = evtimer_new(base, on_due, r);
@@ -1409,6 +1425,8 @@ void obr_relay_free(struct obr_relay *r)
 		return;
 	obr_pg_free(r->listen_pg);
 	obr_pg_free(r->work_pg);
+	if (r->aws)
+		obr_aws_abort_all(r->aws);
 	if (r->http)
 		obr_http_abort_all(r->http);
 	for (size_t b = 0; r->buckets && b < r->nbuckets; b++) {
@@ -1428,6 +1446,7 @@ void obr_relay_free(struct obr_relay *r)
 	free(r->claim_set.items);
 	free(r->advance_set.items);
 	free(r->buckets);
+	obr_aws_free(r->aws);
 	obr_http_free(r->http);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev, r->sample_ev };
