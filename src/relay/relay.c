@@ -622,7 +622,8 @@ static void make_ready(struct obr_relay *r, struct part *p)
 
 /* ---- statement results ---- */
 
-/* Takes a claim or advance result: rows per partition, in order. */
+/* Takes a claim or advance result: rows per partition, in order. Partitions that end up IDLE
+ * are not freed here: the caller's batch still points at them. */
 static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim)
 {
 	int n = PQntuples(res);
@@ -640,7 +641,6 @@ static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim
 			log_warn("lease on partition %s was lost to another instance", key);
 			drop_queue(p);
 			set_state(r, p, P_IDLE);
-			part_maybe_drop(r, p);
 			continue;
 		}
 		if (!strcmp(lease, "released")) {
@@ -652,7 +652,6 @@ static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim
 				p->again = false;
 				want_claim(r, p);
 			}
-			part_maybe_drop(r, p);
 			continue;
 		}
 
@@ -770,6 +769,7 @@ static void on_advance_result(void *arg, const PGresult *res, const char *err)
 			set_state(r, p, P_HELD);
 			want_advance(r, p);
 		}
+		part_maybe_drop(r, p);
 	}
 	batch_free(b);
 	dispatch(r);
@@ -876,7 +876,9 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 	/* every partition we believe held but is not in the result has been taken over */
 	int n = PQntuples(res);
 	for (size_t bkt = 0; bkt < r->nbuckets; bkt++) {
-		for (struct part *p = r->buckets[bkt]; p; p = p->hash_next) {
+		struct part *next;
+		for (struct part *p = r->buckets[bkt]; p; p = next) {
+			next = p->hash_next;
 			if (p->state != P_HELD)
 				continue;
 			bool found = false;
@@ -886,8 +888,10 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 				log_warn("lease on partition %s expired and was taken over; its fetched rows are dropped", p->key);
 				p->lost = true;
 				drop_queue(p);
-				if (!p->current)
-					set_state(r, p, P_IDLE); /* dropped when it leaves the lists */
+				if (!p->current) {
+					set_state(r, p, P_IDLE);
+					part_maybe_drop(r, p); /* or later, when it leaves the lists */
+				}
 			}
 		}
 	}
