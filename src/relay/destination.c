@@ -343,8 +343,10 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
 	enum json_tokener_error jerr;
 	dests = json_tokener_parse_verbose(destinations_json ? destinations_json : "", &jerr);
 	if (!dests || !json_object_is_type(dests, json_type_array)) {
+		/* json-c returns NULL both for "null" and for a parse error */
 		snprintf(err, errlen, "destinations must be a JSON array, not %s",
-		         dests ? json_type_to_name(json_object_get_type(dests)) : "valid JSON");
+		         dests ? json_type_to_name(json_object_get_type(dests))
+		               : jerr == json_tokener_success ? "null" : "valid JSON");
 		goto out;
 	}
 	if (headers_json) {

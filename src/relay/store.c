@@ -19,20 +19,28 @@
 	"h.idempotent_key, h.destinations, h.headers, h.payload, h.attempts, h.sent, h.due, h.due_in_ms, h.created_ms"
 
 /*
- * Claim: lease the given partitions (free ones, expired ones, and our own after a reconnect)
- * and return each leased partition's first rows, in one round trip. Partitions another
- * instance holds are simply absent from the result.
+ * Claim: lease the given partitions and return each leased partition's first rows, in one
+ * round trip. Free partitions get a new lease row; expired leases (a dead instance's) and our
+ * own (after a reconnect) are taken over. A live lease of another instance is neither changed
+ * nor locked (ON CONFLICT DO NOTHING, not DO UPDATE, which would lock it and could deadlock
+ * with that instance's own statements): such partitions are simply absent from the result.
+ * Rows are inserted in key order, so concurrent claims wait on each other without a cycle.
  * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
  */
 const char OBR_SQL_CLAIM[] =
-	"WITH leased AS ("
+	"WITH p AS (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k), "
+	"took AS ("
+	"  UPDATE outbox_lock SET lock_id = $1::uuid, processing_until = now() + $4::bigint * interval '1 millisecond' "
+	"   WHERE partition_key IN (SELECT k FROM p) AND processed_at IS NULL "
+	"     AND (processing_until < now() OR lock_id = $1::uuid) "
+	"  RETURNING partition_key), "
+	"inserted AS ("
 	"  INSERT INTO outbox_lock (partition_key, lock_id, processing_until) "
 	"  SELECT k, $1::uuid, now() + $4::bigint * interval '1 millisecond' "
-	"    FROM (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k) p ORDER BY k "
-	"  ON CONFLICT (partition_key) WHERE processed_at IS NULL DO UPDATE "
-	"     SET lock_id = EXCLUDED.lock_id, processing_until = EXCLUDED.processing_until "
-	"   WHERE outbox_lock.processing_until < now() OR outbox_lock.lock_id = EXCLUDED.lock_id "
-	"  RETURNING partition_key) "
+	"    FROM p WHERE k NOT IN (SELECT partition_key FROM took) ORDER BY k "
+	"  ON CONFLICT (partition_key) WHERE processed_at IS NULL DO NOTHING "
+	"  RETURNING partition_key), "
+	"leased AS (SELECT partition_key FROM took UNION ALL SELECT partition_key FROM inserted) "
 	"SELECT l.partition_key::text, 'held', " HEADS_COLUMNS
 	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key") ") h ON true "
 	" ORDER BY l.partition_key, h.rn";
