@@ -9,8 +9,8 @@ packages=(
   build-essential meson ninja-build pkg-config
   libpq-dev libevent-dev libcurl4-openssl-dev libjson-c-dev uuid-dev
   postgresql-15 postgresql-client-15 pgbouncer
-  python3 python3-psycopg2 python3-pytest
-  valgrind curl
+  python3 python3-psycopg2 python3-pytest python3-prometheus-client
+  valgrind curl prometheus systemd
 )
 
 missing=()

@@ -3,6 +3,7 @@
  */
 #include "config.h"
 
+#include "admin.h"
 #include "log.h"
 
 #include <errno.h>
@@ -12,7 +13,10 @@
 #include <string.h>
 #include <strings.h>
 
-enum setting_type { T_STRING, T_INT, T_BOOL, T_ENUM };
+enum setting_type {
+	T_STRING, T_INT, T_BOOL, T_ENUM,
+	T_LISTEN, /* host:port or [v6]:port; "off" or empty stores NULL (disabled) */
+};
 
 struct setting {
 	const char *env;          /* environment variable */
@@ -69,6 +73,8 @@ static const struct setting settings[] = {
 	  "error, warning, info or debug" },
 	{ "OUTBOX_LOG_FORMAT", "log-format", T_ENUM, OFF(log_format), "text", 0, 0, format_choices,
 	  "text or json, one event per line on stderr" },
+	{ "OUTBOX_LISTEN_ADDR", "listen-addr", T_LISTEN, OFF(listen_addr), "127.0.0.1:9095", 0, 0, NULL,
+	  "host:port (IPv6 as [addr]:port) of the HTTP endpoint serving /health, /ready and /metrics; off (or empty) disables it" },
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -127,6 +133,26 @@ static int apply(struct obr_config *cfg, const struct setting *s, const char *va
 			         s->env, source, value);
 			return -1;
 		}
+		return 0;
+	}
+	case T_LISTEN: {
+		char **dst = (char **)(void *)(base + s->offset);
+		char host[OBR_LISTEN_HOST_MAX], why[256];
+		unsigned port;
+		char *copy = NULL;
+		if (*value != '\0' && strcasecmp(value, "off") != 0) {
+			if (obr_listen_addr_parse(value, host, sizeof(host), &port, why, sizeof(why))) {
+				snprintf(err, errlen, "invalid value for %s (%s): %s", s->env, source, why);
+				return -1;
+			}
+			copy = strdup(value);
+			if (!copy) {
+				snprintf(err, errlen, "out of memory");
+				return -1;
+			}
+		}
+		free(*dst);
+		*dst = copy;
 		return 0;
 	}
 	case T_ENUM: {
@@ -253,7 +279,7 @@ void obr_config_free(struct obr_config *cfg)
 	if (!cfg)
 		return;
 	for (size_t i = 0; i < N_SETTINGS; i++) {
-		if (settings[i].type == T_STRING) {
+		if (settings[i].type == T_STRING || settings[i].type == T_LISTEN) {
 			char **p = (char **)(void *)((char *)cfg + settings[i].offset);
 			free(*p);
 			*p = NULL;

@@ -37,6 +37,7 @@ struct obr_config {
 	char *ca_file;
 	int log_level;                 /* enum obr_log_level */
 	int log_format;                /* enum obr_log_format */
+	char *listen_addr;             /* /health, /ready, /metrics endpoint; NULL = disabled */
 };
 
 /* Fills cfg from defaults, the environment (envp-style array) and argv flags. argv holds only

@@ -1,10 +1,14 @@
 /*
- * main.c - the outbox-relay command: run (the default), migrate, --help, --version.
+ * main.c - the outbox-relay command: run (the default), migrate, status, requeue, --help,
+ * --version.
  */
+#include "admin.h"
 #include "config.h"
 #include "log.h"
 #include "migrate.h"
+#include "ops.h"
 #include "relay.h"
+#include "sdnotify.h"
 
 #include <curl/curl.h>
 #include <event2/event.h>
@@ -27,13 +31,29 @@ static void usage(FILE *out)
 	        "  outbox-relay migrate [--database URL]\n"
 	        "                                    create or upgrade the outbox schema (safe to run again,\n"
 	        "                                    and concurrently; only adds to a crate-made schema)\n"
+	        "  outbox-relay status [--json] [--exact] [--database URL]\n"
+	        "                                    rows due, delayed, retrying, parked and processed, the\n"
+	        "                                    oldest due row, leases by instance, the NOTIFY queue and\n"
+	        "                                    the schema version (see status --help)\n"
+	        "  outbox-relay requeue (--key UUID... | --partition UUID... | --since TS [--until TS] |\n"
+	        "                        --until TS | --all) [--dry-run] [--database URL]\n"
+	        "                                    make parked rows due again (clears dead_at, retry_after,\n"
+	        "                                    last_error; attempts = 0) and notify a running relay\n"
+	        "                                    (see requeue --help)\n"
 	        "  outbox-relay --help | --version\n"
 	        "\n",
 	        OBR_VERSION);
 	obr_config_print_help(out);
 	fprintf(out,
+	        "\nHTTP endpoint (OUTBOX_LISTEN_ADDR): GET /health (200 while running), /ready (200 when the\n"
+	        "database connections are up and LISTEN is active, else 503 with the reason), /metrics\n"
+	        "(Prometheus text format).\n"
+	        "\nsystemd: with NOTIFY_SOCKET set (Type=notify) the relay sends READY=1 once ready,\n"
+	        "STOPPING=1 at SIGTERM/SIGINT, and WATCHDOG=1 when WatchdogSec= is set.\n"
 	        "\nSignals: SIGTERM/SIGINT stop claiming, let in-flight requests finish within the grace\n"
-	        "period, record their results, release leases and exit 0.\n");
+	        "period, record their results, release leases and exit 0.\n"
+	        "\nExit status: 0 done, 1 runtime error (the HTTP endpoint cannot listen, a database error\n"
+	        "in a command), 2 bad settings or arguments.\n");
 }
 
 struct daemon_ctx {
@@ -41,6 +61,11 @@ struct daemon_ctx {
 	struct event_base *base;
 	int signals;
 };
+
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	obr_sd_notify("WATCHDOG=1");
+}
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
@@ -54,6 +79,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		event_base_loopbreak(d->base);
 		return;
 	}
+	obr_sd_notify("STOPPING=1");
 	obr_relay_shutdown(d->relay);
 }
 
@@ -78,6 +104,8 @@ static int run(int argc, char **argv)
 	}
 	struct daemon_ctx d = { 0 };
 	struct event *sigs[3] = { NULL, NULL, NULL };
+	struct event *watchdog = NULL;
+	struct obr_admin *admin = NULL;
 	d.base = event_base_new();
 	if (!d.base)
 		goto out;
@@ -92,6 +120,23 @@ static int run(int argc, char **argv)
 		if (!sigs[i] || event_add(sigs[i], NULL))
 			goto out;
 	}
+	if (cfg.listen_addr) {
+		/* before connecting: a port in use is a configuration error, reported at once */
+		admin = obr_admin_new(d.base, cfg.listen_addr, d.relay, err, sizeof(err));
+		if (!admin) {
+			log_error("%s", err);
+			goto out;
+		}
+	}
+	uint64_t wd_usec = obr_sd_watchdog_usec();
+	if (wd_usec) {
+		uint64_t half = wd_usec / 2 < 1000 ? 1000 : wd_usec / 2;   /* never a busy loop */
+		struct timeval tv = { (time_t)(half / 1000000), (suseconds_t)(half % 1000000) };
+		watchdog = event_new(d.base, -1, EV_PERSIST, on_watchdog, NULL);
+		if (!watchdog || event_add(watchdog, &tv))
+			goto out;
+		obr_sd_notify("WATCHDOG=1");
+	}
 	if (obr_relay_start(d.relay))
 		goto out;
 	event_base_dispatch(d.base);
@@ -101,6 +146,9 @@ out:
 	for (int i = 0; i < 3; i++)
 		if (sigs[i])
 			event_free(sigs[i]);
+	if (watchdog)
+		event_free(watchdog);
+	obr_admin_free(admin);
 	obr_relay_free(d.relay);
 	if (d.base)
 		event_base_free(d.base);
@@ -144,6 +192,10 @@ int main(int argc, char **argv)
 	}
 	if (argc > 1 && !strcmp(argv[1], "migrate"))
 		return migrate(argc - 2, argv + 2);
+	if (argc > 1 && !strcmp(argv[1], "status"))
+		return obr_ops_status(argc - 2, argv + 2);
+	if (argc > 1 && !strcmp(argv[1], "requeue"))
+		return obr_ops_requeue(argc - 2, argv + 2);
 	if (argc > 1 && !strcmp(argv[1], "run"))
 		return run(argc - 2, argv + 2);
 	if (argc > 1 && argv[1][0] != '-') {

@@ -19,6 +19,7 @@
 #include "http.h"
 #include "log.h"
 #include "pg.h"
+#include "sdnotify.h"
 #include "store.h"
 #include "strbuf.h"
 
@@ -859,6 +860,7 @@ static void on_scan_result(void *arg, const PGresult *res, const char *err)
 		if (r->cfg->mode == OBR_MODE_POLL && !r->ready_logged) {
 			r->ready_logged = true;
 			log_info("relay ready: polling every %lld ms", (long long)r->cfg->poll_interval_ms);
+			obr_sd_notify("READY=1");
 		}
 	}
 	kick(r);
@@ -1203,6 +1205,7 @@ static void check_ready(struct obr_relay *r)
 	if (r->listen_ready && obr_pg_is_up(r->work_pg)) {
 		r->ready_logged = true;
 		log_info("relay ready: listening on channel %s, instance %s", r->cfg->channel, r->lock_id);
+		obr_sd_notify("READY=1");
 	}
 }
 
