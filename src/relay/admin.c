@@ -236,6 +236,8 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct strb
 	sample_u64(out, "outbox_relay_claims_total", NULL, st->claims);
 	family(out, "outbox_relay_reconnects_total", "counter", "Database reconnections");
 	sample_u64(out, "outbox_relay_reconnects_total", NULL, st->reconnects);
+	family(out, "outbox_relay_retention_deleted_total", "counter", "Processed rows deleted by retention");
+	sample_u64(out, "outbox_relay_retention_deleted_total", NULL, st->retention_deleted);
 
 	return out->failed ? -1 : 0;
 }

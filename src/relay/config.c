@@ -15,6 +15,7 @@
 
 enum setting_type {
 	T_STRING, T_INT, T_BOOL, T_ENUM,
+	T_DURATION, /* "0", or a number with ms, s, m, h or d; stored in milliseconds */
 	T_LISTEN, /* host:port or [v6]:port; "off" or empty stores NULL (disabled) */
 };
 
@@ -27,7 +28,10 @@ struct setting {
 	int64_t min, max;         /* T_INT bounds */
 	const char *const *choices; /* T_ENUM: index = stored value */
 	const char *help;
+	bool reloadable;            /* SIGHUP applies a new value from the config file */
 };
+
+enum source { SRC_DEFAULT = 0, SRC_FILE, SRC_ENV, SRC_FLAG };
 
 static const char *const mode_choices[] = { "listen", "poll", NULL };
 static const char *const level_choices[] = { "error", "warning", "info", "debug", NULL };
@@ -70,9 +74,17 @@ static const struct setting settings[] = {
 	{ "OUTBOX_CA_FILE", "ca-file", T_STRING, OFF(ca_file), NULL, 0, 0, NULL,
 	  "extra CA bundle (PEM) for HTTPS destinations; the system store is used otherwise" },
 	{ "OUTBOX_LOG_LEVEL", "log-level", T_ENUM, OFF(log_level), "info", 0, 0, level_choices,
-	  "error, warning, info or debug" },
+	  "error, warning, info or debug (reloaded from the config file on SIGHUP)", true },
 	{ "OUTBOX_LOG_FORMAT", "log-format", T_ENUM, OFF(log_format), "text", 0, 0, format_choices,
-	  "text or json, one event per line on stderr" },
+	  "text or json, one event per line (reloaded from the config file on SIGHUP)", true },
+	{ "OUTBOX_LOG_FILE", "log-file", T_STRING, OFF(log_file), NULL, 0, 0, NULL,
+	  "append the log to this file instead of stderr; reopened on SIGHUP (for logrotate)" },
+	{ "OUTBOX_CONFIG_FILE", "config", T_STRING, OFF(config_file), NULL, 0, 0, NULL,
+	  "file of KEY=VALUE lines (as contrib/systemd/outbox-relay.env.example) read before the environment; SIGHUP rereads it" },
+	{ "OUTBOX_RETENTION", "retention", T_DURATION, OFF(retention_ms), "7d", 0, 3650 * DAY_MS, NULL,
+	  "delete processed rows older than this (e.g. 12h, 7d; 0 keeps them), in batches, one instance at a time" },
+	{ "OUTBOX_RETENTION_BATCH", "retention-batch", T_INT, OFF(retention_batch), "1000", 1, 100000, NULL,
+	  "rows deleted per retention statement (short statements, no long locks)" },
 	{ "OUTBOX_LISTEN_ADDR", "listen-addr", T_LISTEN, OFF(listen_addr), "127.0.0.1:9095", 0, 0, NULL,
 	  "host:port (IPv6 as [addr]:port) of the HTTP endpoint serving /health, /ready and /metrics; off (or empty) disables it" },
 };
@@ -135,6 +147,32 @@ static int apply(struct obr_config *cfg, const struct setting *s, const char *va
 		}
 		return 0;
 	}
+	case T_DURATION: {
+		int64_t *dst = (int64_t *)(void *)(base + s->offset);
+		char *end;
+		errno = 0;
+		long long v = strtoll(value, &end, 10);
+		static const struct { const char *unit; int64_t ms; } units[] = {
+			{ "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 }, { "d", DAY_MS },
+		};
+		int64_t mult = -1;
+		for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++)
+			if (!strcmp(end, units[u].unit))
+				mult = units[u].ms;
+		if (errno || end == value || v < 0 || (mult < 0 && !(v == 0 && *end == '\0'))) {
+			snprintf(err, errlen, "invalid value for %s (%s): \"%s\" is not a duration (e.g. 0, 500ms, 30s, 15m, 12h, 7d)",
+			         s->env, source, value);
+			return -1;
+		}
+		if (mult < 0)
+			mult = 1;
+		if (v > s->max / mult || v * mult < s->min) {
+			snprintf(err, errlen, "invalid value for %s (%s): %s is out of range", s->env, source, value);
+			return -1;
+		}
+		*dst = (int64_t)v * mult;
+		return 0;
+	}
 	case T_LISTEN: {
 		char **dst = (char **)(void *)(base + s->offset);
 		char host[OBR_LISTEN_HOST_MAX], why[256];
@@ -191,14 +229,86 @@ static const struct setting *find_flag(const char *name, size_t len)
 	return NULL;
 }
 
+/* Reads a KEY=VALUE file: # comments, blank lines, optional "export ", optional quotes. */
+static int load_file(struct obr_config *cfg, const char *path, bool reload, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(err, errlen, "cannot read OUTBOX_CONFIG_FILE \"%s\": %s", path, strerror(errno));
+		return -1;
+	}
+	char line[8192];
+	int lineno = 0, rc = 0;
+	while (rc == 0 && fgets(line, sizeof(line), f)) {
+		lineno++;
+		char *p = line;
+		size_t n = strlen(p);
+		while (n && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == ' ' || p[n - 1] == '\t'))
+			p[--n] = '\0';
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0' || *p == '#')
+			continue;
+		if (!strncmp(p, "export ", 7))
+			p += 7;
+		char *eq = strchr(p, '=');
+		if (!eq) {
+			snprintf(err, errlen, "%s:%d: expected KEY=VALUE", path, lineno);
+			rc = -1;
+			break;
+		}
+		*eq = '\0';
+		char *value = eq + 1;
+		size_t vl = strlen(value);
+		if (vl >= 2 && (value[0] == '"' || value[0] == '\'') && value[vl - 1] == value[0]) {
+			value[vl - 1] = '\0';
+			value++;
+		}
+		const struct setting *s = find_env(p, strlen(p));
+		if (!s) {
+			snprintf(err, errlen, "%s:%d: unknown setting %s (see --help for the list)", path, lineno, p);
+			rc = -1;
+			break;
+		}
+		if (s->offset == OFF(config_file))
+			continue;
+		size_t idx = (size_t)(s - settings);
+		if (cfg->source[idx] > SRC_FILE)
+			continue; /* the environment or a flag wins */
+		if (reload && !s->reloadable)
+			continue;
+		char source[300];
+		snprintf(source, sizeof(source), "%s:%d", path, lineno);
+		rc = apply(cfg, s, value, source, err, errlen);
+		cfg->source[idx] = SRC_FILE;
+	}
+	fclose(f);
+	return rc;
+}
+
 int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, const char *const *argv,
                     char *err, size_t errlen)
 {
 	memset(cfg, 0, sizeof(*cfg));
+	_Static_assert(N_SETTINGS <= sizeof(cfg->source), "struct obr_config.source is too small");
 
 	for (size_t i = 0; i < N_SETTINGS; i++)
 		if (settings[i].def && apply(cfg, &settings[i], settings[i].def, "default", err, errlen))
 			goto fail;
+
+	/* the config file comes first (lowest precedence after the defaults): find it */
+	const char *file = NULL;
+	for (const char *const *e = envp; e && *e; e++)
+		if (!strncmp(*e, "OUTBOX_CONFIG_FILE=", 19))
+			file = *e + 19;
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--config") && i + 1 < argc)
+			file = argv[i + 1];
+		else if (!strncmp(argv[i], "--config=", 9))
+			file = argv[i] + 9;
+	}
+	if (file && *file && load_file(cfg, file, false, err, errlen))
+		goto fail;
 
 	for (const char *const *e = envp; e && *e; e++) {
 		const char *eq = strchr(*e, '=');
@@ -216,6 +326,7 @@ int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, c
 		}
 		if (apply(cfg, s, eq + 1, "environment", err, errlen))
 			goto fail;
+		cfg->source[s - settings] = SRC_ENV;
 	}
 
 	for (int i = 0; i < argc; i++) {
@@ -247,8 +358,8 @@ int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, c
 		snprintf(source, sizeof(source), "--%s", s->flag);
 		if (apply(cfg, s, value, source, err, errlen))
 			goto fail;
+		cfg->source[s - settings] = SRC_FLAG;
 	}
-
 	if (!cfg->database_url) {
 		snprintf(err, errlen, "DATABASE_URL is not set: give the database as DATABASE_URL or --database");
 		goto fail;
@@ -285,6 +396,25 @@ void obr_config_free(struct obr_config *cfg)
 			*p = NULL;
 		}
 	}
+}
+
+int obr_config_reload(struct obr_config *cfg, char *err, size_t errlen)
+{
+	if (!cfg->config_file) {
+		snprintf(err, errlen, "no OUTBOX_CONFIG_FILE to reload");
+		return -1;
+	}
+	/* check the whole file on a scratch copy first: a bad file changes nothing */
+	struct obr_config scratch;
+	memset(&scratch, 0, sizeof(scratch));
+	for (size_t i = 0; i < N_SETTINGS; i++)
+		if (settings[i].def && apply(&scratch, &settings[i], settings[i].def, "default", err, errlen))
+			break;
+	int rc = load_file(&scratch, cfg->config_file, false, err, errlen);
+	obr_config_free(&scratch);
+	if (rc)
+		return -1;
+	return load_file(cfg, cfg->config_file, true, err, errlen);
 }
 
 void obr_config_print_help(FILE *out)

@@ -38,6 +38,11 @@ struct obr_config {
 	int log_level;                 /* enum obr_log_level */
 	int log_format;                /* enum obr_log_format */
 	char *listen_addr;             /* /health, /ready, /metrics endpoint; NULL = disabled */
+	int64_t retention_ms;          /* processed rows older than this are deleted; 0 = never */
+	int64_t retention_batch;
+	char *log_file;                /* NULL = stderr */
+	char *config_file;             /* KEY=VALUE file read at start and, for reloadable settings, on SIGHUP */
+	unsigned char source[64];      /* per setting: where its value came from (internal) */
 };
 
 /* Fills cfg from defaults, the environment (envp-style array) and argv flags. argv holds only
@@ -45,6 +50,11 @@ struct obr_config {
 int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, const char *const *argv,
                     char *err, size_t errlen);
 void obr_config_free(struct obr_config *cfg);
+
+/* SIGHUP: rereads the config file and applies the settings that can change while running
+ * (log level and format) unless the environment or a flag set them. Other changed settings
+ * are reported as needing a restart. Returns 0, or -1 with a message (nothing applied). */
+int obr_config_reload(struct obr_config *cfg, char *err, size_t errlen);
 
 /* Prints every setting with its flag, environment variable, default and meaning. */
 void obr_config_print_help(FILE *out);

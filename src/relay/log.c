@@ -3,6 +3,7 @@
  */
 #include "log.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -17,6 +18,19 @@ void obr_log_configure(enum obr_log_level level, enum obr_log_format format)
 {
 	current_level = level;
 	current_format = format;
+}
+
+int obr_log_open_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -1;
+	if (dup2(fd, STDERR_FILENO) < 0) {
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
 }
 
 bool obr_log_enabled(enum obr_log_level level)

@@ -23,6 +23,9 @@ enum obr_log_format {
 };
 
 void obr_log_configure(enum obr_log_level level, enum obr_log_format format);
+/* Sends stderr (our log, and anything a library prints) to path, appending; called again on
+ * SIGHUP after logrotate moved the file. Returns 0, or -1 with errno set. */
+int obr_log_open_file(const char *path);
 bool obr_log_enabled(enum obr_log_level level);
 void obr_log_write(enum obr_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

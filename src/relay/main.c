@@ -11,6 +11,7 @@
 #include "sdnotify.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
@@ -59,8 +60,25 @@ static void usage(FILE *out)
 struct daemon_ctx {
 	struct obr_relay *relay;
 	struct event_base *base;
+	struct obr_config *cfg;
 	int signals;
 };
+
+/* SIGHUP: reopen the log file (after logrotate), reread the reloadable settings. */
+static void reload(struct daemon_ctx *d)
+{
+	char err[1024];
+	if (d->cfg->log_file && obr_log_open_file(d->cfg->log_file))
+		log_error("could not reopen OUTBOX_LOG_FILE \"%s\": %m", d->cfg->log_file);
+	if (d->cfg->config_file) {
+		if (obr_config_reload(d->cfg, err, sizeof(err))) {
+			log_error("SIGHUP: configuration not reloaded: %s", err);
+			return;
+		}
+		obr_log_configure((enum obr_log_level)d->cfg->log_level, (enum obr_log_format)d->cfg->log_format);
+	}
+	log_info("SIGHUP: log reopened%s", d->cfg->config_file ? ", log level and format reloaded" : "");
+}
 
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
@@ -71,7 +89,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct daemon_ctx *d = arg;
 	if (sig == SIGHUP) {
-		log_info("SIGHUP received: nothing to reload in this version");
+		reload(d);
 		return;
 	}
 	if (++d->signals > 1) {
@@ -94,6 +112,12 @@ static int run(int argc, char **argv)
 		return 2;
 	}
 	obr_log_configure((enum obr_log_level)cfg.log_level, (enum obr_log_format)cfg.log_format);
+	if (cfg.log_file && obr_log_open_file(cfg.log_file)) {
+		fprintf(stderr, "outbox-relay: invalid value for OUTBOX_LOG_FILE: cannot open \"%s\": %s\n", cfg.log_file,
+		        strerror(errno));
+		obr_config_free(&cfg);
+		return 2;
+	}
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 	signal(SIGPIPE, SIG_IGN);
 
@@ -102,7 +126,7 @@ static int run(int argc, char **argv)
 		obr_config_free(&cfg);
 		return 1;
 	}
-	struct daemon_ctx d = { 0 };
+	struct daemon_ctx d = { .cfg = &cfg };
 	struct event *sigs[3] = { NULL, NULL, NULL };
 	struct event *watchdog = NULL;
 	struct obr_admin *admin = NULL;

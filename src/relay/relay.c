@@ -36,6 +36,7 @@
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
 #define SAMPLE_MS 5000                 /* gauges for /metrics */
+#define RETENTION_EVERY_MS 60000       /* a retention pass; a full batch asks for the next at once */
 
 const double obr_latency_bounds[OBR_LATENCY_BUCKETS] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
@@ -132,6 +133,7 @@ struct obr_relay {
 	bool scan_wanted;
 	bool renew_wanted;
 	bool sample_wanted;
+	bool retention_wanted;
 	bool statement_running;
 	bool listen_ready;
 	bool ready_logged;
@@ -149,6 +151,7 @@ struct obr_relay {
 	struct event *listen_check_timeout_ev;
 	struct event *grace_ev;
 	struct event *sample_ev;
+	struct event *retention_ev;
 
 	struct obr_relay_stats stats;
 };
@@ -915,6 +918,27 @@ static void on_sample_result(void *arg, const PGresult *res, const char *err)
 	kick(r);
 }
 
+static void on_retention_result(void *arg, const PGresult *res, const char *err)
+{
+	struct obr_relay *r = arg;
+	r->statement_running = false;
+	if (!res || err || PQntuples(res) != 1) {
+		statement_error("retention", err);
+		kick(r);
+		return;
+	}
+	bool got = !strcmp(PQgetvalue(res, 0, 0), "t");
+	long long rows = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+	long long leases = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+	r->stats.retention_deleted += (uint64_t)rows;
+	if (rows || leases)
+		log_debug("retention deleted %lld processed rows and %lld released leases", rows, leases);
+	/* a full batch: more is waiting; the next batch goes after whatever else is due */
+	if (got && (rows >= r->cfg->retention_batch || leases >= r->cfg->retention_batch))
+		r->retention_wanted = true;
+	kick(r);
+}
+
 static void on_release_all_result(void *arg, const PGresult *res, const char *err)
 {
 	struct obr_relay *r = arg;
@@ -1138,7 +1162,20 @@ static void flush(struct obr_relay *r)
 		}
 	}
 
-	/* 6. scan for partitions no notification announced */
+	/* 6. retention, the least urgent */
+	if (r->retention_wanted && !r->scan_wanted) {
+		r->retention_wanted = false;
+		char ms[24], batch[24];
+		snprintf(ms, sizeof(ms), "%lld", (long long)r->cfg->retention_ms);
+		snprintf(batch, sizeof(batch), "%lld", (long long)r->cfg->retention_batch);
+		const char *params[] = { ms, batch };
+		if (obr_pg_query(r->work_pg, OBR_SQL_RETENTION, 2, params, on_retention_result, r) == 0) {
+			r->statement_running = true;
+			return;
+		}
+	}
+
+	/* 7. scan for partitions no notification announced */
 	if (r->scan_wanted && r->claim_set.len == 0) {
 		r->scan_wanted = false;
 		char limit[24];
@@ -1177,6 +1214,13 @@ static void on_due(evutil_socket_t fd, short what, void *arg)
 	struct obr_relay *r = arg;
 	r->due_at_ms = 0;
 	r->scan_wanted = true;
+	kick(r);
+}
+
+static void on_retention(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	r->retention_wanted = true;
 	kick(r);
 }
 
@@ -1350,10 +1394,11 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
 	r->sample_ev = event_new(base, -1, EV_PERSIST, on_sample, r);
+	r->retention_ev = event_new(base, -1, EV_PERSIST, on_retention, r);
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->sample_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	if (!r->sample_ev || !r->retention_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
@@ -1387,6 +1432,11 @@ int obr_relay_start(struct obr_relay *r)
 	tv = (struct timeval){ SAMPLE_MS / 1000, (SAMPLE_MS % 1000) * 1000 };
 	event_add(r->sample_ev, &tv);
 	r->sample_wanted = true;
+	if (r->cfg->retention_ms > 0) {
+		tv = (struct timeval){ RETENTION_EVERY_MS / 1000, 0 };
+		event_add(r->retention_ev, &tv);
+		r->retention_wanted = true;
+	}
 	if (r->listen_pg) {
 		ms = r->cfg->health_check_ms;
 		tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
@@ -1456,7 +1506,7 @@ void obr_relay_free(struct obr_relay *r)
 	obr_aws_free(r->aws);
 	obr_http_free(r->http);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
-		                r->listen_check_timeout_ev, r->grace_ev, r->sample_ev };
+		                r->listen_check_timeout_ev, r->grace_ev, r->sample_ev, r->retention_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);

@@ -37,6 +37,7 @@ struct obr_relay_stats {
 	uint64_t scan_found;                      /* partitions the scans found */
 	uint64_t claims;
 	uint64_t reconnects;
+	uint64_t retention_deleted;               /* processed rows deleted by retention */
 	uint64_t latency_count;                   /* created_at -> destination's answer */
 	double latency_sum;                       /* seconds */
 	uint64_t latency_buckets[OBR_LATENCY_BUCKETS]; /* cumulative is computed by the exporter */

@@ -131,3 +131,21 @@ const char OBR_SQL_SAMPLE[] =
 	"       pg_notification_queue_usage() "
 	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after <= now() "
 	"   AND coalesce(retry_after, process_after) <= now()";
+
+/*
+ * Retention: delete one bounded batch of processed rows older than the retention, and released
+ * lease rows (left by the crate's scheduled mode). At most one instance works at a time: the
+ * transaction-scoped advisory lock is taken inside the statement, so it works through poolers
+ * too; an instance that does not get it deletes nothing. SKIP LOCKED and the small batches keep
+ * locks short. $1 retention ms, $2 batch size
+ */
+const char OBR_SQL_RETENTION[] =
+	"WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(7957355443025064307) AS got), "
+	"old AS (SELECT idempotent_key FROM outbox "
+	"         WHERE processed_at < now() - $1::bigint * interval '1 millisecond' AND (SELECT got FROM lock) "
+	"         ORDER BY processed_at LIMIT $2::int FOR UPDATE SKIP LOCKED), "
+	"del AS (DELETE FROM outbox o USING old WHERE o.idempotent_key = old.idempotent_key RETURNING 1), "
+	"old_leases AS (SELECT ctid FROM outbox_lock WHERE processed_at IS NOT NULL AND (SELECT got FROM lock) "
+	"                LIMIT $2::int FOR UPDATE SKIP LOCKED), "
+	"del_leases AS (DELETE FROM outbox_lock l USING old_leases WHERE l.ctid = old_leases.ctid RETURNING 1) "
+	"SELECT (SELECT got FROM lock), (SELECT count(*) FROM del), (SELECT count(*) FROM del_leases)";

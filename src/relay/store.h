@@ -34,5 +34,6 @@ extern const char OBR_SQL_SCAN[];
 extern const char OBR_SQL_RENEW[];
 extern const char OBR_SQL_RELEASE_ALL[];
 extern const char OBR_SQL_SAMPLE[];
+extern const char OBR_SQL_RETENTION[];
 
 #endif

@@ -102,6 +102,37 @@ static void test_bad_flags(void)
 	CHECK(strstr(err, "unexpected argument") != NULL);
 }
 
+static void test_durations(void)
+{
+	static const struct {
+		const char *var;
+		long long ms;   /* -1: refused */
+	} cases[] = {
+		{ "OUTBOX_RETENTION=0", 0 }, { "OUTBOX_RETENTION=500ms", 500 }, { "OUTBOX_RETENTION=30s", 30000 },
+		{ "OUTBOX_RETENTION=15m", 900000 }, { "OUTBOX_RETENTION=12h", 43200000 },
+		{ "OUTBOX_RETENTION=7d", 604800000 }, { "OUTBOX_RETENTION=7", -1 }, { "OUTBOX_RETENTION=7 days", -1 },
+		{ "OUTBOX_RETENTION=-1d", -1 }, { "OUTBOX_RETENTION=d", -1 }, { "OUTBOX_RETENTION=99999d", -1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *env[] = { "DATABASE_URL=x", cases[i].var, NULL };
+		struct obr_config cfg;
+		char err[512] = "";
+		int rc = load(&cfg, env, 0, NULL, err);
+		if (cases[i].ms < 0) {
+			if (rc == 0)
+				fprintf(stderr, "case %s accepted\n", cases[i].var);
+			CHECK(rc != 0);
+			CHECK(strstr(err, "OUTBOX_RETENTION") != NULL);
+		} else {
+			if (rc != 0)
+				fprintf(stderr, "case %s: %s\n", cases[i].var, err);
+			CHECK_INT_EQ(rc, 0);
+			CHECK_INT_EQ(cfg.retention_ms, cases[i].ms);
+			obr_config_free(&cfg);
+		}
+	}
+}
+
 static void test_database_required(void)
 {
 	const char *env[] = { "PATH=/bin", NULL };
@@ -119,6 +150,7 @@ int main(int argc, char **argv)
 		TEST(test_flag_beats_environment),
 		TEST(test_bad_values_name_the_setting),
 		TEST(test_bad_flags),
+		TEST(test_durations),
 		TEST(test_database_required),
 		TEST_END,
 	};
