@@ -1,0 +1,288 @@
+"""Helpers shared by the relay behaviour tests (test_relay_*.py).
+
+Everything here waits for conditions with deadlines (conftest.wait_until); nothing sleeps to
+"give the relay time". A fixed wait appears only in assert_not_within(), which proves that
+something does NOT happen within a window.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+import threading
+import time
+import urllib.request
+from typing import Any, Iterable
+
+import psycopg2.extras
+
+from conftest import header_values, uuid7, wait_until
+
+# Listen mode with the fallback poll out of the way: whatever is delivered was pushed by NOTIFY
+# (or found by the start-up / reconnect catch-up scan, or the due timer).
+HOUR_MS = 3_600_000
+PUSH_ENV = {"OUTBOX_POLL_INTERVAL_MS": HOUR_MS, "OUTBOX_LOG_LEVEL": "debug"}
+
+WORK_APP = "outbox-relay work"
+LISTEN_APP = "outbox-relay listen"
+
+
+def env(**overrides: Any) -> dict:
+    """PUSH_ENV plus overrides (None removes a setting)."""
+    out = dict(PUSH_ENV)
+    for k, v in overrides.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+# ---- sink records ----------------------------------------------------------------------------
+
+
+def key_of(record: dict) -> str:
+    """The x-idempotent-key a sink record carries (exactly one is expected)."""
+    values = header_values(record, "x-idempotent-key")
+    assert len(values) == 1, f"expected one x-idempotent-key, got {values} in {record['headers']}"
+    return values[0]
+
+
+def by_key(records: Iterable[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = collections.defaultdict(list)
+    for r in records:
+        out[key_of(r)].append(r)
+    return out
+
+
+def assert_each_once(records: list[dict], keys: Iterable[str]) -> dict[str, dict]:
+    """Every key arrived exactly once and nothing else arrived; returns key -> record."""
+    keys = list(keys)
+    got = by_key(records)
+    dups = {k: len(v) for k, v in got.items() if len(v) > 1}
+    missing = [k for k in keys if k not in got]
+    extra = [k for k in got if k not in set(keys)]
+    assert not dups, f"{len(dups)} rows delivered more than once: {list(dups.items())[:10]}"
+    assert not missing, f"{len(missing)} rows never arrived: {missing[:10]}"
+    assert not extra, f"{len(extra)} unexpected requests: {extra[:10]}"
+    return {k: v[0] for k, v in got.items()}
+
+
+def arrival_s(record: dict) -> float:
+    """The sink's arrival time (CLOCK_REALTIME) in seconds since the epoch."""
+    return record["time_us"] / 1e6
+
+
+# ---- database state --------------------------------------------------------------------------
+
+
+def rows_by_key(db, keys: Iterable[str]) -> dict[str, dict]:
+    keys = [str(k) for k in keys]
+    rows = db.query_dicts("SELECT * FROM outbox WHERE idempotent_key = ANY(%s::uuid[])", (keys,))
+    return {r["idempotent_key"]: r for r in rows}
+
+
+def wait_processed(db, keys: Iterable[str], timeout: float = 20) -> dict[str, dict]:
+    """Waits until every row in keys has processed_at; returns the rows."""
+    keys = [str(k) for k in keys]
+
+    def done():
+        n = db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
+                      " AND processed_at IS NOT NULL", (keys,))
+        return n == len(keys)
+
+    try:
+        wait_until(done, timeout, f"{len(keys)} rows to be processed", interval=0.02)
+    except TimeoutError as e:
+        pending = db.query_dicts(
+            "SELECT idempotent_key, partition_key, attempts, last_error, retry_after, dead_at"
+            " FROM outbox WHERE idempotent_key = ANY(%s::uuid[]) AND processed_at IS NULL"
+            " LIMIT 10", (keys,))
+        raise AssertionError(f"{e}; still pending (up to 10): {pending}") from None
+    return rows_by_key(db, keys)
+
+
+def wait_dead(db, keys: Iterable[str], timeout: float = 20) -> dict[str, dict]:
+    keys = [str(k) for k in keys]
+    wait_until(lambda: db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
+                                 " AND dead_at IS NOT NULL", (keys,)) == len(keys),
+               timeout, f"{len(keys)} rows to be parked", interval=0.02)
+    return rows_by_key(db, keys)
+
+
+def lock_rows(db) -> list[dict]:
+    return db.query_dicts("SELECT * FROM outbox_lock")
+
+
+def wait_no_leases(db, timeout: float = 10, lock_id: str | None = None) -> None:
+    """Waits until outbox_lock holds no active lease (of lock_id, when given)."""
+    if lock_id is None:
+        wait_until(lambda: db.scalar("SELECT count(*) FROM outbox_lock WHERE processed_at IS NULL") == 0,
+                   timeout, "outbox_lock to be empty", interval=0.02)
+    else:
+        wait_until(lambda: db.scalar("SELECT count(*) FROM outbox_lock WHERE lock_id = %s::uuid",
+                                     (lock_id,)) == 0,
+                   timeout, f"no leases of instance {lock_id}", interval=0.02)
+
+
+def relay_backends(db, app: str = WORK_APP) -> list[dict]:
+    return db.query_dicts("SELECT pid, state, wait_event_type, query FROM pg_stat_activity"
+                          " WHERE datname = %s AND application_name = %s", (db.name, app))
+
+
+def metric(relay_proc, name: str) -> float | None:
+    """The value of an unlabelled sample on the relay's /metrics, or None."""
+    with urllib.request.urlopen(relay_proc.http_url("/metrics"), timeout=5) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return float(parts[1])
+    return None
+
+
+def wait_scanned(relay_proc, count: int = 1, timeout: float = 15) -> None:
+    """Waits until the relay finished `count` scans (outbox_relay_polls_total on /metrics; the
+    first is the catch-up scan at start). After the first, a row that no notification
+    announces is delivered only by a later scan (poll or due timer)."""
+    wait_until(lambda: (metric(relay_proc, "outbox_relay_polls_total") or 0) >= count, timeout,
+               f"{count} finished scans of the relay")
+
+
+def wait_claim_blocked_or_done(db, relay_proc, timeout: float = 10) -> str:
+    """Waits until the relay's claim statement waits for a lock ("blocked"), or a claim has
+    finished ("done", outbox_relay_claims_total on /metrics)."""
+    def state():
+        if any(b["wait_event_type"] == "Lock" for b in relay_backends(db)):
+            return "blocked"
+        if (metric(relay_proc, "outbox_relay_claims_total") or 0) >= 1:
+            return "done"
+        return None
+
+    return wait_until(state, timeout, "the relay's claim to wait for a lock or to finish", interval=0.005)
+
+
+def instance_id(relay_proc) -> str:
+    """The relay's lock_id, from its start-up log line."""
+    m = relay_proc.wait_for_log(r"instance ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+    return m.group(1)
+
+
+def assert_not_within(cond, seconds: float, what: str) -> None:
+    """Proves that cond() stays false for `seconds` (a short fixed window, checked often)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert not cond(), f"{what} happened within {seconds:g}s"
+        time.sleep(0.05)
+    assert not cond(), f"{what} happened within {seconds:g}s"
+
+
+# ---- writing rows ----------------------------------------------------------------------------
+
+
+def http_dest(url: str, headers: dict | None = None, method: str | None = None) -> dict:
+    return {"url": url, "headers": headers, "method": method}
+
+INSERT_SQL = ("INSERT INTO outbox (idempotent_key, partition_key, destinations, headers, payload,"
+              " attempts, process_after) VALUES %s")
+INSERT_TEMPLATE = ("(%s::uuid, %s::uuid, %s::jsonb, %s::jsonb, %s, %s,"
+                   " COALESCE(%s::timestamptz, now()))")
+
+
+def insert_on(conn, rows: list[dict]) -> list[dict]:
+    """One multi-row INSERT in one transaction on an existing (non-autocommit) connection.
+    Each row: destinations (list or raw JSON text via destinations_json), payload,
+    partition_key, idempotent_key (default uuid7), headers, attempts, process_after.
+    Returns the rows with their keys filled in (as strings)."""
+    made = []
+    for r in rows:
+        row = dict(r)
+        row["idempotent_key"] = str(row.get("idempotent_key") or uuid7())
+        row["partition_key"] = str(row.get("partition_key") or uuid7())
+        made.append(row)
+    values = []
+    for r in made:
+        dests = r["destinations_json"] if "destinations_json" in r else json.dumps(r["destinations"])
+        if "headers_json" in r:
+            headers = r["headers_json"]
+        else:
+            headers = None if r.get("headers") is None else json.dumps(r["headers"])
+        values.append((r["idempotent_key"], r["partition_key"], dests, headers, r["payload"],
+                       r.get("attempts", 0), r.get("process_after")))
+    with conn.cursor() as cur:
+        psycopg2.extras.execute_values(cur, INSERT_SQL, values, template=INSERT_TEMPLATE,
+                                       page_size=1000)
+    conn.commit()
+    return made
+
+
+def insert(db, rows: list[dict]) -> list[dict]:
+    """insert_on() on a fresh connection of db."""
+    conn = db.conn(autocommit=False)
+    try:
+        return insert_on(conn, rows)
+    finally:
+        conn.close()
+
+
+def keys(rows: Iterable[Any]) -> list[str]:
+    return [r["idempotent_key"] if isinstance(r, dict) else r.idempotent_key for r in rows]
+
+
+class RawHttpServer:
+    """A minimal HTTP/1.1 server on 127.0.0.1 answering each request with the next of the
+    canned raw responses (bytes, the last one repeated), one request per connection; for
+    answers the sink cannot give (e.g. bodies that are not UTF-8). .url(path), .requests."""
+
+    def __init__(self, responses: list[bytes]) -> None:
+        self.responses = list(responses)
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value.strip())
+                    while len(body) < length:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        body += chunk
+                    self.requests.append(head + b"\r\n\r\n" + body)
+                    idx = min(len(self.requests) - 1, len(self.responses) - 1)
+                    conn.sendall(self.responses[idx])
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(5)
+        self.sock.close()
