@@ -292,6 +292,24 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 		read_results(pg);
 }
 
+/* Server messages outside a query (a WARNING, the FATAL of a terminated backend) go to our
+ * log instead of libpq's default raw line on stderr. */
+static void on_notice(void *arg, const PGresult *res)
+{
+	struct obr_pg *pg = arg;
+	char msg[1024];
+	snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
+	size_t n = strlen(msg);
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		msg[--n] = '\0';
+	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	if (severity && (!strcmp(severity, "NOTICE") || !strcmp(severity, "INFO") || !strcmp(severity, "LOG") ||
+	                 !strncmp(severity, "DEBUG", 5)))
+		log_debug("%s connection: server says: %s", pg->name, msg);
+	else
+		log_warn("%s connection: server says: %s", pg->name, msg);
+}
+
 static void start_connect(struct obr_pg *pg)
 {
 	/* keepalives detect a half-open connection; application_name names us in pg_stat_activity */
@@ -308,6 +326,7 @@ static void start_connect(struct obr_pg *pg)
 		conn_error(pg, "could not connect");
 		return;
 	}
+	PQsetNoticeReceiver(pg->conn, on_notice, pg);
 	pg->state = PG_CONNECTING;
 	watch(pg, EV_WRITE);
 }

@@ -36,6 +36,10 @@
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
 #define SAMPLE_MS 5000                 /* gauges for /metrics */
+#define COMPLETE_BACKOFF_MIN_MS 200    /* after a complete statement failed with an SQL error */
+#define COMPLETE_BACKOFF_MAX_MS 30000
+#define COMPLETE_MAX_FAILURES 3        /* a result that fails alone this often is given up */
+#define HARD_STOP_AFTER_GRACE_MS 2000  /* results that still cannot be written do not hold the exit */
 #define RETENTION_EVERY_MS 60000       /* a retention pass; a full batch asks for the next at once */
 
 const double obr_latency_bounds[OBR_LATENCY_BUCKETS] = {
@@ -103,6 +107,7 @@ struct mark {
 	int64_t delay_ms;
 	char *error;
 	char *sent;                 /* int[] literal */
+	int failures;               /* complete statements that failed with this result in them */
 };
 
 struct vec {
@@ -141,6 +146,9 @@ struct obr_relay {
 	bool stopping;
 	bool released_all;
 	bool listen_check_pending;
+	bool complete_isolate;      /* an SQL error: write results one per statement to find the bad one */
+	bool complete_paused;       /* backing off after an SQL error */
+	int complete_backoff_ms;
 
 	struct event *kick_ev;      /* one flush per loop turn */
 	struct event *poll_ev;
@@ -152,6 +160,8 @@ struct obr_relay {
 	struct event *grace_ev;
 	struct event *sample_ev;
 	struct event *retention_ev;
+	struct event *complete_retry_ev;
+	struct event *hard_stop_ev;
 
 	struct obr_relay_stats stats;
 };
@@ -428,6 +438,8 @@ static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool
 		m->sent = sent.failed ? strdup("{}") : strdup(sent.data);
 		strbuf_free(&sent);
 		m->error = strdup(error ? error : "unknown error");
+		if (m->error)
+			obr_utf8_sanitize(m->error); /* answers and row data may be any bytes, cut anywhere */
 		m->delay_ms = park ? 0 : retry_delay_ms(r->cfg, d->row->attempts + 1);
 	}
 	if (vec_push(&r->marks, m)) {
@@ -480,6 +492,7 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 		add_mark(r, d, true, false, true, NULL);
 		return;
 	}
+	obr_utf8_sanitize(d->error);
 	long attempts = row->attempts + 1;
 	bool park = attempts >= r->cfg->failure_limit || d->permanent;
 	if (park) {
@@ -532,6 +545,7 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 
 	char err[512];
 	if (obr_plan_parse(&d->plan, row->key, row->destinations, row->headers, row->sent, NULL, err, sizeof(err))) {
+		obr_utf8_sanitize(err);
 		r->stats.parked_malformed++;
 		log_warn("parking malformed row %s partition %s: %s", row->key, p->key, err);
 		add_mark(r, d, false, true, false, err);
@@ -794,14 +808,50 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 	struct obr_relay *r = b->relay;
 	r->statement_running = false;
 
-	if (!res || err) {
+	if (!res) {
+		/* connection lost: keep the results, they go out after the reconnect */
 		statement_error("complete", err);
-		/* keep the results: they go out with the next complete statement */
 		for (size_t i = 0; i < b->parts.len; i++)
 			vec_push(&r->marks, b->parts.items[i]);
 		batch_free(b);
 		kick(r);
 		return;
+	}
+	if (err) {
+		/* the database refused the statement: back off, and write results one at a time so
+		 * one bad result cannot hold back the others; a result that keeps failing alone is
+		 * given up (its row stays pending and is delivered again) */
+		log_error("could not record %zu delivery results, backing off %d ms: %s", b->parts.len,
+		          r->complete_backoff_ms, err);
+		bool alone = b->parts.len == 1;
+		for (size_t i = 0; i < b->parts.len; i++) {
+			struct mark *m = b->parts.items[i];
+			if (alone && ++m->failures >= COMPLETE_MAX_FAILURES) {
+				struct part *p = m->part;
+				log_error("giving up recording the result of row %s partition %s; it will be delivered again",
+				          m->key, p->key);
+				delivery_free(p->current);
+				p->current = NULL;
+				r->active--;
+				drop_queue(p);
+				want_advance(r, p);
+				mark_free(m);
+				continue;
+			}
+			vec_push(&r->marks, m);
+		}
+		batch_free(b);
+		r->complete_isolate = true;
+		r->complete_paused = true;
+		timer_ms(r->complete_retry_ev, r->complete_backoff_ms);
+		r->complete_backoff_ms = r->complete_backoff_ms * 2 > COMPLETE_BACKOFF_MAX_MS ? COMPLETE_BACKOFF_MAX_MS
+		                                                                          : r->complete_backoff_ms * 2;
+		kick(r);
+		return;
+	}
+	if (r->marks.len == 0) {
+		r->complete_isolate = false;
+		r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
 	}
 	for (size_t i = 0; i < b->parts.len; i++) {
 		struct mark *m = b->parts.items[i];
@@ -983,7 +1033,7 @@ static bool send_heads_statement(struct obr_relay *r, const char *sql, struct ba
 	return ok;
 }
 
-static bool send_complete(struct obr_relay *r)
+static bool send_complete(struct obr_relay *r, size_t limit)
 {
 	struct strbuf done, keys, errs, delays, parks, sents, counted;
 	size_t nd = 0, nf = 0;
@@ -1001,7 +1051,8 @@ static bool send_complete(struct obr_relay *r)
 	for (size_t i = 0; i < 7; i++)
 		strbuf_puts(all[i], "{");
 
-	for (size_t i = 0; i < r->marks.len; i++) {
+	size_t take = r->marks.len < limit ? r->marks.len : limit;
+	for (size_t i = 0; i < take; i++) {
 		struct mark *m = r->marks.items[i];
 		if (m->success) {
 			strbuf_array_sep(&done, &nd);
@@ -1033,17 +1084,19 @@ static bool send_complete(struct obr_relay *r)
 		failed |= all[i]->failed;
 	}
 	bool ok = false;
-	if (!failed && b->parts.len == r->marks.len) {
+	if (!failed && b->parts.len == take) {
 		const char *params[] = { done.data, keys.data, errs.data, delays.data, parks.data, sents.data, counted.data };
 		ok = obr_pg_query(r->work_pg, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 7,
 		                  params, on_complete_result, b) == 0;
 	}
 	for (size_t i = 0; i < 7; i++)
 		strbuf_free(all[i]);
-	if (ok)
-		r->marks.len = 0;
-	else
+	if (ok) {
+		memmove(r->marks.items, r->marks.items + take, (r->marks.len - take) * sizeof(void *));
+		r->marks.len -= take;
+	} else {
 		batch_free(b);
+	}
 	return ok;
 }
 
@@ -1065,8 +1118,8 @@ static void flush(struct obr_relay *r)
 	}
 
 	/* 2. results of delivered rows: they unblock their partitions */
-	if (r->marks.len) {
-		if (send_complete(r))
+	if (r->marks.len && !r->complete_paused) {
+		if (send_complete(r, r->complete_isolate ? 1 : r->marks.len))
 			r->statement_running = true;
 		return;
 	}
@@ -1217,6 +1270,20 @@ static void on_due(evutil_socket_t fd, short what, void *arg)
 	kick(r);
 }
 
+static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	r->complete_paused = false;
+	kick(r);
+}
+
+static void on_hard_stop(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_relay *r = arg;
+	log_warn("exiting with %zu delivery results not recorded: their rows will be delivered again", r->marks.len);
+	event_base_loopbreak(r->base);
+}
+
 static void on_retention(evutil_socket_t fd, short what, void *arg)
 {
 	struct obr_relay *r = arg;
@@ -1343,6 +1410,8 @@ static void on_grace(evutil_socket_t fd, short what, void *arg)
 		event_base_loopbreak(r->base);
 		return;
 	}
+	/* write what can still be written, then go, whatever the database says */
+	timer_ms(r->hard_stop_ev, HARD_STOP_AFTER_GRACE_MS);
 	kick(r);
 }
 
@@ -1395,10 +1464,13 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->grace_ev = evtimer_new(base, on_grace, r);
 	r->sample_ev = event_new(base, -1, EV_PERSIST, on_sample, r);
 	r->retention_ev = event_new(base, -1, EV_PERSIST, on_retention, r);
+	r->complete_retry_ev = evtimer_new(base, on_complete_retry, r);
+	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
+	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->sample_ev || !r->retention_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	if (!r->sample_ev || !r->retention_ev || !r->complete_retry_ev || !r->hard_stop_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
@@ -1506,7 +1578,8 @@ void obr_relay_free(struct obr_relay *r)
 	obr_aws_free(r->aws);
 	obr_http_free(r->http);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
-		                r->listen_check_timeout_ev, r->grace_ev, r->sample_ev, r->retention_ev };
+		                r->listen_check_timeout_ev, r->grace_ev, r->sample_ev, r->retention_ev,
+		                r->complete_retry_ev, r->hard_stop_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);

@@ -3,17 +3,30 @@
  */
 #include "store.h"
 
-/* A partition's first rows in delivery order; "l" is the outer partition. */
-#define HEADS_OF(part) \
+/*
+ * A partition's first rows in delivery order; part is the outer partition.
+ *
+ * The claim reads them FOR SHARE: a statement that waited for a lock (its lease insert waits
+ * for a concurrent claim of the same partition) still reads with the snapshot it started with,
+ * in which the previous holder's last results may not be committed yet. A row lock that
+ * conflicts with that UPDATE makes PostgreSQL follow the row to its latest version and check it
+ * again (READ COMMITTED re-evaluation), so a row completed meanwhile is skipped instead of sent
+ * again. (FOR KEY SHARE would not do: it does not conflict with a non-key UPDATE, so it locks
+ * the old version without re-checking.) The lock lasts only for the statement; applications
+ * insert rows and never update them. The advance reads partitions it already holds, which
+ * nobody else completes, so it needs no lock.
+ */
+#define HEADS_OF(part, lock) \
+	"SELECT x.*, row_number() OVER (ORDER BY x.process_after, x.created_at, x.idempotent_key) AS rn FROM (" \
 	"SELECT o.idempotent_key, o.destinations::text AS destinations, o.headers::text AS headers, o.payload, " \
 	"       o.attempts, o.sent_destinations::text AS sent, " \
 	"       (o.process_after <= now() AND coalesce(o.retry_after, o.process_after) <= now()) AS due, " \
 	"       ceil(extract(epoch FROM greatest(o.process_after, coalesce(o.retry_after, o.process_after)) - now()) * 1000)::bigint AS due_in_ms, " \
 	"       floor(extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms, " \
-	"       row_number() OVER (ORDER BY o.process_after, o.created_at, o.idempotent_key) AS rn " \
+	"       o.process_after, o.created_at " \
 	"  FROM outbox o " \
 	" WHERE o.partition_key = " part " AND o.processed_at IS NULL AND o.dead_at IS NULL " \
-	" ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT $3"
+	" ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT $3 " lock ") x"
 
 #define HEADS_COLUMNS \
 	"h.idempotent_key, h.destinations, h.headers, h.payload, h.attempts, h.sent, h.due, h.due_in_ms, h.created_ms"
@@ -42,7 +55,7 @@ const char OBR_SQL_CLAIM[] =
 	"  RETURNING partition_key), "
 	"leased AS (SELECT partition_key FROM took UNION ALL SELECT partition_key FROM inserted) "
 	"SELECT l.partition_key::text, 'held', " HEADS_COLUMNS
-	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key") ") h ON true "
+	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key", "FOR SHARE OF o") ") h ON true "
 	" ORDER BY l.partition_key, h.rn";
 
 /*
@@ -55,7 +68,7 @@ const char OBR_SQL_CLAIM[] =
 const char OBR_SQL_ADVANCE[] =
 	"WITH h AS ("
 	"  SELECT p.k, x.* FROM (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k) p "
-	"  LEFT JOIN LATERAL (" HEADS_OF("p.k") ") x ON true), "
+	"  LEFT JOIN LATERAL (" HEADS_OF("p.k", "") ") x ON true), "
 	"f AS (SELECT k, coalesce(bool_or(rn = 1 AND due), false) AS keep FROM h GROUP BY k), "
 	"rel AS (DELETE FROM outbox_lock l USING f "
 	"         WHERE NOT f.keep AND l.partition_key = f.k AND l.lock_id = $1::uuid AND l.processed_at IS NULL "

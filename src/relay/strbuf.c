@@ -80,6 +80,63 @@ void strbuf_array_elem(struct strbuf *b, const char *s)
 	strbuf_append(b, "\"", 1);
 }
 
+/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates, at most
+ * U+10FFFF), or 0 when it is invalid or cut short. */
+static size_t utf8_seq(const unsigned char *p)
+{
+	unsigned char c = p[0];
+	if (c < 0x80)
+		return 1;
+	size_t n;
+	unsigned char lo = 0x80, hi = 0xbf;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		if (c == 0xe0)
+			lo = 0xa0;
+		else if (c == 0xed)
+			hi = 0x9f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f;
+	} else
+		return 0;
+	if (p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (p[i] < 0x80 || p[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+void obr_utf8_sanitize(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+	while (*p) {
+		size_t n = utf8_seq(p);
+		if (n) {
+			p += n;
+			continue;
+		}
+		/* a sequence cut short by a truncation at the very end: drop it */
+		size_t rest = strlen((const char *)p);
+		if (rest < 4 && *p >= 0xc2 && *p <= 0xf4) {
+			bool tail = true;
+			for (size_t i = 1; i < rest; i++)
+				tail &= p[i] >= 0x80 && p[i] <= 0xbf;
+			if (tail) {
+				*p = '\0';
+				return;
+			}
+		}
+		*p++ = '?';
+	}
+}
+
 void strbuf_reset(struct strbuf *b)
 {
 	b->len = 0;

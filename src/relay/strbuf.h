@@ -20,6 +20,9 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format
 /* Appends s as one element of an array literal: quoted, with " and \ escaped; NULL = NULL. */
 void strbuf_array_elem(struct strbuf *b, const char *s);
 void strbuf_reset(struct strbuf *b);
+/* Makes s valid UTF-8 in place: an invalid byte becomes '?', a sequence cut at the end is
+ * dropped. Text from the network or a truncation goes through this before PostgreSQL sees it. */
+void obr_utf8_sanitize(char *s);
 void strbuf_free(struct strbuf *b);
 
 /* Helper for building "{a,b,c}": call before each element. */

@@ -179,10 +179,6 @@ def test_claim_does_not_deadlock_with_a_lease_holder_releasing(db, sink, relay):
     assert r.alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "relay bug: OBR_SQL_CLAIM reads the leased partitions' rows (HEADS_OF) with the snapshot the "
-    "statement started with; when its lease INSERT had to wait for a lock, rows the previous "
-    "holder completed meanwhile still look pending and are sent again"))
 def test_claim_after_a_lock_wait_does_not_resend_a_row_the_previous_holder_completed(db, sink, relay):
     """Instance A (simulated) holds partition P and is delivering row R. This relay's claim for
     {Q, P} (Q < P: leases are inserted in key order) has to wait on Q, whose lease another
