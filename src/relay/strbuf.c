@@ -124,7 +124,8 @@ void obr_utf8_sanitize(char *s)
 		}
 		/* a sequence cut short by a truncation at the very end: drop it */
 		size_t rest = strlen((const char *)p);
-		if (rest < 4 && *p >= 0xc2 && *p <= 0xf4) {
+		size_t want = *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : 2;
+		if (rest < want && *p >= 0xc2 && *p <= 0xf4) {
 			bool tail = true;
 			for (size_t i = 1; i < rest; i++)
 				tail &= p[i] >= 0x80 && p[i] <= 0xbf;
