@@ -35,6 +35,9 @@ struct obr_config {
 	int64_t shutdown_grace_ms;
 	int64_t health_check_ms;
 	char *ca_file;
+	bool tls_verify;
+	char *allowed_hosts;           /* comma-separated host names, *.suffix wildcards; NULL = any */
+	bool deny_private_addresses;
 	int log_level;                 /* enum obr_log_level */
 	int log_format;                /* enum obr_log_format */
 	char *listen_addr;             /* /health, /ready, /metrics endpoint; NULL = disabled */

@@ -201,6 +201,46 @@ static int check_http_url(const char *url, char *err, size_t errlen)
 	return 0;
 }
 
+bool obr_host_allowed(const char *url, const char *allowlist)
+{
+	if (!allowlist)
+		return true;
+	const char *rest = strstr(url, "://");
+	rest = rest ? rest + 3 : url;
+	size_t authority = strcspn(rest, "/?#");
+	const char *at = memchr(rest, '@', authority);
+	if (at) {
+		authority -= (size_t)(at + 1 - rest);
+		rest = at + 1;
+	}
+	size_t hostlen;
+	if (rest[0] == '[') {
+		const char *end = memchr(rest, ']', authority);
+		hostlen = end ? (size_t)(end - rest) + 1 : authority;
+	} else {
+		hostlen = strcspn(rest, ":/?#");
+		if (hostlen > authority)
+			hostlen = authority;
+	}
+	while (hostlen && rest[hostlen - 1] == '.')
+		hostlen--; /* "example.com." is example.com */
+	const char *p = allowlist;
+	while (*p) {
+		while (*p == ',' || *p == ' ')
+			p++;
+		size_t n = strcspn(p, ", ");
+		if (n >= 2 && p[0] == '*' && p[1] == '.') {
+			size_t suffix = n - 1; /* ".example.com" */
+			if (hostlen > suffix && !strncasecmp(rest + hostlen - suffix, p + 1, suffix))
+				return true;
+		} else if (n && n == hostlen && !strncasecmp(rest, p, n)) {
+			return true;
+		}
+		p += n;
+	}
+	return false;
+}
+
 static const char *process_env(const char *name)
 {
 	return getenv(name);

@@ -51,6 +51,10 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
                    char *err, size_t errlen);
 void obr_plan_clear(struct obr_plan *plan);
 
+/* Whether url's host is in allowlist ("a.example.com,*.b.example.com"; case-insensitive; a
+ * "*." entry matches subdomains, not the bare domain). A NULL allowlist allows every host. */
+bool obr_host_allowed(const char *url, const char *allowlist);
+
 const char *obr_dest_kind_name(enum obr_dest_kind kind);
 const char *obr_http_method_name(enum obr_http_method method);
 

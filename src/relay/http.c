@@ -5,7 +5,10 @@
 
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,7 @@ struct request {
 	obr_http_done_fn done;
 	void *arg;
 	char errbuf[CURL_ERROR_SIZE];
+	char refused[INET6_ADDRSTRLEN]; /* a private address deny_private kept us from */
 	char *response;           /* keep + 1 bytes */
 	size_t response_len, keep;
 	struct request *prev, *next;
@@ -77,7 +81,11 @@ static void check_done(struct obr_http *http)
 		r->response[r->response_len] = '\0';
 		res.body = r->response;
 		res.body_len = r->response_len;
-		if (msg->data.result != CURLE_OK) {
+		if (r->refused[0]) {
+			snprintf(res.error, sizeof(res.error),
+			         "refused to connect to %s: a loopback or private address (OUTBOX_DENY_PRIVATE_ADDRESSES)", r->refused);
+			res.permanent = true;
+		} else if (msg->data.result != CURLE_OK) {
 			snprintf(res.error, sizeof(res.error), "%s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(msg->data.result));
 		} else if (res.status >= 200 && res.status < 300) {
 			res.ok = true;
@@ -94,6 +102,55 @@ static void check_done(struct obr_http *http)
 		r->done(r->arg, &res);
 		request_free(r);
 	}
+}
+
+static bool private_v4(const unsigned char a[4])
+{
+	return a[0] == 0 || a[0] == 10 || a[0] == 127 || (a[0] == 169 && a[1] == 254) ||
+	       (a[0] == 172 && (a[1] & 0xf0) == 16) || (a[0] == 192 && a[1] == 168) ||
+	       (a[0] == 100 && (a[1] & 0xc0) == 64) || a[0] >= 224;
+}
+
+/* Loopback, private, link-local, unique-local, CGNAT, multicast, unspecified. */
+static bool private_address(const struct curl_sockaddr *address)
+{
+	if (address->family == AF_INET) {
+		struct sockaddr_in in4;
+		memcpy(&in4, &address->addr, sizeof(in4));
+		unsigned char a4[4];
+		memcpy(a4, &in4.sin_addr, 4);
+		return private_v4(a4);
+	}
+	if (address->family != AF_INET6)
+		return true;
+	struct sockaddr_in6 in6;
+	memcpy(&in6, &address->addr, sizeof(in6));
+	const unsigned char *a = in6.sin6_addr.s6_addr;
+	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	static const unsigned char zero[15] = { 0 };
+	if (!memcmp(a, mapped, 12))
+		return private_v4(a + 12);
+	if (!memcmp(a, zero, 15) && (a[15] == 0 || a[15] == 1))
+		return true;                               /* :: and ::1 */
+	return (a[0] & 0xfe) == 0xfc ||              /* fc00::/7 unique local */
+	       (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) || /* fe80::/10 link local */
+	       a[0] == 0xff;                         /* multicast */
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: the address is known after DNS, before any connection. */
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	struct request *r = clientp;
+	if (purpose == CURLSOCKTYPE_IPCXN && private_address(address)) {
+		struct sockaddr_storage ss;
+		memcpy(&ss, &address->addr, sizeof(ss) < sizeof(address->addr) ? sizeof(ss) : sizeof(address->addr));
+		const void *in = address->family == AF_INET ? (const void *)&((struct sockaddr_in *)(void *)&ss)->sin_addr
+		                                            : (const void *)&((struct sockaddr_in6 *)(void *)&ss)->sin6_addr;
+		if (!inet_ntop(address->family, in, r->refused, sizeof(r->refused)))
+			snprintf(r->refused, sizeof(r->refused), "a private address");
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype, address->protocol);
 }
 
 static void on_socket_event(evutil_socket_t fd, short what, void *arg)
@@ -266,8 +323,12 @@ int obr_http_start(struct obr_http *http, const struct obr_http_request *req, ob
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, http->opt.tls_verify ? 1L : 0L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, http->opt.tls_verify ? 2L : 0L);
+	if (req->row_controlled && http->opt.deny_private) {
+		curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+		curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
+	}
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "outbox-relay/" OBR_VERSION);
 	if (http->opt.ca_file)
 		curl_easy_setopt(e, CURLOPT_CAINFO, http->opt.ca_file);
@@ -296,6 +357,7 @@ int obr_http_send(struct obr_http *http, enum obr_http_method method, const char
 		.nheaders = nheaders,
 		.body = body,
 		.body_len = body_len,
+		.row_controlled = true,
 	};
 	return obr_http_start(http, &req, done, arg);
 }

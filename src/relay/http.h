@@ -37,6 +37,7 @@ struct obr_http_request {
 	const char *userpwd;                /* "ACCESS_KEY:SECRET_KEY" for aws_sigv4 */
 	size_t keep_response;               /* response bytes to hand to the callback (0: 512, for errors) */
 	long timeout_ms;                    /* 0: the default of obr_http_new */
+	bool row_controlled;                /* the URL came from a row: deny_private applies */
 };
 
 typedef void (*obr_http_done_fn)(void *arg, const struct obr_http_result *res);
@@ -44,6 +45,8 @@ typedef void (*obr_http_done_fn)(void *arg, const struct obr_http_result *res);
 struct obr_http_options {
 	long timeout_ms;
 	const char *ca_file;     /* extra CA bundle; NULL = system store */
+	bool tls_verify;         /* false only for tests: certificates and host names unchecked */
+	bool deny_private;       /* row-controlled requests never connect to private addresses */
 };
 
 struct obr_http *obr_http_new(struct event_base *base, const struct obr_http_options *opt);

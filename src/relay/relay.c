@@ -565,6 +565,11 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 			d->ok[i] = true;
 			continue;
 		}
+		if (dest->kind == OBR_DEST_HTTP && !obr_host_allowed(dest->target, r->cfg->allowed_hosts)) {
+			dest_failed(r, d, i, "host is not in OUTBOX_ALLOWED_HOSTS");
+			d->permanent = true;
+			continue;
+		}
 		struct request_ctx *ctx = &d->ctx[i];
 		*ctx = (struct request_ctx){ r, d, i };
 		int rc;
@@ -595,11 +600,10 @@ static void on_http_done(void *arg, const struct obr_http_result *res)
 	if (res->ok) {
 		d->ok[i] = true;
 		r->stats.delivered[d->plan.dests[i].kind]++;
-	} else if (res->permanent) {
-		d->permanent = true;
-	}
-	else
+	} else {
+		d->permanent |= res->permanent;
 		dest_failed(r, d, i, res->error);
+	}
 	if (--d->waiting == 0)
 		finish_delivery(r, d);
 }
@@ -1447,7 +1451,12 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 
 	r->nbuckets = 1024;
 	r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
-	struct obr_http_options hopt = { .timeout_ms = (long)cfg->http_timeout_ms, .ca_file = cfg->ca_file };
+	struct obr_http_options hopt = { .timeout_ms = (long)cfg->http_timeout_ms,
+		                         .ca_file = cfg->ca_file,
+		                         .tls_verify = cfg->tls_verify,
+		                         .deny_private = cfg->deny_private_addresses };
+	if (!cfg->tls_verify)
+		log_warn("OUTBOX_TLS_VERIFY is off: HTTPS certificates and host names are not checked");
 	r->http = obr_http_new(base, &hopt);
 	char aws_err[256];
 	r->aws = r->http ? obr_aws_new(base, r->http, aws_err, sizeof(aws_err)) : NULL;

@@ -197,6 +197,25 @@ static void test_too_many_destinations(void)
 	CHECK(strstr(err, "too many destinations") != NULL);
 }
 
+static void test_host_allow_list(void)
+{
+	const char *list = "api.example.com, *.hooks.example.org,[::1]";
+	CHECK(obr_host_allowed("https://anything/", NULL));
+	CHECK(obr_host_allowed("https://api.example.com/x", list));
+	CHECK(obr_host_allowed("https://API.Example.COM:8443/x?y", list));
+	CHECK(obr_host_allowed("http://api.example.com./x", list));
+	CHECK(obr_host_allowed("https://a.hooks.example.org/", list));
+	CHECK(obr_host_allowed("https://a.b.hooks.example.org/", list));
+	CHECK(obr_host_allowed("http://[::1]:8080/", list));
+	CHECK(!obr_host_allowed("https://hooks.example.org/", list));          /* *. is for subdomains */
+	CHECK(!obr_host_allowed("https://evilhooks.example.org/", list));
+	CHECK(!obr_host_allowed("https://api.example.com.evil.net/", list));
+	CHECK(!obr_host_allowed("https://evil.net/api.example.com", list));
+	CHECK(!obr_host_allowed("https://api.example.com@evil.net/", list));   /* userinfo trick */
+	CHECK(!obr_host_allowed("https://127.0.0.1/", list));
+	CHECK(!obr_host_allowed("https://api.example.co/", list));
+}
+
 int main(int argc, char **argv)
 {
 	static const struct test tests[] = {
@@ -209,6 +228,7 @@ int main(int argc, char **argv)
 		TEST(test_empty_array_is_nothing_to_send),
 		TEST(test_malformed),
 		TEST(test_too_many_destinations),
+		TEST(test_host_allow_list),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);
