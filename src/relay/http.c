@@ -114,9 +114,12 @@ static bool private_v4(const unsigned char a[4])
 /* Loopback, private, link-local, unique-local, CGNAT, multicast, unspecified. */
 static bool private_address(const struct curl_sockaddr *address)
 {
+	/* curl's address is as long as addrlen says, beyond the declared struct sockaddr */
+	struct sockaddr_storage ss = { 0 };
+	memcpy(&ss, &address->addr, address->addrlen < sizeof(ss) ? address->addrlen : sizeof(ss));
 	if (address->family == AF_INET) {
 		struct sockaddr_in in4;
-		memcpy(&in4, &address->addr, sizeof(in4));
+		memcpy(&in4, &ss, sizeof(in4));
 		unsigned char a4[4];
 		memcpy(a4, &in4.sin_addr, 4);
 		return private_v4(a4);
@@ -124,7 +127,7 @@ static bool private_address(const struct curl_sockaddr *address)
 	if (address->family != AF_INET6)
 		return true;
 	struct sockaddr_in6 in6;
-	memcpy(&in6, &address->addr, sizeof(in6));
+	memcpy(&in6, &ss, sizeof(in6));
 	const unsigned char *a = in6.sin6_addr.s6_addr;
 	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 	static const unsigned char zero[15] = { 0 };
@@ -142,8 +145,8 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct cur
 {
 	struct request *r = clientp;
 	if (purpose == CURLSOCKTYPE_IPCXN && private_address(address)) {
-		struct sockaddr_storage ss;
-		memcpy(&ss, &address->addr, sizeof(ss) < sizeof(address->addr) ? sizeof(ss) : sizeof(address->addr));
+		struct sockaddr_storage ss = { 0 };
+		memcpy(&ss, &address->addr, address->addrlen < sizeof(ss) ? address->addrlen : sizeof(ss));
 		const void *in = address->family == AF_INET ? (const void *)&((struct sockaddr_in *)(void *)&ss)->sin_addr
 		                                            : (const void *)&((struct sockaddr_in6 *)(void *)&ss)->sin6_addr;
 		if (!inet_ntop(address->family, in, r->refused, sizeof(r->refused)))

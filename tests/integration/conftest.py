@@ -568,6 +568,13 @@ def template_db(pg_cluster) -> str:
     require_relay()
     pg_cluster.create_database(TEMPLATE_DB)
     migrate(pg_cluster.url(TEMPLATE_DB))
+    # the relay runs as the least-privilege role of sql/roles/outbox_relay.sql (see Database.relay_url)
+    conn = pg_cluster.connect(TEMPLATE_DB)
+    try:
+        with conn.cursor() as cur:
+            cur.execute((SOURCE_ROOT / "sql" / "roles" / "outbox_relay.sql").read_text())
+    finally:
+        conn.close()  # CREATE DATABASE ... TEMPLATE needs the template without connections
     return TEMPLATE_DB
 
 
@@ -632,6 +639,8 @@ class Database:
         self.name = name
         self.dsn = cluster.dsn(name)
         self.url = cluster.url(name)
+        # what relays started by the `relay` fixture connect as: the role of sql/roles/outbox_relay.sql
+        self.relay_url = self.url.replace("postgresql://postgres@", "postgresql://outbox_relay@", 1)
         self._conns: list = []
         self._shared = None
 
@@ -981,6 +990,18 @@ class RelayProcess:
         return self.exit_code
 
 
+def _least_privilege_url(db: "Database") -> str:
+    """The URL a relay uses for db: the role of sql/roles/outbox_relay.sql, granted here (the
+    script is idempotent) so databases made without the template (a crate upgrade, say) work
+    too. A database without the outbox tables cannot take the grants: the relay then connects
+    as postgres and meets the missing tables itself."""
+    try:
+        db.execute((SOURCE_ROOT / "sql" / "roles" / "outbox_relay.sql").read_text())
+    except psycopg2.Error:
+        return db.url
+    return db.relay_url
+
+
 @pytest.fixture
 def relay(tmp_path, make_db, make_sink):
     """relay(db, *args, env=None, ready=True, ready_timeout=20, **env_vars) -> RelayProcess.
@@ -1001,7 +1022,7 @@ def relay(tmp_path, make_db, make_sink):
     def start(db: "Database | str", *args: str, env: dict | None = None, ready: bool = True,
               ready_timeout: float = 20, **env_vars: Any) -> RelayProcess:
         binary = require_relay()
-        url = db if isinstance(db, str) else db.url
+        url = db if isinstance(db, str) else _least_privilege_url(db)
         overrides = {**(env or {}), **env_vars}
         if "OUTBOX_LISTEN_ADDR" not in overrides and not any(
                 a == "--listen-addr" or a.startswith("--listen-addr=") for a in args):
