@@ -46,6 +46,7 @@ struct target {
 	char *url;                     /* where requests go */
 	char sigv4[128];               /* "aws:amz:<region>:sqs" */
 	bool fifo;
+	bool row_controlled;           /* the request host is the row's queue URL's: deny_private applies */
 	struct amsg *head, *tail;
 	int count;
 };
@@ -186,6 +187,9 @@ static struct target *target_get(struct obr_aws *aws, enum obr_dest_kind kind, c
 	}
 	t->kind = kind;
 	t->fifo = obr_aws_target_is_fifo(kind, name);
+	/* SNS requests go to sns.<region>.amazonaws.com or an override, SQS requests to the queue
+	 * URL's host unless an operator's override says where */
+	t->row_controlled = kind == OBR_DEST_SQS && !aws->cfg.endpoint_sqs;
 	snprintf(t->sigv4, sizeof(t->sigv4), "aws:amz:%s:%s", region, kind == OBR_DEST_SNS ? "sns" : "sqs");
 	t->next = aws->targets;
 	aws->targets = t;
@@ -248,6 +252,7 @@ static void on_batch_done(void *arg, const struct obr_http_result *res)
 		}
 	} else {
 		obr_aws_request_failure(b->kind, res->status, res->body, res->body_len, res->error, &results[0]);
+		results[0].permanent |= res->permanent; /* e.g. a private address refused by obr_http */
 		for (int i = 1; i < b->n; i++)
 			results[i] = results[0];
 		if (obr_aws_code_is_credential(results[0].code))
@@ -329,6 +334,7 @@ static void send_target(struct obr_aws *aws, struct target *t, const struct obr_
 			.aws_sigv4 = t->sigv4,
 			.userpwd = creds->userpwd,
 			.keep_response = OBR_AWS_RESPONSE_KEEP,
+			.row_controlled = t->row_controlled,
 		};
 		if (rc == 0 && obr_http_start(aws->http, &req, on_batch_done, b) == 0) {
 			b->next = aws->batches;

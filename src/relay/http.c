@@ -289,8 +289,12 @@ int obr_http_start(struct obr_http *http, const struct obr_http_request *req, ob
 			goto fail;
 		r->headers = l;
 	}
-	/* curl would add its own Content-Type and Expect: the caller decides what is sent */
-	const char *suppress[] = { has_content_type || !req->body ? NULL : "Content-Type:", "Expect:" };
+	/* curl would add its own Content-Type and Expect: the caller decides what is sent. Not on
+	 * signed requests: libcurl before 8.3 signs a header removal as an empty header it never
+	 * sends (curl issue 11664), so the signature would not match; signed requests carry their
+	 * own Content-Type and stay under curl's 1 MiB Expect threshold. */
+	const char *suppress[] = { has_content_type || !req->body || req->aws_sigv4 ? NULL : "Content-Type:",
+		                   req->aws_sigv4 ? NULL : "Expect:" };
 	for (size_t i = 0; i < 2; i++) {
 		if (!suppress[i])
 			continue;

@@ -580,8 +580,7 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 			rc = obr_aws_submit(r->aws, dest->kind, dest->target, row->key, p->key, dest->headers, dest->nheaders,
 			                    row->payload, row->payload_len, on_http_done, ctx);
 		if (rc) {
-			dest_failed(r, d, i, dest->kind == OBR_DEST_HTTP ? "could not start the request"
-			                                                : "SQS/SNS delivery is not available");
+			dest_failed(r, d, i, "could not start the request (out of memory)");
 			continue;
 		}
 		d->waiting++;

@@ -520,6 +520,10 @@ def relay_env(database_url: str | None = None, extra: dict | None = None) -> dic
            if not (k == "DATABASE_URL" or k.startswith(("PG", "AWS_", "OBR_", "OUTBOX_")))}
     if database_url is not None:
         env["DATABASE_URL"] = database_url
+    # never let a test relay ask the real instance metadata service (169.254.169.254): only a
+    # test that points AWS_EC2_METADATA_SERVICE_ENDPOINT at a local stand-in gets one
+    if not (extra or {}).get("AWS_EC2_METADATA_SERVICE_ENDPOINT"):
+        env["AWS_EC2_METADATA_DISABLED"] = "true"
     for k, v in (extra or {}).items():
         if v is None:
             env.pop(k, None)

@@ -495,3 +495,33 @@ def test_secrets_never_logged_or_stored(db, relay, fauxqs, verifier, standin, tm
     assert resp.status == 200 and "outbox_relay_parked_total" in metrics
     for v in (token, wrong_secret, auth, SECRET):
         assert v not in metrics
+
+
+# ---- OUTBOX_DENY_PRIVATE_ADDRESSES ------------------------------------------------------------
+
+
+def test_deny_private_addresses_applies_to_queue_urls_not_to_configured_endpoints(db, relay, fauxqs, verifier,
+                                                                                   standin):
+    """With OUTBOX_DENY_PRIVATE_ADDRESSES=true a queue URL from a row that points at a private
+    address is refused (and parked) before connecting; endpoints the operator configured
+    (AWS_ENDPOINT_URL_*) and credential sources are not row data and still work."""
+    issuer = Issuer(verifier, "ASIADENY")
+    creds = standin(container_handler(issuer, None))
+    q = fauxqs.create_queue(fauxqs.unique("deny"))
+    private_q = f"http://127.0.0.1:{fauxqs.port}/000000000000/{fauxqs.unique('private')}"
+    r1 = relay(db, env=aws_env(None, OUTBOX_DENY_PRIVATE_ADDRESSES="true"))
+    (row,) = insert(db, [{"destinations": [sqs(private_q)], "payload": "x"}])
+    got = wait_row(db, row["idempotent_key"], lambda x: x["dead_at"] is not None, "the row parked")
+    assert "SQS request failed: refused to connect to 127.0.0.1" in got["last_error"], got["last_error"]
+    assert got["attempts"] == 1
+    r1.stop()
+
+    topic = fauxqs.create_topic(fauxqs.unique("denyt"))
+    fauxqs.subscribe(topic, q["QueueArn"], raw=True)
+    relay(db, env=aws_env(verifier.endpoint, **no_static_keys(
+        OUTBOX_DENY_PRIVATE_ADDRESSES="true", AWS_CONTAINER_CREDENTIALS_FULL_URI=creds.url + "/v1/credentials")))
+    rows = insert(db, [{"destinations": [sqs(q["QueueUrl"])], "payload": "q"},
+                       {"destinations": [sns(topic)], "payload": "t"}])
+    wait_processed(db, keys(rows))
+    receive_all(fauxqs, q["QueueUrl"], 2)
+    assert issuer.count == 1

@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -670,3 +671,46 @@ def test_mixed_row_resends_only_the_failed_destination(db, relay, fauxqs, sink, 
         assert m["MessageAttributes"] == attrs_of(row)
     assert len(verifier.requests("SendMessageBatch")) == 1
     assert len(verifier.requests("PublishBatch")) == 1
+
+
+# ---- shutdown --------------------------------------------------------------------------------
+
+
+def slow_proxy(upstream: str, delay_s: float, arrived: threading.Event):
+    def handle(method, path, headers, body):
+        arrived.set()
+        time.sleep(delay_s)
+        return forward_to(upstream, method, path, headers, body)
+    return handle
+
+
+def test_shutdown_waits_for_a_batch_in_flight(db, relay, fauxqs, standin):
+    """SIGTERM while a SendMessageBatch is on the wire: the relay waits for its answer, records
+    the row as delivered, and exits 0."""
+    arrived = threading.Event()
+    proxy = standin(slow_proxy(fauxqs.endpoint, 1.0, arrived))
+    q = fauxqs.create_queue(fauxqs.unique("stop"))
+    r = relay(db, env=aws_env(proxy.url, OUTBOX_HTTP_TIMEOUT_MS=5000))
+    (row,) = insert(db, [{"destinations": [sqs(q["QueueUrl"])], "payload": "late"}])
+    assert arrived.wait(10), "the batch never reached the proxy"
+    r.send_signal(signal.SIGTERM)
+    assert r.wait(20) == 0
+    got = rows_by_key(db, [row["idempotent_key"]])[row["idempotent_key"]]
+    assert got["processed_at"] is not None and got["attempts"] == 1
+    receive_all(fauxqs, q["QueueUrl"], 1)
+
+
+def test_shutdown_grace_abandons_a_stuck_batch(db, relay, fauxqs, standin):
+    """A batch whose answer does not come within the shutdown grace period is abandoned: the
+    relay exits 0 without recording a result, so the row is sent again by the next run."""
+    arrived = threading.Event()
+    proxy = standin(slow_proxy(fauxqs.endpoint, 8.0, arrived))
+    q = fauxqs.create_queue(fauxqs.unique("stuck"))
+    r = relay(db, env=aws_env(proxy.url, OUTBOX_HTTP_TIMEOUT_MS=20000, OUTBOX_SHUTDOWN_GRACE_MS=300))
+    (row,) = insert(db, [{"destinations": [sqs(q["QueueUrl"])], "payload": "stuck"}])
+    assert arrived.wait(10), "the batch never reached the proxy"
+    r.send_signal(signal.SIGTERM)
+    assert r.wait(20) == 0
+    assert "abandoning" in r.log()
+    got = rows_by_key(db, [row["idempotent_key"]])[row["idempotent_key"]]
+    assert got["processed_at"] is None and got["dead_at"] is None
