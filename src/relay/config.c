@@ -59,6 +59,8 @@ static const struct setting settings[] = {
 	  "attempts (the crate's count) after which a failing row is parked and its partition moves on" },
 	{ "OUTBOX_DELETE_ON_SUCCESS", "delete-on-success", T_BOOL, OFF(delete_on_success), "false", 0, 0, NULL,
 	  "delete delivered rows instead of setting processed_at" },
+	{ "OUTBOX_SYNCHRONOUS_COMMIT", "synchronous-commit", T_BOOL, OFF(synchronous_commit), "false", 0, 0, NULL,
+	  "listen mode: whether the relay's own writes (leases, results) wait for the WAL flush; off is safe under at-least-once (a result lost in a PostgreSQL crash means the row is sent again)" },
 	{ "OUTBOX_HTTP_TIMEOUT_MS", "http-timeout-ms", T_INT, OFF(http_timeout_ms), "3000", 1, 600000, NULL,
 	  "timeout of one HTTP request, connection included" },
 	{ "OUTBOX_MAX_IN_FLIGHT", "max-in-flight", T_INT, OFF(max_in_flight), "128", 1, 100000, NULL,

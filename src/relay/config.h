@@ -28,6 +28,7 @@ struct obr_config {
 	int64_t retry_max_ms;
 	int64_t failure_limit;
 	bool delete_on_success;
+	bool synchronous_commit;       /* the work connection's own commits wait for the WAL flush */
 	int64_t http_timeout_ms;
 	int64_t max_in_flight;
 	int64_t batch_size;

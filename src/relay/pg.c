@@ -14,6 +14,7 @@
 
 struct query {
 	struct query *next;
+	const char *prepared;       /* statement name when the caller's sql is a prepared one */
 	char *sql;
 	int nparams;
 	char **values;
@@ -27,7 +28,8 @@ struct obr_pg {
 	struct event_base *base;
 	char *conninfo;
 	char *name;
-	char *setup_sql;
+	char *setup_sql;            /* the caller's setup plus the PREPAREs */
+	const struct obr_pg_statement *prepared;
 	struct obr_pg_callbacks cb;
 	void *arg;
 
@@ -138,7 +140,10 @@ static void send_next(struct obr_pg *pg)
 	if (pg->state != PG_READY || pg->busy || !pg->head)
 		return;
 	struct query *q = pg->head;
-	if (!PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL, (const char *const *)q->values, NULL, NULL, 0)) {
+	int sent = q->prepared
+	                   ? PQsendQueryPrepared(pg->conn, q->prepared, q->nparams, (const char *const *)q->values, NULL, NULL, 0)
+	                   : PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL, (const char *const *)q->values, NULL, NULL, 0);
+	if (!sent) {
 		conn_error(pg, "could not send query");
 		return;
 	}
@@ -332,7 +337,8 @@ static void start_connect(struct obr_pg *pg)
 }
 
 struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const char *name,
-                          const char *setup_sql, const struct obr_pg_callbacks *cb, void *arg)
+                          const char *setup_sql, const struct obr_pg_statement *prepared,
+                          const struct obr_pg_callbacks *cb, void *arg)
 {
 	struct obr_pg *pg = calloc(1, sizeof(*pg));
 	if (!pg)
@@ -340,12 +346,26 @@ struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const c
 	pg->base = base;
 	pg->conninfo = strdup(conninfo);
 	pg->name = strdup(name);
-	pg->setup_sql = setup_sql ? strdup(setup_sql) : NULL;
+	pg->prepared = prepared;
+	size_t len = setup_sql ? strlen(setup_sql) + 2 : 0;
+	for (const struct obr_pg_statement *s = prepared; s && s->name; s++)
+		len += strlen(s->name) + strlen(s->sql) + 16;
+	if (len) {
+		pg->setup_sql = malloc(len + 1);
+		if (pg->setup_sql) {
+			size_t o = 0;
+			pg->setup_sql[0] = '\0';
+			if (setup_sql)
+				o += (size_t)snprintf(pg->setup_sql + o, len + 1 - o, "%s; ", setup_sql);
+			for (const struct obr_pg_statement *s = prepared; s && s->name; s++)
+				o += (size_t)snprintf(pg->setup_sql + o, len + 1 - o, "PREPARE %s AS %s; ", s->name, s->sql);
+		}
+	}
 	pg->cb = *cb;
 	pg->arg = arg;
 	pg->backoff_ms = BACKOFF_MIN_MS;
 	pg->retry = evtimer_new(base, on_retry, pg);
-	if (!pg->conninfo || !pg->name || (setup_sql && !pg->setup_sql) || !pg->retry) {
+	if (!pg->conninfo || !pg->name || (len && !pg->setup_sql) || !pg->retry) {
 		obr_pg_free(pg);
 		return NULL;
 	}
@@ -365,6 +385,9 @@ int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *co
 	struct query *q = calloc(1, sizeof(*q));
 	if (!q)
 		return -1;
+	for (const struct obr_pg_statement *s = pg->prepared; s && s->name && !q->prepared; s++)
+		if (s->sql == sql)
+			q->prepared = s->name;
 	q->sql = strdup(sql);
 	q->nparams = nparams;
 	q->values = nparams ? calloc((size_t)nparams, sizeof(char *)) : NULL;

@@ -26,10 +26,19 @@ struct obr_pg_callbacks {
 	void (*notify)(void *arg, const char *channel, const char *payload);
 };
 
+/* A statement prepared once per session: obr_pg_query with exactly this sql pointer then runs
+ * it by name, skipping parse and plan (not through a transaction pooler: no session state). */
+struct obr_pg_statement {
+	const char *name;
+	const char *sql;
+};
+
 /* name appears in logs and as application_name. setup_sql (may be NULL) runs after every
- * connect, before connected() is called (e.g. "LISTEN outbox"). */
+ * connect, before connected() is called (e.g. "LISTEN outbox"), and so does the PREPARE of
+ * every entry of prepared (NULL, or an array ended by an entry with name NULL). */
 struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const char *name,
-                          const char *setup_sql, const struct obr_pg_callbacks *cb, void *arg);
+                          const char *setup_sql, const struct obr_pg_statement *prepared,
+                          const struct obr_pg_callbacks *cb, void *arg);
 void obr_pg_start(struct obr_pg *pg);
 
 /* Queues a statement; it runs when the connection is up and earlier ones are done. Values

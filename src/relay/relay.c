@@ -1482,15 +1482,29 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
+	/* In listen mode the work connection is ours alone: the hot statements are prepared once
+	 * (planning cost more than executing them), and its commits do not wait for the WAL flush
+	 * unless asked (OUTBOX_SYNCHRONOUS_COMMIT). Poll mode keeps no session state: it may run
+	 * through a transaction pooler. */
+	static const struct obr_pg_statement prepared[] = {
+		{ "obr_claim", OBR_SQL_CLAIM },
+		{ "obr_advance", OBR_SQL_ADVANCE },
+		{ "obr_complete", OBR_SQL_COMPLETE },
+		{ "obr_complete_delete", OBR_SQL_COMPLETE_DELETE },
+		{ NULL, NULL },
+	};
+	bool session = cfg->mode == OBR_MODE_LISTEN;
 	struct obr_pg_callbacks work_cb = { on_work_connected, on_work_disconnected, NULL };
-	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work", NULL, &work_cb, r);
+	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work",
+	                        session && !cfg->synchronous_commit ? "SET synchronous_commit = off" : NULL,
+	                        session ? prepared : NULL, &work_cb, r);
 	if (!r->work_pg)
 		goto fail;
 	if (cfg->mode == OBR_MODE_LISTEN) {
 		char listen_sql[128];
 		snprintf(listen_sql, sizeof(listen_sql), "LISTEN %s", cfg->channel);
 		struct obr_pg_callbacks listen_cb = { on_listen_connected, on_listen_disconnected, on_notify };
-		r->listen_pg = obr_pg_new(base, cfg->database_url, "outbox-relay listen", listen_sql, &listen_cb, r);
+		r->listen_pg = obr_pg_new(base, cfg->database_url, "outbox-relay listen", listen_sql, NULL, &listen_cb, r);
 		if (!r->listen_pg)
 			goto fail;
 	}

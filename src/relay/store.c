@@ -95,12 +95,17 @@ const char OBR_SQL_ADVANCE[] =
 	"       dead_at = CASE WHEN f.park THEN now() END, sent_destinations = f.sent::int[] " \
 	"  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[]) " \
 	"       AS f(key, err, delay_ms, park, sent, counted) " \
-	" WHERE o.idempotent_key = f.key AND o.processed_at IS NULL RETURNING 1) " \
+	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE RETURNING 1) " \
 	"SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM failed)"
 
+/* The rows are found through the primary key (a join with the unnested keys). "(processed_at
+ * IS NULL) IS TRUE" keeps the planner from matching the partial pending-row indexes, which it
+ * would otherwise walk whole when its statistics say nothing is pending (a table of mostly
+ * processed rows, then a backlog). */
 const char OBR_SQL_COMPLETE[] =
-	"WITH done AS (UPDATE outbox SET processed_at = now(), attempts = attempts + 1, retry_after = NULL "
-	"               WHERE idempotent_key = ANY($1::uuid[]) AND processed_at IS NULL RETURNING 1), "
+	"WITH done AS (UPDATE outbox o SET processed_at = now(), attempts = o.attempts + 1, retry_after = NULL "
+	"                FROM unnest($1::uuid[]) AS d(key) "
+	"               WHERE o.idempotent_key = d.key AND (o.processed_at IS NULL) IS TRUE RETURNING 1), "
 	COMPLETE_FAILED;
 
 const char OBR_SQL_COMPLETE_DELETE[] =
@@ -123,10 +128,11 @@ const char OBR_SQL_SCAN[] =
 	"                       AND l.processing_until >= now()) "
 	"  ORDER BY h.process_after LIMIT $1::int) "
 	"UNION ALL "
-	"SELECT NULL, ceil(extract(epoch FROM least("
-	"   (SELECT min(process_after) FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after > now()), "
-	"   (SELECT min(retry_after) FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND retry_after > now())"
-	" ) - now()) * 1000)::bigint";
+	"SELECT NULL, ceil(extract(epoch FROM "
+	"   (SELECT min(greatest(process_after, coalesce(retry_after, process_after))) FROM outbox "
+	"     WHERE processed_at IS NULL AND dead_at IS NULL "
+	"       AND greatest(process_after, coalesce(retry_after, process_after)) > now())"
+	" - now()) * 1000)::bigint";
 
 /* Renew every lease of this instance; the result is the set still held. $1 lock_id, $2 lease ms */
 const char OBR_SQL_RENEW[] =
@@ -142,8 +148,8 @@ const char OBR_SQL_RELEASE_ALL[] =
 const char OBR_SQL_SAMPLE[] =
 	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after)), 0)::float8, "
 	"       pg_notification_queue_usage() "
-	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after <= now() "
-	"   AND coalesce(retry_after, process_after) <= now()";
+	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL "
+	"   AND greatest(process_after, coalesce(retry_after, process_after)) <= now()";
 
 /*
  * Retention: delete one bounded batch of processed rows older than the retention, and released
