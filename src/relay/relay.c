@@ -35,12 +35,12 @@
 #define MAX_CLAIM_SET 65536          /* notified partitions remembered; beyond, a scan catches up */
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
-#define SAMPLE_MS 5000                 /* gauges for /metrics */
+#define SAMPLE_MS 5000                 /* gauges for /metrics, at most this often, when scraped */
 #define COMPLETE_BACKOFF_MIN_MS 200    /* after a complete statement failed with an SQL error */
 #define COMPLETE_BACKOFF_MAX_MS 30000
 #define COMPLETE_MAX_FAILURES 3        /* a result that fails alone this often is given up */
 #define HARD_STOP_AFTER_GRACE_MS 2000  /* results that still cannot be written do not hold the exit */
-#define RETENTION_EVERY_MS 60000       /* a retention pass; a full batch asks for the next at once */
+#define RETENTION_EVERY_MS 60000       /* a retention pass (at a poll tick); a full batch asks for the next at once */
 
 const double obr_latency_bounds[OBR_LATENCY_BUCKETS] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
@@ -158,8 +158,8 @@ struct obr_relay {
 	struct event *listen_check_ev;
 	struct event *listen_check_timeout_ev;
 	struct event *grace_ev;
-	struct event *sample_ev;
-	struct event *retention_ev;
+	int64_t last_sample_ms;      /* monotonic: gauges are sampled when scraped, at most every SAMPLE_MS */
+	int64_t last_retention_ms;
 	struct event *complete_retry_ev;
 	struct event *hard_stop_ev;
 
@@ -1258,10 +1258,21 @@ static void kick(struct obr_relay *r)
 
 /* ---- timers ---- */
 
+static void on_listen_check(evutil_socket_t fd, short what, void *arg);
+
+/* The fallback poll tick also carries the periodic chores (the listen connection's health
+ * check, retention), so an idle relay sends nothing between two polls. */
 static void on_poll(evutil_socket_t fd, short what, void *arg)
 {
 	struct obr_relay *r = arg;
+	int64_t now = mono_ms();
 	r->scan_wanted = true;
+	if (r->cfg->retention_ms > 0 && now - r->last_retention_ms >= RETENTION_EVERY_MS) {
+		r->last_retention_ms = now;
+		r->retention_wanted = true;
+	}
+	if (r->listen_pg && r->cfg->health_check_ms == 0)
+		on_listen_check(-1, 0, r);
 	kick(r);
 }
 
@@ -1285,20 +1296,6 @@ static void on_hard_stop(evutil_socket_t fd, short what, void *arg)
 	struct obr_relay *r = arg;
 	log_warn("exiting with %zu delivery results not recorded: their rows will be delivered again", r->marks.len);
 	event_base_loopbreak(r->base);
-}
-
-static void on_retention(evutil_socket_t fd, short what, void *arg)
-{
-	struct obr_relay *r = arg;
-	r->retention_wanted = true;
-	kick(r);
-}
-
-static void on_sample(evutil_socket_t fd, short what, void *arg)
-{
-	struct obr_relay *r = arg;
-	r->sample_wanted = true;
-	kick(r);
 }
 
 static void on_renew(evutil_socket_t fd, short what, void *arg)
@@ -1470,15 +1467,13 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->listen_check_ev = event_new(base, -1, EV_PERSIST, on_listen_check, r);
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
-	r->sample_ev = event_new(base, -1, EV_PERSIST, on_sample, r);
-	r->retention_ev = event_new(base, -1, EV_PERSIST, on_retention, r);
 	r->complete_retry_ev = evtimer_new(base, on_complete_retry, r);
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
 	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->sample_ev || !r->retention_ev || !r->complete_retry_ev || !r->hard_stop_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
@@ -1523,18 +1518,18 @@ int obr_relay_start(struct obr_relay *r)
 	ms = r->cfg->lease_ms / 3;
 	tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 	event_add(r->renew_ev, &tv);
-	tv = (struct timeval){ SAMPLE_MS / 1000, (SAMPLE_MS % 1000) * 1000 };
-	event_add(r->sample_ev, &tv);
 	r->sample_wanted = true;
+	r->last_sample_ms = mono_ms();
 	if (r->cfg->retention_ms > 0) {
-		tv = (struct timeval){ RETENTION_EVERY_MS / 1000, 0 };
-		event_add(r->retention_ev, &tv);
 		r->retention_wanted = true;
+		r->last_retention_ms = mono_ms();
 	}
 	if (r->listen_pg) {
 		ms = r->cfg->health_check_ms;
-		tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
-		event_add(r->listen_check_ev, &tv);
+		if (ms > 0) {
+			tv = (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+			event_add(r->listen_check_ev, &tv);
+		}
 		obr_pg_start(r->listen_pg);
 	}
 	obr_pg_start(r->work_pg);
@@ -1544,6 +1539,14 @@ int obr_relay_start(struct obr_relay *r)
 
 const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 {
+	/* a scrape asks for fresh gauges; the answer serves the next scrape (no query when idle
+	 * and nobody looks, and never more than one every SAMPLE_MS) */
+	int64_t now = mono_ms();
+	if (now - r->last_sample_ms >= SAMPLE_MS) {
+		r->last_sample_ms = now;
+		r->sample_wanted = true;
+		kick(r);
+	}
 	r->stats.in_flight_requests = obr_http_in_flight(r->http);
 	r->stats.leases_held = r->held;
 	return &r->stats;
@@ -1600,7 +1603,7 @@ void obr_relay_free(struct obr_relay *r)
 	obr_aws_free(r->aws);
 	obr_http_free(r->http);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
-		                r->listen_check_timeout_ev, r->grace_ev, r->sample_ev, r->retention_ev,
+		                r->listen_check_timeout_ev, r->grace_ev,
 		                r->complete_retry_ev, r->hard_stop_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
