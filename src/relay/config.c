@@ -237,6 +237,8 @@ static const struct setting *find_flag(const char *name, size_t len)
 	return NULL;
 }
 
+#define MAX_FILE_LINE 8192
+
 /* Reads a KEY=VALUE file: # comments, blank lines, optional "export ", optional quotes. */
 static int load_file(struct obr_config *cfg, const char *path, bool reload, char *err, size_t errlen)
 {
@@ -245,12 +247,27 @@ static int load_file(struct obr_config *cfg, const char *path, bool reload, char
 		snprintf(err, errlen, "cannot read OUTBOX_CONFIG_FILE \"%s\": %s", path, strerror(errno));
 		return -1;
 	}
-	char line[8192];
+	/* getline, not fgets into a fixed buffer: fgets cut a longer line and the loop read its tail
+	 * as a line of its own (a long value could smuggle in another setting, such as
+	 * OUTBOX_TLS_VERIFY=false), and a NUL byte silently ended a line; both are errors now. */
+	char *line = NULL;
+	size_t linecap = 0;
+	ssize_t len;
 	int lineno = 0, rc = 0;
-	while (rc == 0 && fgets(line, sizeof(line), f)) {
+	while (rc == 0 && (len = getline(&line, &linecap, f)) >= 0) {
 		lineno++;
+		if ((size_t)len > MAX_FILE_LINE) {
+			snprintf(err, errlen, "%s:%d: line longer than %d bytes", path, lineno, MAX_FILE_LINE);
+			rc = -1;
+			break;
+		}
+		if (memchr(line, '\0', (size_t)len)) {
+			snprintf(err, errlen, "%s:%d: NUL byte in the line", path, lineno);
+			rc = -1;
+			break;
+		}
 		char *p = line;
-		size_t n = strlen(p);
+		size_t n = (size_t)len;
 		while (n && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == ' ' || p[n - 1] == '\t'))
 			p[--n] = '\0';
 		while (*p == ' ' || *p == '\t')
@@ -290,6 +307,12 @@ static int load_file(struct obr_config *cfg, const char *path, bool reload, char
 		rc = apply(cfg, s, value, source, err, errlen);
 		cfg->source[idx] = SRC_FILE;
 	}
+	/* a read error (a directory, EIO) is not an empty file */
+	if (rc == 0 && ferror(f)) {
+		snprintf(err, errlen, "cannot read OUTBOX_CONFIG_FILE \"%s\": %s", path, strerror(errno));
+		rc = -1;
+	}
+	free(line);
 	fclose(f);
 	return rc;
 }

@@ -159,7 +159,8 @@ static int add_headers(struct obr_destination *d, struct json_object *obj, const
 			/* as the crate: an unset variable leaves the placeholder as it is */
 			if (env) {
 				if (strlen(env) > MAX_HEADER_VALUE || !valid_header_value(env)) {
-					snprintf(err, errlen, "%s: environment variable %s for header \"%.100s\" has control characters",
+					snprintf(err, errlen,
+					         "%s: environment variable %s for header \"%.100s\" has control characters or is too long",
 					         where, env_name, name);
 					return -1;
 				}
@@ -270,6 +271,12 @@ static int parse_sent(const char *sent, bool *sent_mask, int nmax)
 			long v = strtol(p, (char **)(void *)&p, 10);
 			if (v >= 0 && v < nmax)
 				sent_mask[v] = true;
+		} else if (*p == '-') {
+			/* a negative element is no index: skip it whole ("-1" used to mark destination 1
+			 * as sent, so it was never delivered) */
+			p++;
+			while (*p >= '0' && *p <= '9')
+				p++;
 		} else {
 			p++;
 		}

@@ -443,12 +443,8 @@ void obr_pg_free(struct obr_pg *pg)
 		event_free(pg->io);
 	if (pg->retry)
 		event_free(pg->retry);
-	struct query *q = pg->head;
-	while (q) {
-		struct query *next = q->next;
-		query_free(q);
-		q = next;
-	}
+	/* statements still queued or running get their callback, so their owners free their state */
+	fail_queue(pg, "the connection was closed");
 	if (pg->conn)
 		PQfinish(pg->conn);
 	free(pg->conninfo);

@@ -121,7 +121,9 @@ struct obr_relay {
 	char lock_id[KEY_LEN + 1];
 
 	struct obr_pg *listen_pg;   /* NULL in poll mode */
-	struct obr_pg *work_pg;
+	struct obr_pg *work_pg;     /* results, advances, renewals, gauges, retention */
+	struct obr_pg *claim_pg;    /* claims and scans: the path from a notification to a request
+	                               never waits behind the results of earlier rows */
 	struct obr_http *http;
 	struct obr_aws *aws;
 
@@ -139,7 +141,8 @@ struct obr_relay {
 	bool renew_wanted;
 	bool sample_wanted;
 	bool retention_wanted;
-	bool statement_running;
+	bool statement_running;     /* on work_pg */
+	bool claim_running;         /* on claim_pg */
 	bool listen_ready;
 	bool ready_logged;
 	bool first_scan_done;
@@ -749,7 +752,7 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 {
 	struct batch *b = arg;
 	struct obr_relay *r = b->relay;
-	r->statement_running = false;
+	r->claim_running = false;
 
 	if (res && !err) {
 		take_heads(r, res, true);
@@ -887,7 +890,7 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 static void on_scan_result(void *arg, const PGresult *res, const char *err)
 {
 	struct obr_relay *r = arg;
-	r->statement_running = false;
+	r->claim_running = false;
 
 	if (!res || err) {
 		statement_error("scan", err);
@@ -1024,14 +1027,15 @@ static char *uuid_array(struct part **parts, size_t n)
 	return b.data;
 }
 
-static bool send_heads_statement(struct obr_relay *r, const char *sql, struct batch *b, obr_pg_result_fn fn)
+static bool send_heads_statement(struct obr_relay *r, struct obr_pg *pg, const char *sql, struct batch *b,
+                                 obr_pg_result_fn fn)
 {
 	char *keys = uuid_array((struct part **)b->parts.items, b->parts.len);
 	char batch[24], lease[24];
 	snprintf(batch, sizeof(batch), "%lld", (long long)r->cfg->batch_size);
 	snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
 	const char *params[] = { r->lock_id, keys, batch, lease };
-	bool ok = keys && obr_pg_query(r->work_pg, sql, 4, params, fn, b) == 0;
+	bool ok = keys && obr_pg_query(pg, sql, 4, params, fn, b) == 0;
 	free(keys);
 	return ok;
 }
@@ -1155,7 +1159,7 @@ static void flush(struct obr_relay *r)
 		}
 		memmove(r->advance_set.items, r->advance_set.items + take, (r->advance_set.len - take) * sizeof(void *));
 		r->advance_set.len -= take;
-		if (send_heads_statement(r, OBR_SQL_ADVANCE, b, on_advance_result)) {
+		if (send_heads_statement(r, r->work_pg, OBR_SQL_ADVANCE, b, on_advance_result)) {
 			r->statement_running = true;
 		} else {
 			for (size_t i = 0; i < b->parts.len; i++) {
@@ -1169,42 +1173,11 @@ static void flush(struct obr_relay *r)
 	}
 
 	if (r->stopping) {
-		if (!r->released_all && r->active == 0 && obr_http_in_flight(r->http) == 0) {
+		/* after the last claim: a lease it takes must not outlive the release */
+		if (!r->released_all && r->active == 0 && obr_http_in_flight(r->http) == 0 && !r->claim_running) {
 			const char *params[] = { r->lock_id };
 			if (obr_pg_query(r->work_pg, OBR_SQL_RELEASE_ALL, 1, params, on_release_all_result, r) == 0)
 				r->statement_running = true;
-		}
-		return;
-	}
-
-	/* 4. claim notified partitions, as many as there are free delivery slots */
-	int room = (int)r->cfg->max_in_flight - r->held;
-	if (r->claim_set.len && room > 0) {
-		struct batch *b = batch_new(r);
-		if (!b)
-			return;
-		size_t take = r->claim_set.len;
-		if (take > (size_t)room)
-			take = (size_t)room;
-		if (take > (size_t)r->cfg->claim_limit)
-			take = (size_t)r->cfg->claim_limit;
-		for (size_t i = 0; i < take; i++) {
-			struct part *p = r->claim_set.items[i];
-			p->in_claim_set = false;
-			set_state(r, p, P_CLAIMING);
-			vec_push(&b->parts, p);
-		}
-		memmove(r->claim_set.items, r->claim_set.items + take, (r->claim_set.len - take) * sizeof(void *));
-		r->claim_set.len -= take;
-		if (send_heads_statement(r, OBR_SQL_CLAIM, b, on_claim_result)) {
-			r->statement_running = true;
-		} else {
-			for (size_t i = 0; i < b->parts.len; i++) {
-				struct part *p = b->parts.items[i];
-				set_state(r, p, P_IDLE);
-				want_claim(r, p);
-			}
-			batch_free(b);
 		}
 		return;
 	}
@@ -1231,14 +1204,54 @@ static void flush(struct obr_relay *r)
 		}
 	}
 
-	/* 7. scan for partitions no notification announced */
+}
+
+/* The claim connection: notified partitions first, then a scan when one is wanted. */
+static void flush_claims(struct obr_relay *r)
+{
+	if (r->claim_running || r->stopping || !obr_pg_is_up(r->claim_pg))
+		return;
+
+	/* claim notified partitions, as many as there are free delivery slots */
+	int room = (int)r->cfg->max_in_flight - r->held;
+	if (r->claim_set.len && room > 0) {
+		struct batch *b = batch_new(r);
+		if (!b)
+			return;
+		size_t take = r->claim_set.len;
+		if (take > (size_t)room)
+			take = (size_t)room;
+		if (take > (size_t)r->cfg->claim_limit)
+			take = (size_t)r->cfg->claim_limit;
+		for (size_t i = 0; i < take; i++) {
+			struct part *p = r->claim_set.items[i];
+			p->in_claim_set = false;
+			set_state(r, p, P_CLAIMING);
+			vec_push(&b->parts, p);
+		}
+		memmove(r->claim_set.items, r->claim_set.items + take, (r->claim_set.len - take) * sizeof(void *));
+		r->claim_set.len -= take;
+		if (send_heads_statement(r, r->claim_pg, OBR_SQL_CLAIM, b, on_claim_result)) {
+			r->claim_running = true;
+		} else {
+			for (size_t i = 0; i < b->parts.len; i++) {
+				struct part *p = b->parts.items[i];
+				set_state(r, p, P_IDLE);
+				want_claim(r, p);
+			}
+			batch_free(b);
+		}
+		return;
+	}
+
+	/* then scan for partitions no notification announced */
 	if (r->scan_wanted && r->claim_set.len == 0) {
 		r->scan_wanted = false;
 		char limit[24];
 		snprintf(limit, sizeof(limit), "%lld", (long long)r->cfg->claim_limit);
 		const char *params[] = { limit };
-		if (obr_pg_query(r->work_pg, OBR_SQL_SCAN, 1, params, on_scan_result, r) == 0)
-			r->statement_running = true;
+		if (obr_pg_query(r->claim_pg, OBR_SQL_SCAN, 1, params, on_scan_result, r) == 0)
+			r->claim_running = true;
 		else
 			r->scan_wanted = true;
 	}
@@ -1249,6 +1262,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	struct obr_relay *r = arg;
 	dispatch(r);
 	flush(r);
+	flush_claims(r);
 }
 
 static void kick(struct obr_relay *r)
@@ -1313,7 +1327,7 @@ static void check_ready(struct obr_relay *r)
 {
 	if (r->ready_logged || r->cfg->mode != OBR_MODE_LISTEN)
 		return;
-	if (r->listen_ready && obr_pg_is_up(r->work_pg)) {
+	if (r->listen_ready && obr_pg_is_up(r->work_pg) && obr_pg_is_up(r->claim_pg)) {
 		r->ready_logged = true;
 		log_info("relay ready: listening on channel %s, instance %s", r->cfg->channel, r->lock_id);
 		obr_sd_notify("READY=1");
@@ -1333,6 +1347,13 @@ static void on_work_disconnected(void *arg, const char *why)
 	struct obr_relay *r = arg;
 	r->stats.reconnects++;
 	r->statement_running = false;
+}
+
+static void on_claim_disconnected(void *arg, const char *why)
+{
+	struct obr_relay *r = arg;
+	r->stats.reconnects++;
+	r->claim_running = false;
 }
 
 static void on_listen_connected(void *arg)
@@ -1481,19 +1502,25 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	 * (planning cost more than executing them), and its commits do not wait for the WAL flush
 	 * unless asked (OUTBOX_SYNCHRONOUS_COMMIT). Poll mode keeps no session state: it may run
 	 * through a transaction pooler. */
-	static const struct obr_pg_statement prepared[] = {
-		{ "obr_claim", OBR_SQL_CLAIM },
+	static const struct obr_pg_statement work_prepared[] = {
 		{ "obr_advance", OBR_SQL_ADVANCE },
 		{ "obr_complete", OBR_SQL_COMPLETE },
 		{ "obr_complete_delete", OBR_SQL_COMPLETE_DELETE },
 		{ NULL, NULL },
 	};
+	static const struct obr_pg_statement claim_prepared[] = {
+		{ "obr_claim", OBR_SQL_CLAIM },
+		{ NULL, NULL },
+	};
 	bool session = cfg->mode == OBR_MODE_LISTEN;
+	const char *setup = session && !cfg->synchronous_commit ? "SET synchronous_commit = off" : NULL;
 	struct obr_pg_callbacks work_cb = { on_work_connected, on_work_disconnected, NULL };
-	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work",
-	                        session && !cfg->synchronous_commit ? "SET synchronous_commit = off" : NULL,
-	                        session ? prepared : NULL, &work_cb, r);
-	if (!r->work_pg)
+	struct obr_pg_callbacks claim_cb = { on_work_connected, on_claim_disconnected, NULL };
+	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work", setup, session ? work_prepared : NULL,
+	                        &work_cb, r);
+	r->claim_pg = obr_pg_new(base, cfg->database_url, "outbox-relay claim", setup, session ? claim_prepared : NULL,
+	                         &claim_cb, r);
+	if (!r->work_pg || !r->claim_pg)
 		goto fail;
 	if (cfg->mode == OBR_MODE_LISTEN) {
 		char listen_sql[128];
@@ -1533,6 +1560,7 @@ int obr_relay_start(struct obr_relay *r)
 		obr_pg_start(r->listen_pg);
 	}
 	obr_pg_start(r->work_pg);
+	obr_pg_start(r->claim_pg);
 	log_info("outbox-relay %s starting: mode %s, instance %s", OBR_VERSION, obr_mode_name(r->cfg->mode), r->lock_id);
 	return 0;
 }
@@ -1558,7 +1586,7 @@ bool obr_relay_ready(const struct obr_relay *r, char *why, size_t whylen)
 		snprintf(why, whylen, "shutting down");
 		return false;
 	}
-	if (!obr_pg_is_up(r->work_pg)) {
+	if (!obr_pg_is_up(r->work_pg) || !obr_pg_is_up(r->claim_pg)) {
 		snprintf(why, whylen, "database connection is down");
 		return false;
 	}
@@ -1579,6 +1607,7 @@ void obr_relay_free(struct obr_relay *r)
 		return;
 	obr_pg_free(r->listen_pg);
 	obr_pg_free(r->work_pg);
+	obr_pg_free(r->claim_pg);
 	if (r->aws)
 		obr_aws_abort_all(r->aws);
 	if (r->http)

@@ -25,6 +25,7 @@ HOUR_MS = 3_600_000
 PUSH_ENV = {"OUTBOX_POLL_INTERVAL_MS": HOUR_MS, "OUTBOX_LOG_LEVEL": "debug"}
 
 WORK_APP = "outbox-relay work"
+CLAIM_APP = "outbox-relay claim"
 LISTEN_APP = "outbox-relay listen"
 
 
@@ -126,9 +127,11 @@ def wait_no_leases(db, timeout: float = 10, lock_id: str | None = None) -> None:
                    timeout, f"no leases of instance {lock_id}", interval=0.02)
 
 
-def relay_backends(db, app: str = WORK_APP) -> list[dict]:
+def relay_backends(db, app: str | None = None) -> list[dict]:
+    """The relay's statement connections (work and claim), or only those named app."""
+    apps = [app] if app else [WORK_APP, CLAIM_APP]
     return db.query_dicts("SELECT pid, state, wait_event_type, query FROM pg_stat_activity"
-                          " WHERE datname = %s AND application_name = %s", (db.name, app))
+                          " WHERE datname = %s AND application_name = ANY(%s)", (db.name, apps))
 
 
 def metric(relay_proc, name: str) -> float | None:
@@ -286,3 +289,212 @@ class RawHttpServer:
         self._stop = True
         self.thread.join(5)
         self.sock.close()
+
+
+# ---- fault tests: sequences, readiness, writers that survive outages ---------------------------
+# (added for test_faults.py / test_secrets.py; generic enough for others)
+
+import contextlib  # noqa: E402  (appended section)
+import random  # noqa: E402
+import urllib.error  # noqa: E402
+
+import psycopg2  # noqa: E402
+import psycopg2.errors  # noqa: E402
+
+
+def ready_code(relay_proc, timeout: float = 2) -> int | None:
+    """The status of GET /ready on the relay (200 or 503), None if it could not be asked."""
+    try:
+        with urllib.request.urlopen(relay_proc.http_url("/ready"), timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def wait_ready_code(relay_proc, code: int, timeout: float = 20) -> None:
+    """Waits until GET /ready answers `code`; fails if the relay exits meanwhile."""
+    def check():
+        assert relay_proc.alive(), f"the relay exited ({relay_proc.proc.returncode})"
+        return ready_code(relay_proc) == code
+    wait_until(check, timeout, f"/ready to answer {code}", interval=0.01)
+
+
+def db_retry(fn, attempts: int = 3):
+    """Calls fn() (a Database call), retrying when the test's own connection died with a
+    PostgreSQL restart (the first call on a dead connection fails, the next reconnects)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if i == attempts - 1:
+                raise
+
+
+def sequence_report(records: list[dict]) -> dict:
+    """Analyses sink records whose JSON bodies are {"p": partition, "s": sequence} (the
+    sequence of a row within its partition, 0, 1, 2, ... in the order the rows were written).
+
+    Per partition, the records are taken in the sink's arrival order (seq). The partition's
+    order holds when that list of sequences is non-decreasing: a value may repeat (at least
+    once: the row that was in flight when its sender died is sent again), but a lower value
+    never follows a higher one. Because every repeat then sits right after the row's first
+    arrival, the first arrivals alone must be 0, 1, ..., n-1 (nothing skipped, nothing lost).
+
+    Returns {"partitions": {p: [s, ...]}, "backwards": {p: (i, prev, s)} (first place where
+    the order goes back), "firsts": {p: [s of first arrivals]}, "duplicates": [(p, s,
+    [time_us of each arrival])] (rows received more than once), "duplicate_count": number of
+    arrivals beyond the first, "total": records}."""
+    per: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+    for rec in sorted(records, key=lambda r: r["seq"]):
+        body = json.loads(rec["body"])
+        per[body["p"]].append((int(body["s"]), rec["time_us"]))
+    backwards, firsts, dups = {}, {}, []
+    dup_count = 0
+    for p, arrivals in per.items():
+        seen: dict[int, list[int]] = {}
+        first = []
+        for i, (s, t) in enumerate(arrivals):
+            if i and s < arrivals[i - 1][0] and p not in backwards:
+                backwards[p] = (i, arrivals[i - 1][0], s)
+            if s in seen:
+                seen[s].append(t)
+                dup_count += 1
+            else:
+                seen[s] = [t]
+                first.append(s)
+        firsts[p] = first
+        dups += [(p, s, ts) for s, ts in seen.items() if len(ts) > 1]
+    return {"partitions": {p: [s for s, _ in a] for p, a in per.items()}, "backwards": backwards,
+            "firsts": firsts, "duplicates": dups, "duplicate_count": dup_count,
+            "total": len(records)}
+
+
+def assert_sequences(report: dict, expected: dict[str, int], what: str = "",
+                     allow_going_back: bool = False) -> None:
+    """Order holds in every partition of a sequence_report() and partition p received exactly
+    the sequences 0..expected[p]-1 (first arrivals), nothing else. allow_going_back=True checks
+    only what a receiver that deduplicates on the key sees: every row, first arrivals in order
+    (an older row may be sent again after newer ones)."""
+    bad = {} if allow_going_back else report["backwards"]
+    assert not bad, (f"{what}order went back in {len(bad)} partitions, e.g. "
+                     + "; ".join(f"{p}: arrival #{i} is {s} after {prev} "
+                                 f"(sequence {report['partitions'][p][max(0, i - 5):i + 5]})"
+                                 for p, (i, prev, s) in list(bad.items())[:3]))
+    assert set(report["firsts"]) == set(expected), (
+        f"{what}partitions at the sink differ: missing {list(set(expected) - set(report['firsts']))[:5]},"
+        f" unexpected {list(set(report['firsts']) - set(expected))[:5]}")
+    wrong = {p: f for p, f in report["firsts"].items() if f != list(range(expected[p]))}
+    assert not wrong, (f"{what}{len(wrong)} partitions incomplete or out of order, e.g. "
+                       + "; ".join(f"{p}: {f[:10]}...{f[-5:]} ({len(f)} of {expected[p]})"
+                                   for p, f in list(wrong.items())[:3]))
+
+
+class SequenceWriter:
+    """A writer thread: rounds of one row per partition (payload {"p", "s"}: the partition's
+    next sequence number), one transaction per round, to HTTP destination
+    {base_url}/{tag}/{partition}. It survives database outages: a round that fails is retried
+    with the same keys until it commits (a unique violation means the earlier, ambiguous
+    commit did succeed), so every partition's sequence is gapless and in order.
+
+    Bounded: at most max_rounds rounds and `deadline_s` seconds; one round every `interval`
+    seconds (pacing the load, 0: as fast as it goes). .written (committed rows),
+    .counts {partition: rows}, .rounds, .errors (unexpected exceptions), .retries."""
+
+    def __init__(self, db, base_url: str, parts: list[str], tag: str, *, max_rounds: int,
+                 interval: float = 0.0, deadline_s: float = 120.0, seed: int = 0,
+                 parts_per_round: int | None = None) -> None:
+        self.db, self.base_url, self.parts, self.tag = db, base_url, list(parts), tag
+        self.max_rounds, self.interval, self.deadline_s = max_rounds, interval, deadline_s
+        self.parts_per_round = parts_per_round
+        self.rng = random.Random(seed)
+        self.written: list[dict] = []
+        self.counts: dict[str, int] = {p: 0 for p in self.parts}
+        self.rounds = 0
+        self.retries = 0
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"writer-{tag}")
+
+    def start(self) -> "SequenceWriter":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        self.join(timeout)
+
+    def join(self, timeout: float = 120) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"writer {self.tag} did not finish within {timeout:g}s"
+        assert not self.errors, f"writer {self.tag} failed: {self.errors[:3]}"
+
+    def wait_rounds(self, n: int, timeout: float = 30) -> None:
+        wait_until(lambda: self.rounds >= n or self.errors or not self.thread.is_alive(),
+                   timeout, f"writer {self.tag} to finish {n} rounds")
+        assert not self.errors, self.errors[:3]
+
+    def snapshot(self) -> tuple[list[dict], dict[str, int]]:
+        with self._lock:
+            return list(self.written), {p: c for p, c in self.counts.items() if c}
+
+    def _connect(self, give_up: float):
+        while True:
+            try:
+                return self.db.cluster.connect(self.db.name, autocommit=False)
+            except psycopg2.OperationalError:
+                if time.monotonic() >= give_up:
+                    raise
+                self.retries += 1
+                time.sleep(0.05)  # back off while the server is down
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        give_up = start + self.deadline_s
+        conn = None
+        try:
+            while self.rounds < self.max_rounds and not self._stop.is_set():
+                if time.monotonic() >= give_up:
+                    raise TimeoutError(f"writer {self.tag}: {self.rounds} rounds in {self.deadline_s:g}s")
+                if self.interval:
+                    self._stop.wait(max(0.0, start + self.rounds * self.interval - time.monotonic()))
+                    if self._stop.is_set():
+                        break
+                parts = self.parts
+                if self.parts_per_round:
+                    parts = self.rng.sample(self.parts, self.parts_per_round)
+                rows = [{"idempotent_key": str(uuid7()), "partition_key": p,
+                         "destinations": [http_dest(f"{self.base_url}/{self.tag}/{p}")],
+                         "payload": json.dumps({"p": p, "s": self.counts[p]})} for p in parts]
+                while True:  # the same keys until the round is known to be committed
+                    try:
+                        if conn is None or conn.closed:
+                            conn = self._connect(give_up)
+                        insert_on(conn, rows)
+                        break
+                    except psycopg2.errors.UniqueViolation:
+                        conn.rollback()  # the earlier attempt's commit had succeeded
+                        break
+                    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                        self.retries += 1
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
+                        # a round is never abandoned (stop or not): its commit may have
+                        # happened, and only a retry tells
+                        if time.monotonic() >= give_up:
+                            raise
+                        time.sleep(0.05)
+                with self._lock:
+                    self.written.extend(rows)
+                    for p in parts:
+                        self.counts[p] += 1
+                    self.rounds += 1
+        except BaseException as e:  # reported by join()
+            self.errors.append(e)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()

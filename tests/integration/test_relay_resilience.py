@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from conftest import SOURCE_ROOT, uuid7, wait_until
-from relay_util import (LISTEN_APP, assert_each_once, by_key, env, http_dest, insert,
+from relay_util import (LISTEN_APP, WORK_APP, assert_each_once, by_key, env, http_dest, insert,
                         instance_id, keys, relay_backends, rows_by_key, wait_no_leases, wait_processed)
 
 
@@ -248,7 +248,7 @@ def test_lost_listen_connection_catches_up(db, sink, relay):
     r.wait_for_log("listen connection re-established", timeout=20, start=mark)
     wait_processed(db, keys(lost), timeout=10)
     mark = len(r.log())
-    (work,) = relay_backends(db)
+    (work,) = relay_backends(db, WORK_APP)
     db.execute("SELECT pg_terminate_backend(%s)", (work["pid"],))
     r.wait_for_log("work connection lost", timeout=20, start=mark)
     later = insert(db, [{"destinations": [http_dest(sink.url("/later"))], "payload": "l"}])
