@@ -57,7 +57,8 @@ sink="http://127.0.0.1:$sink_port"
 curl -fsS -X POST "$sink/_sink/rules" -d '[{"path":"/flaky","status":503,"times":1}]' >/dev/null
 echo "demo: sink listening on $sink"
 
-OUTBOX_RETRY_BASE_MS=500 "$relay_bin" run > "$work/relay.log" 2>&1 &
+admin_port=$(free_port)
+OUTBOX_RETRY_BASE_MS=500 OUTBOX_LISTEN_ADDR=127.0.0.1:$admin_port "$relay_bin" run > "$work/relay.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 200); do grep -q "relay ready" "$work/relay.log" && break; sleep 0.05; done
 sed 's/^/relay: /' "$work/relay.log"
@@ -81,6 +82,7 @@ while True:
 PY
 pids+=($!)
 
+echo "demo: relay metrics at http://127.0.0.1:$admin_port/metrics, status with: DATABASE_URL=$DATABASE_URL $relay_bin status"
 echo "demo: writing sample rows to three partitions (Ctrl-C to stop)"
 partitions=(0190f5a2-0000-7000-8000-00000000000a 0190f5a2-0000-7000-8000-00000000000b 0190f5a2-0000-7000-8000-00000000000c)
 start=$(date +%s)
