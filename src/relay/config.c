@@ -4,6 +4,8 @@
 #include "config.h"
 
 #include "admin.h"
+
+#include <libpq-fe.h>
 #include "log.h"
 
 #include <errno.h>
@@ -59,8 +61,8 @@ static const struct setting settings[] = {
 	  "attempts (the crate's count) after which a failing row is parked and its partition moves on" },
 	{ "OUTBOX_DELETE_ON_SUCCESS", "delete-on-success", T_BOOL, OFF(delete_on_success), "false", 0, 0, NULL,
 	  "delete delivered rows instead of setting processed_at" },
-	{ "OUTBOX_SYNCHRONOUS_COMMIT", "synchronous-commit", T_BOOL, OFF(synchronous_commit), "false", 0, 0, NULL,
-	  "listen mode: whether the relay's own writes (leases, results) wait for the WAL flush; off is safe under at-least-once (a result lost in a PostgreSQL crash means the row is sent again)" },
+	{ "OUTBOX_SYNCHRONOUS_COMMIT", "synchronous-commit", T_BOOL, OFF(synchronous_commit), "true", 0, 0, NULL,
+	  "listen mode: whether the relay's own writes (leases, results) wait for the WAL flush; false is faster, but after a PostgreSQL crash rows already delivered may be sent again after newer rows of their partition" },
 	{ "OUTBOX_HTTP_TIMEOUT_MS", "http-timeout-ms", T_INT, OFF(http_timeout_ms), "3000", 1, 600000, NULL,
 	  "timeout of one HTTP request, connection included" },
 	{ "OUTBOX_MAX_IN_FLIGHT", "max-in-flight", T_INT, OFF(max_in_flight), "128", 1, 100000, NULL,
@@ -395,6 +397,8 @@ int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, c
 		snprintf(err, errlen, "DATABASE_URL is not set: give the database as DATABASE_URL or --database");
 		goto fail;
 	}
+	if (obr_conninfo_check(cfg->database_url, err, errlen))
+		goto fail;
 	if (cfg->poll_interval_ms == 0)
 		cfg->poll_interval_ms = cfg->mode == OBR_MODE_POLL ? 1000 : 30000;
 	if (cfg->retry_max_ms < cfg->retry_base_ms) {
@@ -427,6 +431,21 @@ void obr_config_free(struct obr_config *cfg)
 			*p = NULL;
 		}
 	}
+}
+
+int obr_conninfo_check(const char *conninfo, char *err, size_t errlen)
+{
+	char *msg = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+	if (opts) {
+		PQconninfoFree(opts);
+		return 0;
+	}
+	/* libpq's message may quote the offending part, a password included: not repeated here */
+	PQfreemem(msg);
+	snprintf(err, errlen, "invalid value for DATABASE_URL: not a valid libpq URI or conninfo string "
+	                      "(check its syntax and the percent-encoding of the user and password)");
+	return -1;
 }
 
 int obr_config_reload(struct obr_config *cfg, char *err, size_t errlen)

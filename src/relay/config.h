@@ -65,4 +65,7 @@ void obr_config_print_help(FILE *out);
 
 const char *obr_mode_name(enum obr_mode mode);
 
+/* Whether conninfo parses as a libpq URI or conninfo string; the message never quotes it. */
+int obr_conninfo_check(const char *conninfo, char *err, size_t errlen);
+
 #endif

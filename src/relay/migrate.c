@@ -2,6 +2,7 @@
  * migrate.c - schema migrations. Blocking libpq is fine here: this is a command, not the loop.
  */
 #include "migrate.h"
+#include "config.h"
 
 #include "log.h"
 
@@ -69,6 +70,11 @@ int obr_migrate(const char *conninfo)
 {
 	int rc = 1;
 	int applied = 0;
+	char bad[512];
+	if (obr_conninfo_check(conninfo, bad, sizeof(bad))) {
+		log_error("migrate: %s", bad);
+		return 2;
+	}
 	PGconn *conn = PQconnectdb(conninfo);
 	if (PQstatus(conn) != CONNECTION_OK) {
 		char msg[1024];

@@ -4,6 +4,7 @@
  */
 #include "ops.h"
 
+#include "config.h"
 #include "migrate.h"
 
 #include <ctype.h>
@@ -101,6 +102,11 @@ static PGconn *connect_db(const char *cmd, const char *url)
 	/* ours first: what the URL says overrides them (expand_dbname) */
 	const char *const kw[] = { "connect_timeout", "fallback_application_name", "dbname", NULL };
 	const char *const val[] = { "10", app, url, NULL };
+	char bad[512];
+	if (obr_conninfo_check(url, bad, sizeof(bad))) {
+		fprintf(stderr, "outbox-relay %s: %s\n", cmd, bad);
+		return NULL;
+	}
 	PGconn *conn = PQconnectdbParams(kw, val, 1);
 	if (PQstatus(conn) != CONNECTION_OK) {
 		char msg[1024];
@@ -467,6 +473,11 @@ int obr_ops_status(int argc, char **argv)
 		fprintf(stderr, "outbox-relay status: DATABASE_URL is not set: give the database as DATABASE_URL or --database\n");
 		return EXIT_USAGE;
 	}
+	char bad[512];
+	if (obr_conninfo_check(url, bad, sizeof(bad))) {
+		fprintf(stderr, "outbox-relay status: %s\n", bad);
+		return EXIT_USAGE;
+	}
 	PGconn *conn = connect_db("status", url);
 	if (!conn)
 		return EXIT_DB;
@@ -778,6 +789,12 @@ int obr_ops_requeue(int argc, char **argv)
 
 	if (!url || !*url) {
 		fprintf(stderr, "outbox-relay requeue: DATABASE_URL is not set: give the database as DATABASE_URL or --database\n");
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	char bad[512];
+	if (obr_conninfo_check(url, bad, sizeof(bad))) {
+		fprintf(stderr, "outbox-relay %s: %s\n", cmd, bad);
 		rc = EXIT_USAGE;
 		goto out;
 	}

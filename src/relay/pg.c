@@ -20,6 +20,7 @@ struct query {
 	char **values;
 	obr_pg_result_fn fn;
 	void *arg;
+	bool answered;              /* fn has been called (its owner may have freed arg): never again */
 };
 
 enum pg_state { PG_IDLE, PG_CONNECTING, PG_SETUP, PG_READY, PG_WAITING };
@@ -86,7 +87,8 @@ static void fail_queue(struct obr_pg *pg, const char *why)
 	pg->pending = 0;
 	while (q) {
 		struct query *next = q->next;
-		q->fn(q->arg, NULL, why);
+		if (!q->answered)
+			q->fn(q->arg, NULL, why);
 		query_free(q);
 		q = next;
 	}
@@ -228,6 +230,7 @@ static void read_results(struct obr_pg *pg)
 			return;
 		}
 		/* the callback sees errors as results: it decides what an error means for its rows */
+		q->answered = true;
 		q->fn(q->arg, res, st == PGRES_FATAL_ERROR ? PQresultErrorMessage(res) : NULL);
 		PQclear(res);
 		if (!pg->conn) /* the callback reset us */

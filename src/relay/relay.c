@@ -91,6 +91,7 @@ struct part {
 	bool in_advance_set;
 	bool in_ready_list;
 	bool lost;                  /* lease taken by another instance: finish current, then drop */
+	uint64_t held_since;        /* claim_seq when it was claimed: a renewal sent before cannot know it */
 	struct row *queue, *queue_tail;
 	struct delivery *current;
 	struct part *hash_next;
@@ -142,6 +143,8 @@ struct obr_relay {
 	bool sample_wanted;
 	bool retention_wanted;
 	bool statement_running;     /* on work_pg */
+	uint64_t claim_seq;         /* claim results taken so far */
+	uint64_t renew_seq;         /* claim_seq when the running renewal was sent */
 	bool claim_running;         /* on claim_pg */
 	bool listen_ready;
 	bool ready_logged;
@@ -680,6 +683,8 @@ static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim
 		}
 
 		/* held: queue the leading due rows; a row that is not due stops the queue */
+		if (from_claim)
+			p->held_since = r->claim_seq;
 		set_state(r, p, P_HELD);
 		p->again = false;
 		p->lost = false;
@@ -713,7 +718,6 @@ static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim
 				p->queue = row;
 			p->queue_tail = row;
 		}
-		(void)from_claim;
 		if (p->queue)
 			make_ready(r, p);
 		else
@@ -755,6 +759,7 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 	r->claim_running = false;
 
 	if (res && !err) {
+		r->claim_seq++;
 		take_heads(r, res, true);
 		r->stats.claims++;
 	} else {
@@ -940,7 +945,8 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 		struct part *next;
 		for (struct part *p = r->buckets[bkt]; p; p = next) {
 			next = p->hash_next;
-			if (p->state != P_HELD)
+			/* claimed on the claim connection after this renewal was sent: not in its result */
+			if (p->state != P_HELD || p->held_since > r->renew_seq)
 				continue;
 			bool found = false;
 			for (int i = 0; i < n && !found; i++)
@@ -1119,8 +1125,10 @@ static void flush(struct obr_relay *r)
 		char lease[24];
 		snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
 		const char *params[] = { r->lock_id, lease };
-		if (obr_pg_query(r->work_pg, OBR_SQL_RENEW, 2, params, on_renew_result, r) == 0)
+		if (obr_pg_query(r->work_pg, OBR_SQL_RENEW, 2, params, on_renew_result, r) == 0) {
 			r->statement_running = true;
+			r->renew_seq = r->claim_seq;
+		}
 		return;
 	}
 
@@ -1249,8 +1257,8 @@ static void flush_claims(struct obr_relay *r)
 		r->scan_wanted = false;
 		char limit[24];
 		snprintf(limit, sizeof(limit), "%lld", (long long)r->cfg->claim_limit);
-		const char *params[] = { limit };
-		if (obr_pg_query(r->claim_pg, OBR_SQL_SCAN, 1, params, on_scan_result, r) == 0)
+		const char *params[] = { limit, r->lock_id };
+		if (obr_pg_query(r->claim_pg, OBR_SQL_SCAN, 2, params, on_scan_result, r) == 0)
 			r->claim_running = true;
 		else
 			r->scan_wanted = true;

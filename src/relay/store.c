@@ -44,8 +44,8 @@ const char OBR_SQL_CLAIM[] =
 	"WITH p AS (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k), "
 	"took AS ("
 	"  UPDATE outbox_lock SET lock_id = $1::uuid, processing_until = now() + $4::bigint * interval '1 millisecond' "
-	"   WHERE partition_key IN (SELECT k FROM p) AND processed_at IS NULL "
-	"     AND (processing_until < now() OR lock_id = $1::uuid) "
+	"   WHERE ctid IN (SELECT ctid FROM outbox_lock WHERE partition_key IN (SELECT k FROM p) AND processed_at IS NULL "
+	"                     AND (processing_until < now() OR lock_id = $1::uuid) ORDER BY partition_key FOR UPDATE) "
 	"  RETURNING partition_key), "
 	"inserted AS ("
 	"  INSERT INTO outbox_lock (partition_key, lock_id, processing_until) "
@@ -116,7 +116,9 @@ const char OBR_SQL_COMPLETE_DELETE[] =
  * Scan (fallback poll, catch-up after a connect, due timer): partitions whose head is due and
  * that no live lease holds, oldest first; then one row (NULL partition) with the milliseconds
  * until the next row becomes due, for the due timer. Reads only pending rows (partial indexes).
- * $1 limit
+ * Our own leases do not hide a partition: a release lost in a PostgreSQL crash comes back as
+ * ours, and the relay (which holds nothing locally for it) claims it again at once.
+ * $1 limit, $2 lock_id
  */
 const char OBR_SQL_SCAN[] =
 	"(SELECT h.k::text, NULL::bigint FROM ("
@@ -125,7 +127,7 @@ const char OBR_SQL_SCAN[] =
 	"    ORDER BY partition_key, process_after, created_at, idempotent_key) h "
 	"  WHERE h.process_after <= now() AND coalesce(h.retry_after, h.process_after) <= now() "
 	"    AND NOT EXISTS (SELECT 1 FROM outbox_lock l WHERE l.partition_key = h.k AND l.processed_at IS NULL "
-	"                       AND l.processing_until >= now()) "
+	"                       AND l.processing_until >= now() AND l.lock_id <> $2::uuid) "
 	"  ORDER BY h.process_after LIMIT $1::int) "
 	"UNION ALL "
 	"SELECT NULL, ceil(extract(epoch FROM "
@@ -134,10 +136,14 @@ const char OBR_SQL_SCAN[] =
 	"       AND greatest(process_after, coalesce(retry_after, process_after)) > now())"
 	" - now()) * 1000)::bigint";
 
-/* Renew every lease of this instance; the result is the set still held. $1 lock_id, $2 lease ms */
+/* Renew every lease of this instance; the result is the set still held. Rows are locked in key
+ * order, as a claim locks the expired leases it takes over: the two never deadlock.
+ * $1 lock_id, $2 lease ms */
 const char OBR_SQL_RENEW[] =
 	"UPDATE outbox_lock SET processing_until = now() + $2::bigint * interval '1 millisecond' "
-	" WHERE lock_id = $1::uuid AND processed_at IS NULL RETURNING partition_key::text";
+	" WHERE ctid IN (SELECT ctid FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL "
+	"                 ORDER BY partition_key FOR UPDATE) "
+	"RETURNING partition_key::text";
 
 /* Shutdown: give back every lease of this instance. $1 lock_id */
 const char OBR_SQL_RELEASE_ALL[] =

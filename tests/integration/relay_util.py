@@ -498,3 +498,6 @@ class SequenceWriter:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
+
+
+CLAIM_APP = "outbox-relay claim"  # the connection that runs claims and scans (listen mode)

@@ -276,28 +276,28 @@ static void test_listen_addr_setting(void)
 	struct obr_config cfg;
 	char err[512];
 
-	const char *def[] = { "DATABASE_URL=x", NULL };
+	const char *def[] = { "DATABASE_URL=postgresql:///x", NULL };
 	CHECK_INT_EQ(obr_config_load(&cfg, def, 0, NULL, err, sizeof(err)), 0);
 	CHECK_STR_EQ(cfg.listen_addr, "127.0.0.1:9095");
 	obr_config_free(&cfg);
 
-	const char *off[] = { "DATABASE_URL=x", "OUTBOX_LISTEN_ADDR=off", NULL };
+	const char *off[] = { "DATABASE_URL=postgresql:///x", "OUTBOX_LISTEN_ADDR=off", NULL };
 	CHECK_INT_EQ(obr_config_load(&cfg, off, 0, NULL, err, sizeof(err)), 0);
 	CHECK(cfg.listen_addr == NULL);
 	obr_config_free(&cfg);
 
-	const char *empty[] = { "DATABASE_URL=x", "OUTBOX_LISTEN_ADDR=", NULL };
+	const char *empty[] = { "DATABASE_URL=postgresql:///x", "OUTBOX_LISTEN_ADDR=", NULL };
 	CHECK_INT_EQ(obr_config_load(&cfg, empty, 0, NULL, err, sizeof(err)), 0);
 	CHECK(cfg.listen_addr == NULL);
 	obr_config_free(&cfg);
 
-	const char *v6[] = { "DATABASE_URL=x", "OUTBOX_LISTEN_ADDR=off", NULL };
+	const char *v6[] = { "DATABASE_URL=postgresql:///x", "OUTBOX_LISTEN_ADDR=off", NULL };
 	const char *flag[] = { "--listen-addr", "[::1]:9100", NULL };
 	CHECK_INT_EQ(obr_config_load(&cfg, v6, 2, flag, err, sizeof(err)), 0);
 	CHECK_STR_EQ(cfg.listen_addr, "[::1]:9100");
 	obr_config_free(&cfg);
 
-	const char *bad[] = { "DATABASE_URL=x", "OUTBOX_LISTEN_ADDR=::1:9095", NULL };
+	const char *bad[] = { "DATABASE_URL=postgresql:///x", "OUTBOX_LISTEN_ADDR=::1:9095", NULL };
 	CHECK_INT_EQ(obr_config_load(&cfg, bad, 0, NULL, err, sizeof(err)), -1);
 	CHECK(strstr(err, "OUTBOX_LISTEN_ADDR") != NULL);
 	CHECK(strstr(err, "brackets") != NULL);

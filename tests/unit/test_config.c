@@ -32,7 +32,7 @@ static void test_defaults(void)
 
 static void test_poll_mode_default_interval(void)
 {
-	const char *env[] = { "DATABASE_URL=x", "OUTBOX_MODE=poll", NULL };
+	const char *env[] = { "DATABASE_URL=postgresql:///x", "OUTBOX_MODE=poll", NULL };
 	struct obr_config cfg;
 	char err[512];
 	CHECK_INT_EQ(load(&cfg, env, 0, NULL, err), 0);
@@ -43,7 +43,7 @@ static void test_poll_mode_default_interval(void)
 
 static void test_flag_beats_environment(void)
 {
-	const char *env[] = { "DATABASE_URL=x", "OUTBOX_LEASE_MS=5000", "OUTBOX_DELETE_ON_SUCCESS=false", NULL };
+	const char *env[] = { "DATABASE_URL=postgresql:///x", "OUTBOX_LEASE_MS=5000", "OUTBOX_DELETE_ON_SUCCESS=false", NULL };
 	const char *argv[] = { "--lease-ms", "7000", "--delete-on-success", "--database=postgresql://flag", NULL };
 	struct obr_config cfg;
 	char err[512];
@@ -75,7 +75,7 @@ static void test_bad_values_name_the_setting(void)
 		{ "OUTBOX_LEASEMS=1000", "unknown setting OUTBOX_LEASEMS" },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		const char *env[] = { "DATABASE_URL=x", cases[i].var, NULL };
+		const char *env[] = { "DATABASE_URL=postgresql:///x", cases[i].var, NULL };
 		struct obr_config cfg;
 		char err[512] = "";
 		int rc = load(&cfg, env, 0, NULL, err);
@@ -88,7 +88,7 @@ static void test_bad_values_name_the_setting(void)
 
 static void test_bad_flags(void)
 {
-	const char *env[] = { "DATABASE_URL=x", NULL };
+	const char *env[] = { "DATABASE_URL=postgresql:///x", NULL };
 	struct obr_config cfg;
 	char err[512];
 	const char *unknown[] = { "--lease", "1000", NULL };
@@ -114,7 +114,7 @@ static void test_durations(void)
 		{ "OUTBOX_RETENTION=-1d", -1 }, { "OUTBOX_RETENTION=d", -1 }, { "OUTBOX_RETENTION=99999d", -1 },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		const char *env[] = { "DATABASE_URL=x", cases[i].var, NULL };
+		const char *env[] = { "DATABASE_URL=postgresql:///x", cases[i].var, NULL };
 		struct obr_config cfg;
 		char err[512] = "";
 		int rc = load(&cfg, env, 0, NULL, err);
@@ -130,6 +130,22 @@ static void test_durations(void)
 			CHECK_INT_EQ(cfg.retention_ms, cases[i].ms);
 			obr_config_free(&cfg);
 		}
+	}
+}
+
+static void test_bad_database_url_is_refused_without_quoting_it(void)
+{
+	const char *bad[] = { "postgresql://u:s3cret%zz@h/db", "host=h password='unterminated", "postgres://[::1/db" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char var[128];
+		snprintf(var, sizeof(var), "DATABASE_URL=%s", bad[i]);
+		const char *env[] = { var, NULL };
+		struct obr_config cfg;
+		char err[512] = "";
+		CHECK(load(&cfg, env, 0, NULL, err) != 0);
+		CHECK(strstr(err, "DATABASE_URL") != NULL);
+		CHECK(strstr(err, "s3cret") == NULL);
+		CHECK(strstr(err, "unterminated") == NULL);
 	}
 }
 
@@ -151,6 +167,7 @@ int main(int argc, char **argv)
 		TEST(test_bad_values_name_the_setting),
 		TEST(test_bad_flags),
 		TEST(test_durations),
+		TEST(test_bad_database_url_is_refused_without_quoting_it),
 		TEST(test_database_required),
 		TEST_END,
 	};
