@@ -571,7 +571,8 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 			d->ok[i] = true;
 			continue;
 		}
-		if (dest->kind == OBR_DEST_HTTP && !obr_host_allowed(dest->target, r->cfg->allowed_hosts)) {
+		/* SQS requests go to the queue URL's host (signed): the allow-list covers them too */
+		if (dest->kind != OBR_DEST_SNS && !obr_host_allowed(dest->target, r->cfg->allowed_hosts)) {
 			dest_failed(r, d, i, "host is not in OUTBOX_ALLOWED_HOSTS");
 			d->permanent = true;
 			continue;
