@@ -219,9 +219,7 @@ bool obr_host_allowed(const char *url, const char *allowlist)
 		const char *end = memchr(rest, ']', authority);
 		hostlen = end ? (size_t)(end - rest) + 1 : authority;
 	} else {
-		hostlen = strcspn(rest, ":/?#");
-		if (hostlen > authority)
-			hostlen = authority;
+		hostlen = strcspn(rest, ":/?#"); /* never past the authority, which ends at / ? # */
 	}
 	while (hostlen && rest[hostlen - 1] == '.')
 		hostlen--; /* "example.com." is example.com */

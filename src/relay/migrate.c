@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "strbuf.h"
 
 #include <libpq-fe.h>
 #include <stdbool.h>
@@ -15,13 +16,6 @@
 /* Any constant works: it only has to be the same for every migrate run ("obr\0migr"). */
 #define MIGRATE_LOCK_KEY "7957355443025064306"
 
-static void trim(char *s)
-{
-	size_t n = strlen(s);
-	while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
-		s[--n] = '\0';
-}
-
 static int exec_ok(PGconn *conn, const char *sql, const char *what)
 {
 	PGresult *res = PQexec(conn, sql);
@@ -29,7 +23,7 @@ static int exec_ok(PGconn *conn, const char *sql, const char *what)
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
 		char msg[2048];
 		snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
-		trim(msg);
+		obr_trim_end(msg, " \n");
 		log_error("migrate: %s failed: %s", what, msg);
 		PQclear(res);
 		return -1;
@@ -79,7 +73,7 @@ int obr_migrate(const char *conninfo)
 	if (PQstatus(conn) != CONNECTION_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(conn));
-		trim(msg);
+		obr_trim_end(msg, " \n");
 		log_error("migrate: could not connect to the database: %s", msg);
 		PQfinish(conn);
 		return 1;

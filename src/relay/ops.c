@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "migrate.h"
+#include "strbuf.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -36,13 +37,6 @@
 
 /* ---- shared ---- */
 
-static void trim(char *s)
-{
-	size_t n = strlen(s);
-	while (n && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '.'))
-		s[--n] = '\0';
-}
-
 /* The first line of libpq's message, without the trailing newline. */
 static void pq_message(char *out, size_t cap, const char *msg)
 {
@@ -50,7 +44,7 @@ static void pq_message(char *out, size_t cap, const char *msg)
 	char *nl = strchr(out, '\n');
 	if (nl)
 		*nl = '\0';
-	trim(out);
+	obr_trim_end(out, " \n.");
 	if (!strncmp(out, "ERROR:  ", 8))
 		memmove(out, out + 8, strlen(out + 8) + 1);
 	if (!out[0])
@@ -111,7 +105,7 @@ static PGconn *connect_db(const char *cmd, const char *url)
 	if (PQstatus(conn) != CONNECTION_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", conn ? PQerrorMessage(conn) : "out of memory");
-		trim(msg);
+		obr_trim_end(msg, " \n.");
 		/* one line: "...failed: Connection refused\n\tIs the server running..." */
 		char *w = msg;
 		for (const char *r = msg; *r; r++) {

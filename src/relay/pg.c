@@ -4,6 +4,7 @@
 #include "pg.h"
 
 #include "log.h"
+#include "strbuf.h"
 
 #include <event2/event.h>
 #include <stdlib.h>
@@ -131,9 +132,7 @@ static void conn_error(struct obr_pg *pg, const char *prefix)
 	const char *msg = pg->conn ? PQerrorMessage(pg->conn) : "no connection";
 	snprintf(why, sizeof(why), "%s: %s", prefix, msg && *msg ? msg : "unknown error");
 	/* libpq messages end with a newline */
-	size_t n = strlen(why);
-	while (n && (why[n - 1] == '\n' || why[n - 1] == ' '))
-		why[--n] = '\0';
+	obr_trim_end(why, " \n");
 	schedule_reconnect(pg, why);
 }
 
@@ -307,9 +306,7 @@ static void on_notice(void *arg, const PGresult *res)
 	struct obr_pg *pg = arg;
 	char msg[1024];
 	snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
-	size_t n = strlen(msg);
-	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-		msg[--n] = '\0';
+	obr_trim_end(msg, " \n");
 	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 	if (severity && (!strcmp(severity, "NOTICE") || !strcmp(severity, "INFO") || !strcmp(severity, "LOG") ||
 	                 !strncmp(severity, "DEBUG", 5)))

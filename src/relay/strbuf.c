@@ -138,6 +138,13 @@ void obr_utf8_sanitize(char *s)
 	}
 }
 
+void obr_trim_end(char *s, const char *chars)
+{
+	size_t n = strlen(s);
+	while (n && strchr(chars, s[n - 1]))
+		s[--n] = '\0';
+}
+
 void strbuf_reset(struct strbuf *b)
 {
 	b->len = 0;

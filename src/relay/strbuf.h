@@ -23,6 +23,8 @@ void strbuf_reset(struct strbuf *b);
 /* Makes s valid UTF-8 in place: an invalid byte becomes '?', a sequence cut at the end is
  * dropped. Text from the network or a truncation goes through this before PostgreSQL sees it. */
 void obr_utf8_sanitize(char *s);
+/* Cuts any of the characters in chars off the end of s (libpq messages end in "\n"). */
+void obr_trim_end(char *s, const char *chars);
 void strbuf_free(struct strbuf *b);
 
 /* Helper for building "{a,b,c}": call before each element. */
