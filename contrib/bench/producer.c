@@ -17,12 +17,14 @@
  *             INSERT), row j in partition j mod P
  *   sustained --seconds S [--writers W]          W closed-loop writers of single-row
  *             transactions, writer w on the partitions p with p mod W = w
- *   cost      --table plain|notify|clone_notify|outbox --seconds S [--clients N]
+ *   cost      --table plain|notify|clone_notify|rowtrig|outbox --seconds S [--clients N]
  *             [--rows-per-tx K] [--tx-partitions M]
  *             INSERT+COMMIT rate. plain: bench_plain, no trigger; notify: bench_plain plus one
  *             pg_notify per transaction; clone_notify: bench_clone (the outbox's columns and
- *             indexes, no trigger) plus one pg_notify per transaction; outbox: the outbox and
- *             its trigger. A K-row transaction spreads its rows over M partitions. A listener
+ *             indexes, no trigger) plus one pg_notify per transaction; rowtrig: bench_rowtrig (the
+ *             outbox's columns and indexes with a FOR EACH ROW trigger that notifies every row's
+ *             partition, the obvious alternative to the outbox's statement trigger); outbox: the
+ *             outbox and its trigger. A K-row transaction spreads its rows over M partitions. A listener
  *             (LISTEN outbox, LISTEN bench) counts the notifications that arrive.
  * Common: --partitions P (100), --url URL (the rows' destination), --out FILE (one line per
  * committed row: "p s insert_us commit_us").
@@ -44,7 +46,7 @@
 #include <libpq-fe.h>
 
 enum mode { M_LATENCY, M_FILL, M_SUSTAINED, M_COST };
-enum table { T_PLAIN, T_NOTIFY, T_CLONE_NOTIFY, T_OUTBOX };
+enum table { T_PLAIN, T_NOTIFY, T_CLONE_NOTIFY, T_ROWTRIG, T_OUTBOX };
 
 struct rec {
 	int p;
@@ -133,6 +135,8 @@ static const char *table_name(void)
 		return "bench_plain";
 	case T_CLONE_NOTIFY:
 		return "bench_clone";
+	case T_ROWTRIG:
+		return "bench_rowtrig";
 	default:
 		return "outbox";
 	}
@@ -466,6 +470,8 @@ int main(int argc, char **argv)
 				o.table = T_NOTIFY;
 			else if (!strcmp(v, "clone_notify"))
 				o.table = T_CLONE_NOTIFY;
+			else if (!strcmp(v, "rowtrig"))
+				o.table = T_ROWTRIG;
 			else if (!strcmp(v, "outbox"))
 				o.table = T_OUTBOX;
 			else

@@ -98,6 +98,7 @@ trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
 cflags="-O2 -Wall -Wextra -Werror"
 cc $cflags -o "$work/bench-sink" "$here/sink.c" $(pkg-config --cflags --libs libevent)
 cc $cflags -o "$work/bench-hammer" "$here/hammer.c" $(pkg-config --cflags --libs libcurl)
+cc $cflags -o "$work/bench-wake" "$here/wake.c"
 cc $cflags -pthread -o "$work/bench-producer" "$here/producer.c" $(pkg-config --cflags --libs libpq)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -132,8 +133,14 @@ psql_ <<'SQL'
 CREATE TABLE bench_plain (LIKE outbox INCLUDING DEFAULTS);
 ALTER TABLE bench_plain ADD PRIMARY KEY (idempotent_key);
 CREATE TABLE bench_clone (LIKE outbox INCLUDING ALL);
+-- (d) the per-row alternative to the outbox's statement-level trigger
+CREATE TABLE bench_rowtrig (LIKE outbox INCLUDING ALL);
+CREATE FUNCTION bench_rowtrig_notify() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_notify('bench', NEW.partition_key::text); RETURN NULL; END $$;
+CREATE TRIGGER bench_rowtrig_notify AFTER INSERT ON bench_rowtrig
+  FOR EACH ROW EXECUTE FUNCTION bench_rowtrig_notify();
 SQL
-truncate_all() { psql_ -c "TRUNCATE outbox, outbox_lock, bench_plain, bench_clone"; }
+truncate_all() { psql_ -c "TRUNCATE outbox, outbox_lock, bench_plain, bench_clone, bench_rowtrig"; }
 
 # ---- sink ------------------------------------------------------------------------------------
 "$work/bench-sink" --port 0 > "$work/sink.port" 2> "$work/sink.log" &
@@ -155,7 +162,14 @@ sink_wait() {
 relay_start() {
   env DATABASE_URL="$db" OUTBOX_LOG_LEVEL=info "${relay_env[@]}" "$@" "$relay_bin" run > "$work/relay.log" 2>&1 &
   relay_pid=$!
-  for _ in $(seq 3000); do grep -q "relay ready" "$work/relay.log" && return 0; sleep 0.01; done
+  for _ in $(seq 3000); do
+    if grep -q "relay ready" "$work/relay.log"; then
+      # profiling hook: OBR_BENCH_ATTACH='perf record -g -o /tmp/p.data -p' gets the relay's pid appended
+      if [ -n "${OBR_BENCH_ATTACH:-}" ]; then $OBR_BENCH_ATTACH "$relay_pid" >/dev/null 2>&1 & fi
+      return 0
+    fi
+    sleep 0.01
+  done
   echo "run.sh: relay did not become ready:" >&2; cat "$work/relay.log" >&2; exit 1
 }
 relay_stop() {
@@ -169,6 +183,8 @@ relay_stop() {
 }
 # CPU seconds (utime+stime) of a pid, in milliseconds
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000 / hz }' "/proc/$1/stat"; }
+# context switches (voluntary + involuntary) of a pid: its wake-ups, near enough
+ctx_switches() { awk '/^(nonvoluntary_|voluntary_)ctxt_switches/ { n += $2 } END { print n }' "/proc/$1/status"; }
 peak_rss_mb() { awk '/^VmHWM:/ { printf "%.2f", $2 / 1024 }' "/proc/$1/status"; }
 
 fmt() { printf '%-11s %s\n' "$1" "$2"; }
@@ -207,12 +223,17 @@ run_limits() {
     p4=$("$work/bench-producer" cost --db "$db" --table plain --clients 4 --seconds "$cost_secs")
     truncate_all
     p4b=$("$work/bench-producer" cost --db "$db" --table plain --clients 4 --rows-per-tx 100 --tx-partitions 10 --seconds "$cost_secs")
+    local wk2 wk10
+    wk2=$("$work/bench-wake" --rate 200 --seconds "$cost_secs")
+    wk10=$("$work/bench-wake" --rate 1000 --seconds "$cost_secs")
     rec limits sink_rps "$(kv rps "$h")"
     rec limits sink_rps_fresh_handle "$(kv rps "$hf")"
     rec limits pg_commit_tps_1client "$(kv tps "$p1")"
     rec limits pg_commit_tps_4clients "$(kv tps "$p4")"
     rec limits pg_insert_rows_per_s_4x100 "$(kv rows_per_s "$p4b")"
-    fmt "  rep $rep" "sink $(kv rps "$h") req/s (fresh handle per request: $(kv rps "$hf")); INSERT+COMMIT 1 client $(kv tps "$p1")/s, 4 clients $(kv tps "$p4")/s; 100-row tx $(kv rows_per_s "$p4b") rows/s"
+    rec limits wake_cpu_us_200 "$(kv child_cpu_us_per_wake "$wk2")"
+    rec limits wake_cpu_us_1000 "$(kv child_cpu_us_per_wake "$wk10")"
+    fmt "  rep $rep" "sink $(kv rps "$h") req/s (fresh handle per request: $(kv rps "$hf")); INSERT+COMMIT 1 client $(kv tps "$p1")/s, 4 clients $(kv tps "$p4")/s; 100-row tx $(kv rows_per_s "$p4b") rows/s; one wake-up costs $(kv child_cpu_us_per_wake "$wk2") us CPU at 200/s, $(kv child_cpu_us_per_wake "$wk10") at 1000/s"
   done
 }
 
@@ -225,12 +246,14 @@ run_latency() {
       quiet
       relay_start
       sleep 0.3
-      local c0 out j delivered c1
+      local c0 out j delivered c1 v0 v1
       c0=$(cpu_ms "$relay_pid")
+      v0=$(ctx_switches "$relay_pid")
       out=$("$work/bench-producer" latency --db "$db" --url "$hook" --rate "$rate" --seconds "$lat_secs" \
               --conns 4 --partitions 1000 --out "$work/commits.txt")
       sink_wait "$(kv rows "$out")" 15
       c1=$(cpu_ms "$relay_pid")
+      v1=$(ctx_switches "$relay_pid")
       rec rss relay_peak_rss_mb "$(peak_rss_mb "$relay_pid")"
       relay_stop
       sink_dump "$work/sink.txt"
@@ -242,7 +265,10 @@ run_latency() {
       local cpu_per_k
       cpu_per_k=$(awk -v a="$c0" -v b="$c1" -v n="$delivered" 'BEGIN { printf "%.1f", n ? (b - a) * 1000 / n : 0 }')
       rec "$w" relay_cpu_ms_per_1000 "$cpu_per_k"
-      fmt "  rep $rep" "committed $(kv committed "$j") delivered $delivered dup $(kv duplicates "$j"); p50 $(kv p50_ms "$j") p90 $(kv p90_ms "$j") p99 $(kv p99_ms "$j") max $(kv max_ms "$j") ms; relay CPU $cpu_per_k ms/1000; producer max lag $(kv behind_max_ms "$out") ms"
+      local wakes
+      wakes=$(awk -v a="$v0" -v b="$v1" -v n="$delivered" 'BEGIN { printf "%.2f", n ? (b - a) / n : 0 }')
+      rec "$w" relay_wakeups_per_delivery "$wakes"
+      fmt "  rep $rep" "committed $(kv committed "$j") delivered $delivered dup $(kv duplicates "$j"); p50 $(kv p50_ms "$j") p90 $(kv p90_ms "$j") p99 $(kv p99_ms "$j") max $(kv max_ms "$j") ms; relay CPU $cpu_per_k ms/1000, $wakes wake-ups per row; producer max lag $(kv behind_max_ms "$out") ms"
     done
   done
 }
@@ -338,7 +364,7 @@ run_sustained() {
 
 # ---- writer cost: what the trigger costs the application ---------------------------------------
 run_cost() {
-  echo "== writer cost: INSERT+COMMIT with (a) plain table, (b) + bare pg_notify, (b') outbox clone + pg_notify, (c) outbox + trigger"
+  echo "== writer cost: INSERT+COMMIT with (a) plain table, (b) + bare pg_notify, (b') outbox clone + pg_notify, (c) outbox + trigger, (d) outbox clone + per-row trigger"
   echo "   (relay stopped; a listener counts notifications; 100-row transactions span 10 partitions)"
   relay_stop
   for rep in $(seq "$reps"); do
@@ -349,13 +375,14 @@ run_cost() {
         local tp=1
         [ "$rows" = 100 ] && tp=10
         local tag="${clients}x${rows}" notify_tps=0 outbox_tps=0
-        for table in plain notify clone_notify outbox; do
+        for table in plain notify clone_notify rowtrig outbox; do
           truncate_all
           local out
           out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table "$table" --clients "$clients" \
                   --rows-per-tx "$rows" --tx-partitions "$tp" --partitions 1000 --seconds "$cost_secs")
           rec cost "${table}_tps_$tag" "$(kv tps "$out")"
           [ "$table" = notify ] && notify_tps=$(kv tps "$out")
+          [ "$table" = rowtrig ] && rec cost "rowtrig_notifies_per_tx_$tag" "$(kv notifies_per_tx "$out")"
           if [ "$table" = outbox ]; then
             outbox_tps=$(kv tps "$out")
             rec cost "notifies_per_tx_$tag" "$(kv notifies_per_tx "$out")"
@@ -376,9 +403,9 @@ for line in open(sys.argv[1]):
     if w == "cost":
         d.setdefault(f, []).append(float(v))
 m = lambda k: statistics.median(d[k]) if k in d else float("nan")
-print("   median tx/s          (a) plain   (b) +notify  (b') clone+notify  (c) outbox   c/b    NOTIFYs/tx")
+print("   median tx/s          (a) plain   (b) +notify  (b') clone+notify  (d) per-row trigger  (c) outbox   c/b    c/d  NOTIFYs/tx (c) (d)")
 for tag in ("1x1", "4x1", "1x100", "4x100"):
-    print(f"   {tag:<6} ({'rows/tx ' + tag.split('x')[1]:<11}) {m('plain_tps_'+tag):>9.0f} {m('notify_tps_'+tag):>12.0f} {m('clone_notify_tps_'+tag):>17.0f} {m('outbox_tps_'+tag):>12.0f} {m('outbox_vs_notify_'+tag):>6.2f} {m('notifies_per_tx_'+tag):>10.2f}")
+    print(f"   {tag:<6} ({'rows/tx ' + tag.split('x')[1]:<11}) {m('plain_tps_'+tag):>9.0f} {m('notify_tps_'+tag):>12.0f} {m('clone_notify_tps_'+tag):>17.0f} {m('rowtrig_tps_'+tag):>20.0f} {m('outbox_tps_'+tag):>12.0f} {m('outbox_vs_notify_'+tag):>6.2f} {m('outbox_tps_'+tag) / m('rowtrig_tps_'+tag):>6.2f} {m('notifies_per_tx_'+tag):>7.2f} {m('rowtrig_notifies_per_tx_'+tag):>5.2f}")
 PY
 }
 
@@ -398,7 +425,7 @@ run_idle() {
     # libpq sends a query with one send(); log lines are write(2) to stderr
     q=$(grep -c -E '^[0-9]+ +(sendto|sendmsg)\(' "$work/idle.strace" || true)
     local what
-    what=$(grep -o -E '(SELECT [^\\"]{0,40}|UPDATE [a-z_]+|DELETE FROM [a-z_]+|INSERT INTO [a-z_]+)' "$work/idle.strace" | sort | uniq -c | awk '{c=$1; $1=""; printf "%s x%d;", $0, c}')
+    what=$(grep -o -E '(SELECT [^\\"]{0,40}|UPDATE [a-z_]+|DELETE FROM [a-z_]+|INSERT INTO [a-z_]+)' "$work/idle.strace" | sort | uniq -c | awk '{c=$1; $1=""; printf "%s x%d;", $0, c}' || true)
     rec idle relay_queries "$q"
     rec idle relay_wakeups "$(( v1 - v0 ))"
     fmt "  rep $rep" "$q statements sent in $idle_secs s (${what:-none}), $(( v1 - v0 )) wake-ups"

@@ -62,7 +62,7 @@ static const struct setting settings[] = {
 	{ "OUTBOX_DELETE_ON_SUCCESS", "delete-on-success", T_BOOL, OFF(delete_on_success), "false", 0, 0, NULL,
 	  "delete delivered rows instead of setting processed_at" },
 	{ "OUTBOX_SYNCHRONOUS_COMMIT", "synchronous-commit", T_BOOL, OFF(synchronous_commit), "true", 0, 0, NULL,
-	  "listen mode: whether the relay's own writes (leases, results) wait for the WAL flush; false is faster, but after a PostgreSQL crash rows already delivered may be sent again after newer rows of their partition" },
+	  "listen mode: whether delivery results and lease renewals wait for the WAL flush (claims never do); false is faster, but after a PostgreSQL crash rows already delivered may be sent again after newer rows of their partition" },
 	{ "OUTBOX_HTTP_TIMEOUT_MS", "http-timeout-ms", T_INT, OFF(http_timeout_ms), "3000", 1, 600000, NULL,
 	  "timeout of one HTTP request, connection included" },
 	{ "OUTBOX_MAX_IN_FLIGHT", "max-in-flight", T_INT, OFF(max_in_flight), "128", 1, 100000, NULL,

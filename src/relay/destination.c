@@ -153,6 +153,13 @@ static int add_headers(struct obr_destination *d, struct json_object *obj, const
 		}
 		if (!strcasecmp(name, "x-idempotent-key"))
 			continue; /* always the row's own key, set by the relay */
+		/* the message's framing is the relay's: a row that sets it could make the endpoint read
+		 * the body as a different request (or wait for bytes that never come) */
+		if (!strcasecmp(name, "content-length") || !strcasecmp(name, "transfer-encoding") ||
+		    !strcasecmp(name, "host") || !strcasecmp(name, "connection")) {
+			snprintf(err, errlen, "%s: header \"%s\" is set by the relay, not by rows", where, name);
+			return -1;
+		}
 		char env_name[128];
 		if (substitute && env_placeholder(value, env_name, sizeof(env_name))) {
 			const char *env = getenv_fn(env_name);

@@ -109,6 +109,7 @@ struct mark {
 	char *error;
 	char *sent;                 /* int[] literal */
 	int failures;               /* complete statements that failed with this result in them */
+	bool advance;               /* the complete statement also advances its partition */
 };
 
 struct vec {
@@ -669,6 +670,9 @@ static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim
 			log_warn("lease on partition %s was lost to another instance", key);
 			drop_queue(p);
 			set_state(r, p, P_IDLE);
+			/* or lost in a database crash (claims commit asynchronously): nobody holds it then,
+			 * and a scan finds it */
+			r->scan_wanted = true;
 			continue;
 		}
 		if (!strcmp(lease, "released")) {
@@ -875,7 +879,9 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 		if (!m->success && !m->park) {
 			drop_queue(p); /* the head waits for its retry; the advance releases the partition */
 		}
-		if (p->lost) {
+		if (m->advance) {
+			set_state(r, p, P_ADVANCING); /* its fate is in the result */
+		} else if (p->lost) {
 			drop_queue(p);
 			set_state(r, p, P_IDLE);
 			p->lost = false;
@@ -884,6 +890,18 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 			make_ready(r, p);
 		} else {
 			want_advance(r, p);
+		}
+	}
+	take_heads(r, res, false);
+	for (size_t i = 0; i < b->parts.len; i++) {
+		struct mark *m = b->parts.items[i];
+		struct part *p = m->part;
+		if (m->advance) {
+			if (p->state == P_ADVANCING) { /* not in the result: look again */
+				set_state(r, p, P_HELD);
+				want_advance(r, p);
+			}
+			part_maybe_drop(r, p);
 		}
 		mark_free(m);
 	}
@@ -1065,9 +1083,22 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 	for (size_t i = 0; i < 7; i++)
 		strbuf_puts(all[i], "{");
 
+	/* partitions these results leave with nothing fetched: advanced in the same statement.
+	 * Not after a retry (the row keeps its place as the head until then) */
+	struct strbuf adv;
+	size_t na = 0;
+	strbuf_init(&adv, MAX_STATEMENT_BYTES);
+	strbuf_puts(&adv, "{");
+
 	size_t take = r->marks.len < limit ? r->marks.len : limit;
 	for (size_t i = 0; i < take; i++) {
 		struct mark *m = r->marks.items[i];
+		struct part *p = m->part;
+		m->advance = (m->success || m->park) && !p->queue && !p->lost && !r->stopping && p->state == P_HELD;
+		if (m->advance) {
+			strbuf_array_sep(&adv, &na);
+			strbuf_append(&adv, p->key, KEY_LEN);
+		}
 		if (m->success) {
 			strbuf_array_sep(&done, &nd);
 			strbuf_puts(&done, m->key);
@@ -1097,14 +1128,21 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 		strbuf_puts(all[i], "}");
 		failed |= all[i]->failed;
 	}
+	strbuf_puts(&adv, "}");
+	failed |= adv.failed;
 	bool ok = false;
 	if (!failed && b->parts.len == take) {
-		const char *params[] = { done.data, keys.data, errs.data, delays.data, parks.data, sents.data, counted.data };
-		ok = obr_pg_query(r->work_pg, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 7,
+		char batch[24], lease[24];
+		snprintf(batch, sizeof(batch), "%lld", (long long)r->cfg->batch_size);
+		snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
+		const char *params[] = { done.data, keys.data, errs.data,  delays.data, parks.data, sents.data,
+			                 counted.data, r->lock_id, adv.data, batch, lease };
+		ok = obr_pg_query(r->work_pg, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 11,
 		                  params, on_complete_result, b) == 0;
 	}
 	for (size_t i = 0; i < 7; i++)
 		strbuf_free(all[i]);
+	strbuf_free(&adv);
 	if (ok) {
 		memmove(r->marks.items, r->marks.items + take, (r->marks.len - take) * sizeof(void *));
 		r->marks.len -= take;
@@ -1351,11 +1389,30 @@ static void on_work_connected(void *arg)
 	kick(r);
 }
 
+/*
+ * A statement connection was lost, maybe in a database crash. Claims commit without waiting for
+ * the WAL flush (a lease is not a delivery record; the first result written for a partition,
+ * which does wait, makes its lease durable too), so a crash can lose a lease taken a moment
+ * before. Rows fetched but not started are dropped: each partition finishes its current row,
+ * then an advance checks that the lease is still ours before anything more is sent.
+ */
+static void forget_fetched_rows(struct obr_relay *r)
+{
+	for (size_t bkt = 0; bkt < r->nbuckets; bkt++)
+		for (struct part *p = r->buckets[bkt]; p; p = p->hash_next)
+			if (p->state == P_HELD && p->queue) {
+				drop_queue(p);
+				if (!p->current && !p->in_ready_list)
+					want_advance(r, p);
+			}
+}
+
 static void on_work_disconnected(void *arg, const char *why)
 {
 	struct obr_relay *r = arg;
 	r->stats.reconnects++;
 	r->statement_running = false;
+	forget_fetched_rows(r);
 }
 
 static void on_claim_disconnected(void *arg, const char *why)
@@ -1363,6 +1420,7 @@ static void on_claim_disconnected(void *arg, const char *why)
 	struct obr_relay *r = arg;
 	r->stats.reconnects++;
 	r->claim_running = false;
+	forget_fetched_rows(r);
 }
 
 static void on_listen_connected(void *arg)
@@ -1507,10 +1565,11 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
-	/* In listen mode the work connection is ours alone: the hot statements are prepared once
-	 * (planning cost more than executing them), and its commits do not wait for the WAL flush
-	 * unless asked (OUTBOX_SYNCHRONOUS_COMMIT). Poll mode keeps no session state: it may run
-	 * through a transaction pooler. */
+	/* In listen mode the statement connections are ours alone: the hot statements are prepared
+	 * once (planning cost more than executing them). Claims do not wait for the WAL flush (see
+	 * forget_fetched_rows): that flush would sit between the writer's commit and the request.
+	 * Results wait for it unless asked otherwise (OUTBOX_SYNCHRONOUS_COMMIT). Poll mode keeps no
+	 * session state: it may run through a transaction pooler. */
 	static const struct obr_pg_statement work_prepared[] = {
 		{ "obr_advance", OBR_SQL_ADVANCE },
 		{ "obr_complete", OBR_SQL_COMPLETE },
@@ -1522,12 +1581,14 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 		{ NULL, NULL },
 	};
 	bool session = cfg->mode == OBR_MODE_LISTEN;
-	const char *setup = session && !cfg->synchronous_commit ? "SET synchronous_commit = off" : NULL;
+	const char *async = "SET synchronous_commit = off";
+	const char *work_setup = session && !cfg->synchronous_commit ? async : NULL;
+	const char *claim_setup = session ? async : NULL;
 	struct obr_pg_callbacks work_cb = { on_work_connected, on_work_disconnected, NULL };
 	struct obr_pg_callbacks claim_cb = { on_work_connected, on_claim_disconnected, NULL };
-	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work", setup, session ? work_prepared : NULL,
+	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work", work_setup, session ? work_prepared : NULL,
 	                        &work_cb, r);
-	r->claim_pg = obr_pg_new(base, cfg->database_url, "outbox-relay claim", setup, session ? claim_prepared : NULL,
+	r->claim_pg = obr_pg_new(base, cfg->database_url, "outbox-relay claim", claim_setup, session ? claim_prepared : NULL,
 	                         &claim_cb, r);
 	if (!r->work_pg || !r->claim_pg)
 		goto fail;

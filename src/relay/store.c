@@ -16,7 +16,7 @@
  * insert rows and never update them. The advance reads partitions it already holds, which
  * nobody else completes, so it needs no lock.
  */
-#define HEADS_OF(part, lock) \
+#define HEADS_OF(part, limit, skip, lock) \
 	"SELECT x.*, row_number() OVER (ORDER BY x.process_after, x.created_at, x.idempotent_key) AS rn FROM (" \
 	"SELECT o.idempotent_key, o.destinations::text AS destinations, o.headers::text AS headers, o.payload, " \
 	"       o.attempts, o.sent_destinations::text AS sent, " \
@@ -25,8 +25,8 @@
 	"       floor(extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms, " \
 	"       o.process_after, o.created_at " \
 	"  FROM outbox o " \
-	" WHERE o.partition_key = " part " AND o.processed_at IS NULL AND o.dead_at IS NULL " \
-	" ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT $3 " lock ") x"
+	" WHERE o.partition_key = " part " AND o.processed_at IS NULL AND o.dead_at IS NULL" skip " " \
+	" ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT " limit " " lock ") x"
 
 #define HEADS_COLUMNS \
 	"h.idempotent_key, h.destinations, h.headers, h.payload, h.attempts, h.sent, h.due, h.due_in_ms, h.created_ms"
@@ -55,7 +55,7 @@ const char OBR_SQL_CLAIM[] =
 	"  RETURNING partition_key), "
 	"leased AS (SELECT partition_key FROM took UNION ALL SELECT partition_key FROM inserted) "
 	"SELECT l.partition_key::text, 'held', " HEADS_COLUMNS
-	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key", "FOR SHARE OF o") ") h ON true "
+	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key", "$3", "", "FOR SHARE OF o") ") h ON true "
 	" ORDER BY l.partition_key, h.rn";
 
 /*
@@ -63,31 +63,52 @@ const char OBR_SQL_CLAIM[] =
  * head is due keeps its lease (renewed) and gets its next rows; any other is released in the
  * same statement, with its head's due time so the relay can arm a timer. A row committed after
  * this statement's snapshot was notified, and the relay claims its partition again.
+ *
+ * Lock order, here and in complete: the partitions' lease rows first, in key order (the
+ * "leases" CTE; "(SELECT count(*) FROM leases) >= 0" is always true and makes a modification
+ * wait for it), outbox rows after. A claim also locks leases in key order before it reads rows
+ * FOR SHARE, so a claim taking over an expired lease never waits on these in a cycle.
  * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
  */
-const char OBR_SQL_ADVANCE[] =
-	"WITH h AS ("
-	"  SELECT p.k, x.* FROM (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k) p "
-	"  LEFT JOIN LATERAL (" HEADS_OF("p.k", "") ") x ON true), "
-	"f AS (SELECT k, coalesce(bool_or(rn = 1 AND due), false) AS keep FROM h GROUP BY k), "
-	"rel AS (DELETE FROM outbox_lock l USING f "
-	"         WHERE NOT f.keep AND l.partition_key = f.k AND l.lock_id = $1::uuid AND l.processed_at IS NULL "
-	"        RETURNING l.partition_key), "
-	"ren AS (UPDATE outbox_lock l SET processing_until = now() + $4::bigint * interval '1 millisecond' FROM f "
-	"         WHERE f.keep AND l.partition_key = f.k AND l.lock_id = $1::uuid AND l.processed_at IS NULL "
-	"        RETURNING l.partition_key) "
-	"SELECT h.k::text, CASE WHEN ren.partition_key IS NOT NULL THEN 'held' "
-	"                       WHEN rel.partition_key IS NOT NULL THEN 'released' ELSE 'lost' END, " HEADS_COLUMNS
-	"  FROM h LEFT JOIN rel ON rel.partition_key = h.k LEFT JOIN ren ON ren.partition_key = h.k "
-	" ORDER BY h.k, h.rn";
+#define LEASES_FIRST(parts) \
+	"leases AS MATERIALIZED (SELECT partition_key FROM outbox_lock " \
+	"         WHERE partition_key = ANY(" parts "::uuid[]) AND processed_at IS NULL ORDER BY partition_key FOR UPDATE), "
+#define AFTER_LEASES " AND (SELECT count(*) FROM leases) >= 0 "
+
+#define ADVANCE(lock_id, parts, limit, lease, skip) \
+	"h AS (" \
+	"  SELECT p.k, x.* FROM (SELECT DISTINCT k FROM unnest(" parts "::uuid[]) AS k) p " \
+	"  LEFT JOIN LATERAL (" HEADS_OF("p.k", limit, skip, "") ") x ON true), " \
+	"decide AS (SELECT k, coalesce(bool_or(rn = 1 AND due), false) AS keep FROM h GROUP BY k), " \
+	"rel AS (DELETE FROM outbox_lock l USING decide d " \
+	"         WHERE NOT d.keep AND l.partition_key = d.k AND l.lock_id = " lock_id "::uuid AND l.processed_at IS NULL " \
+	AFTER_LEASES "RETURNING l.partition_key), " \
+	"ren AS (UPDATE outbox_lock l SET processing_until = now() + " lease "::bigint * interval '1 millisecond' FROM decide d " \
+	"         WHERE d.keep AND l.partition_key = d.k AND l.lock_id = " lock_id "::uuid AND l.processed_at IS NULL " \
+	AFTER_LEASES "RETURNING l.partition_key) " \
+	"SELECT h.k::text, CASE WHEN ren.partition_key IS NOT NULL THEN 'held' " \
+	"                       WHEN rel.partition_key IS NOT NULL THEN 'released' ELSE 'lost' END, " HEADS_COLUMNS \
+	"  FROM h LEFT JOIN rel ON rel.partition_key = h.k LEFT JOIN ren ON ren.partition_key = h.k " \
+	" ORDER BY h.k, h.rn"
+
+const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$3", "$4", "");
 
 /*
- * Complete: the results of delivered rows, successes and failures, in one statement.
- * A failed row keeps its place (process_after is never touched, unlike the crate): its
- * retry_after blocks the partition until the retry, or dead_at parks it.
+ * Complete: the results of delivered rows, successes and failures, in one statement, and the
+ * advance of the partitions those rows leave with nothing fetched (the common case at low
+ * rates: one round trip and one commit per row instead of two). A failed row keeps its place
+ * (process_after is never touched, unlike the crate): its retry_after blocks the partition until
+ * the retry, or dead_at parks it.
+ *
+ * The advance reads with the statement's snapshot, in which this statement's own results are
+ * not visible: the rows written here are left out of its heads by key. (The relay advances a
+ * partition here only after a success or a parking, never after a retry: the row waiting for its
+ * retry must stay the head.) Lock order as in the advance.
+ *
  * $1 uuid[] delivered; failures as parallel arrays: $2 uuid[] key, $3 text[] error,
  * $4 bigint[] retry delay ms, $5 bool[] park, $6 text[] sent_destinations (int[] literals),
- * $7 bool[] counts as an attempt
+ * $7 bool[] counts as an attempt; $8 lock_id, $9 uuid[] partitions to advance, $10 rows per
+ * partition, $11 lease ms. The result is the advance's (no rows when $9 is empty).
  */
 #define COMPLETE_FAILED \
 	"failed AS (UPDATE outbox o SET attempts = o.attempts + f.counted::int, last_error = f.err, " \
@@ -95,21 +116,23 @@ const char OBR_SQL_ADVANCE[] =
 	"       dead_at = CASE WHEN f.park THEN now() END, sent_destinations = f.sent::int[] " \
 	"  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[]) " \
 	"       AS f(key, err, delay_ms, park, sent, counted) " \
-	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE RETURNING 1) " \
-	"SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM failed)"
+	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES "RETURNING 1), " \
+	ADVANCE("$8", "$9", "$10", "$11", " AND o.idempotent_key <> ALL($1::uuid[]) AND o.idempotent_key <> ALL($2::uuid[])")
 
 /* The rows are found through the primary key (a join with the unnested keys). "(processed_at
  * IS NULL) IS TRUE" keeps the planner from matching the partial pending-row indexes, which it
  * would otherwise walk whole when its statistics say nothing is pending (a table of mostly
  * processed rows, then a backlog). */
 const char OBR_SQL_COMPLETE[] =
-	"WITH done AS (UPDATE outbox o SET processed_at = now(), attempts = o.attempts + 1, retry_after = NULL "
-	"                FROM unnest($1::uuid[]) AS d(key) "
-	"               WHERE o.idempotent_key = d.key AND (o.processed_at IS NULL) IS TRUE RETURNING 1), "
+	"WITH " LEASES_FIRST("$9")
+	"done AS (UPDATE outbox o SET processed_at = now(), attempts = o.attempts + 1, retry_after = NULL "
+	"           FROM unnest($1::uuid[]) AS d(key) "
+	"          WHERE o.idempotent_key = d.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES "RETURNING 1), "
 	COMPLETE_FAILED;
 
 const char OBR_SQL_COMPLETE_DELETE[] =
-	"WITH done AS (DELETE FROM outbox WHERE idempotent_key = ANY($1::uuid[]) RETURNING 1), "
+	"WITH " LEASES_FIRST("$9")
+	"done AS (DELETE FROM outbox WHERE idempotent_key = ANY($1::uuid[])" AFTER_LEASES "RETURNING 1), "
 	COMPLETE_FAILED;
 
 /*

@@ -10,7 +10,8 @@
 #ifndef OBR_STORE_H
 #define OBR_STORE_H
 
-/* Result columns of OBR_SQL_CLAIM and OBR_SQL_ADVANCE, one row per (partition, fetched row);
+/* Result columns of OBR_SQL_CLAIM, OBR_SQL_ADVANCE and OBR_SQL_COMPLETE[_DELETE] (whose result is
+ * the advance of the partitions it was given), one row per (partition, fetched row);
  * a partition with no pending row has one row with NULL row columns. */
 enum obr_heads_col {
 	HC_PARTITION = 0,
