@@ -91,6 +91,7 @@ struct part {
 	bool in_advance_set;
 	bool in_ready_list;
 	bool lost;                  /* lease taken by another instance: finish current, then drop */
+	bool fetched_full;          /* the last fetch returned a full batch: more rows are likely */
 	uint64_t held_since;        /* claim_seq when it was claimed: a renewal sent before cannot know it */
 	struct row *queue, *queue_tail;
 	struct delivery *current;
@@ -693,6 +694,7 @@ static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim
 		set_state(r, p, P_HELD);
 		p->again = false;
 		p->lost = false;
+		p->fetched_full = i - first >= r->cfg->batch_size;
 		for (int j = first; j < i; j++) {
 			if (PQgetisnull(res, j, HC_KEY))
 				break;
@@ -1083,8 +1085,11 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 	for (size_t i = 0; i < 7; i++)
 		strbuf_puts(all[i], "{");
 
-	/* partitions these results leave with nothing fetched: advanced in the same statement.
-	 * Not after a retry (the row keeps its place as the head until then) */
+	/* partitions these results leave with nothing fetched, and that had fewer rows than a
+	 * batch (so probably nothing more): advanced in the same statement, which saves a round
+	 * trip when rows arrive one at a time. A partition that had a full batch goes to the
+	 * advance statement, which fetches for many partitions at once and keeps these results
+	 * cheap while a backlog drains. Not after a retry (the row keeps its place as the head) */
 	struct strbuf adv;
 	size_t na = 0;
 	strbuf_init(&adv, MAX_STATEMENT_BYTES);
@@ -1094,7 +1099,8 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 	for (size_t i = 0; i < take; i++) {
 		struct mark *m = r->marks.items[i];
 		struct part *p = m->part;
-		m->advance = (m->success || m->park) && !p->queue && !p->lost && !r->stopping && p->state == P_HELD;
+		m->advance = (m->success || m->park) && !p->queue && !p->fetched_full && !p->lost && !r->stopping &&
+		             p->state == P_HELD;
 		if (m->advance) {
 			strbuf_array_sep(&adv, &na);
 			strbuf_append(&adv, p->key, KEY_LEN);
@@ -1581,9 +1587,13 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 		{ NULL, NULL },
 	};
 	bool session = cfg->mode == OBR_MODE_LISTEN;
-	const char *async = "SET synchronous_commit = off";
-	const char *work_setup = session && !cfg->synchronous_commit ? async : NULL;
-	const char *claim_setup = session ? async : NULL;
+	/* Generic plans: with the default plan_cache_mode PostgreSQL kept re-planning these
+	 * statements on every execution (their generic plans are estimated dearer than a custom
+	 * plan), and planning cost more than running them (contrib/bench, analysis). */
+	const char *generic = "SET plan_cache_mode = force_generic_plan";
+	const char *generic_async = "SET plan_cache_mode = force_generic_plan; SET synchronous_commit = off";
+	const char *work_setup = session ? (cfg->synchronous_commit ? generic : generic_async) : NULL;
+	const char *claim_setup = session ? generic_async : NULL;
 	struct obr_pg_callbacks work_cb = { on_work_connected, on_work_disconnected, NULL };
 	struct obr_pg_callbacks claim_cb = { on_work_connected, on_claim_disconnected, NULL };
 	r->work_pg = obr_pg_new(base, cfg->database_url, "outbox-relay work", work_setup, session ? work_prepared : NULL,
