@@ -168,6 +168,10 @@ struct obr_relay {
 	struct event *grace_ev;
 	int64_t last_sample_ms;      /* monotonic: gauges are sampled when scraped, at most every SAMPLE_MS */
 	int64_t last_retention_ms;
+	int64_t claim_sent_us;       /* monotonic: the last claim statement (batch window) */
+	int64_t complete_sent_us;    /* monotonic: the last results statement (batch window) */
+	struct event *claim_window_ev;
+	struct event *marks_window_ev;
 	struct event *complete_retry_ev;
 	struct event *hard_stop_ev;
 
@@ -180,11 +184,16 @@ static void maybe_finish_shutdown(struct obr_relay *r);
 
 /* ---- small helpers ---- */
 
-static int64_t mono_ms(void)
+static int64_t mono_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t mono_ms(void)
+{
+	return mono_us() / 1000;
 }
 
 static int vec_push(struct vec *v, void *item)
@@ -1158,6 +1167,24 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 	return ok;
 }
 
+/*
+ * OUTBOX_BATCH_WINDOW_MS: at most one statement of a kind (claim, results) per window. The first
+ * after a pause goes out at once, so a lone row waits for nothing; under a steady stream what
+ * arrives during a window goes out together at its end, which saves statements and wake-ups per
+ * row. Never held back once enough is there, nor at shutdown; the timer brings the flush back.
+ */
+static bool gathering(struct obr_relay *r, int64_t last_sent_us, size_t have, size_t enough, struct event *timer)
+{
+	if (r->cfg->batch_window_ms <= 0 || r->cfg->mode != OBR_MODE_LISTEN || r->stopping || have >= enough)
+		return false;
+	int64_t left_us = last_sent_us + r->cfg->batch_window_ms * 1000 - mono_us();
+	if (left_us <= 0)
+		return false;
+	struct timeval tv = { (time_t)(left_us / 1000000), (suseconds_t)(left_us % 1000000) };
+	evtimer_add(timer, &tv);
+	return true;
+}
+
 /* Sends the most useful statement, if the work connection is free. */
 static void flush(struct obr_relay *r)
 {
@@ -1177,8 +1204,13 @@ static void flush(struct obr_relay *r)
 		return;
 	}
 
-	/* 2. results of delivered rows: they unblock their partitions */
+	/* 2. results of delivered rows: they unblock their partitions (within the batch window,
+	 * unless every row in flight has its result: then nothing more can come) */
 	if (r->marks.len && !r->complete_paused) {
+		if (!r->complete_isolate &&
+		    gathering(r, r->complete_sent_us, r->marks.len, (size_t)r->active, r->marks_window_ev))
+			return;
+		r->complete_sent_us = mono_us();
 		if (send_complete(r, r->complete_isolate ? 1 : r->marks.len))
 			r->statement_running = true;
 		return;
@@ -1268,6 +1300,10 @@ static void flush_claims(struct obr_relay *r)
 	/* claim notified partitions, as many as there are free delivery slots */
 	int room = (int)r->cfg->max_in_flight - r->held;
 	if (r->claim_set.len && room > 0) {
+		size_t enough = (size_t)(room < r->cfg->claim_limit ? room : r->cfg->claim_limit);
+		if (gathering(r, r->claim_sent_us, r->claim_set.len, enough, r->claim_window_ev))
+			return;
+		r->claim_sent_us = mono_us();
 		struct batch *b = batch_new(r);
 		if (!b)
 			return;
@@ -1349,6 +1385,11 @@ static void on_due(evutil_socket_t fd, short what, void *arg)
 	r->due_at_ms = 0;
 	r->scan_wanted = true;
 	kick(r);
+}
+
+static void on_window(evutil_socket_t fd, short what, void *arg)
+{
+	kick(arg);
 }
 
 static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
@@ -1562,12 +1603,15 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
 	r->complete_retry_ev = evtimer_new(base, on_complete_retry, r);
+	r->claim_window_ev = evtimer_new(base, on_window, r);
+	r->marks_window_ev = evtimer_new(base, on_window, r);
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
 	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->buckets || !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->claim_window_ev || !r->marks_window_ev || !r->buckets ||
+	    !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
@@ -1713,7 +1757,7 @@ void obr_relay_free(struct obr_relay *r)
 	obr_http_free(r->http);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev,
-		                r->complete_retry_ev, r->hard_stop_ev };
+		                r->complete_retry_ev, r->hard_stop_ev, r->claim_window_ev, r->marks_window_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);

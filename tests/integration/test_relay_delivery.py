@@ -6,7 +6,7 @@ import re
 
 from conftest import body_bytes, header_values, uuid7, wait_until
 from relay_util import (arrival_s, assert_each_once, assert_not_within, env, http_dest, insert,
-                        keys, lock_rows, rows_by_key, wait_no_leases,
+                        keys, lock_rows, metric, rows_by_key, wait_no_leases,
                         wait_processed, wait_scanned)
 
 # Headers curl adds by itself; everything else a request carries must come from the row.
@@ -282,3 +282,30 @@ def test_only_2xx_is_success(db, sink, relay):
         assert [x["response"]["status"] for x in sink.requests(path=f"/s/{code}")] == [code, 200]
     assert sink.requests(path="/s/elsewhere") == []
     assert r.alive()
+
+
+def test_batch_window_gathers_claims_and_keeps_order(db, sink, relay):
+    """OUTBOX_BATCH_WINDOW_MS=400: a row after a pause is claimed at once (the first claim
+    is not held back); 30 rows over 10 partitions written one transaction at a time in the
+    next ~150 ms go out together at the end of the window, in fewer claim statements than
+    partitions; every row arrives once and each partition's rows in commit order."""
+    r = relay(db, env=env(OUTBOX_BATCH_WINDOW_MS=400))
+    wait_scanned(r)
+    claims0 = metric(r, "outbox_relay_claims_total")
+    (first,) = insert(db, [{"destinations": [http_dest(sink.url("/first"))], "payload": "first"}])
+    wait_processed(db, [first["idempotent_key"]], timeout=5)
+    assert metric(r, "outbox_relay_claims_total") == claims0 + 1
+
+    parts = [uuid7() for _ in range(10)]
+    rows = []
+    for i in range(3):
+        for p in parts:
+            rows += insert(db, [{"partition_key": p, "destinations": [http_dest(sink.url(f"/w/{p}"))],
+                                 "payload": json.dumps({"s": i})}])
+    wait_processed(db, keys(rows), timeout=10)
+    claims = metric(r, "outbox_relay_claims_total") - claims0 - 1
+    assert 1 <= claims < len(parts), f"{claims} claim statements for {len(parts)} partitions"
+    assert_each_once(sink.requests(), keys(rows) + [first["idempotent_key"]])
+    for p in parts:
+        seqs = [json.loads(r["body"])["s"] for r in sink.requests() if r["path"] == f"/w/{p}"]
+        assert seqs == [0, 1, 2], (p, seqs)
