@@ -118,6 +118,13 @@ struct vec {
 	size_t len, cap;
 };
 
+/* How often work of one kind arrives, for OUTBOX_BATCH_WINDOW_MS. */
+struct arrivals {
+	int64_t last_us;            /* monotonic: the latest arrival */
+	int64_t gap_us;             /* moving average of the time between arrivals */
+	int64_t waiting_since_us;   /* the oldest arrival not sent yet */
+};
+
 struct obr_relay {
 	struct event_base *base;
 	const struct obr_config *cfg;
@@ -168,8 +175,8 @@ struct obr_relay {
 	struct event *grace_ev;
 	int64_t last_sample_ms;      /* monotonic: gauges are sampled when scraped, at most every SAMPLE_MS */
 	int64_t last_retention_ms;
-	int64_t claim_sent_us;       /* monotonic: the last claim statement (batch window) */
-	int64_t complete_sent_us;    /* monotonic: the last results statement (batch window) */
+	struct arrivals claim_arrivals;   /* notified partitions to claim (batch window) */
+	struct arrivals mark_arrivals;    /* results to write (batch window) */
 	struct event *claim_window_ev;
 	struct event *marks_window_ev;
 	struct event *complete_retry_ev;
@@ -208,6 +215,20 @@ static int vec_push(struct vec *v, void *item)
 	}
 	v->items[v->len++] = item;
 	return 0;
+}
+
+/* One arrival; gaps count up to twice the window, so that after a pause a few quick arrivals
+ * are enough to open it again. */
+static void arrived(const struct obr_relay *r, struct arrivals *a, bool first_waiting)
+{
+	int64_t now = mono_us();
+	int64_t gap = now - a->last_us, cap = 2 * r->cfg->batch_window_ms * 1000;
+	if (gap > cap)
+		gap = cap;
+	a->gap_us = a->last_us ? a->gap_us + (gap - a->gap_us) / 4 : gap;
+	a->last_us = now;
+	if (first_waiting)
+		a->waiting_since_us = now;
 }
 
 static void timer_ms(struct event *ev, int64_t ms)
@@ -344,6 +365,7 @@ static void want_claim(struct obr_relay *r, struct part *p)
 {
 	if (p->in_claim_set || r->stopping)
 		return;
+	arrived(r, &r->claim_arrivals, r->claim_set.len == 0);
 	if (r->claim_set.len >= MAX_CLAIM_SET || vec_push(&r->claim_set, p)) {
 		r->scan_wanted = true; /* too many to remember: the scan finds them */
 		return;
@@ -459,6 +481,7 @@ static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool
 			obr_utf8_sanitize(m->error); /* answers and row data may be any bytes, cut anywhere */
 		m->delay_ms = park ? 0 : retry_delay_ms(r->cfg, d->row->attempts + 1);
 	}
+	arrived(r, &r->mark_arrivals, r->marks.len == 0);
 	if (vec_push(&r->marks, m)) {
 		free(m->sent);
 		free(m->error);
@@ -1168,16 +1191,18 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 }
 
 /*
- * OUTBOX_BATCH_WINDOW_MS: at most one statement of a kind (claim, results) per window. The first
- * after a pause goes out at once, so a lone row waits for nothing; under a steady stream what
- * arrives during a window goes out together at its end, which saves statements and wake-ups per
- * row. Never held back once enough is there, nor at shutdown; the timer brings the flush back.
+ * OUTBOX_BATCH_WINDOW_MS: whether to hold back a statement (claim, results) so that more of its
+ * kind can go with it. Only while work of that kind arrives more often than once per window on
+ * average (a lone row, or rows at a slower pace, wait for nothing), at most one window after the
+ * oldest waiting arrival, never once enough is there, nor at shutdown. The timer brings the flush
+ * back when the window closes.
  */
-static bool gathering(struct obr_relay *r, int64_t last_sent_us, size_t have, size_t enough, struct event *timer)
+static bool gathering(struct obr_relay *r, const struct arrivals *a, size_t have, size_t enough, struct event *timer)
 {
-	if (r->cfg->batch_window_ms <= 0 || r->cfg->mode != OBR_MODE_LISTEN || r->stopping || have >= enough)
+	int64_t window_us = r->cfg->batch_window_ms * 1000;
+	if (window_us <= 0 || r->cfg->mode != OBR_MODE_LISTEN || r->stopping || have >= enough || a->gap_us >= window_us)
 		return false;
-	int64_t left_us = last_sent_us + r->cfg->batch_window_ms * 1000 - mono_us();
+	int64_t left_us = a->waiting_since_us + window_us - mono_us();
 	if (left_us <= 0)
 		return false;
 	struct timeval tv = { (time_t)(left_us / 1000000), (suseconds_t)(left_us % 1000000) };
@@ -1208,9 +1233,8 @@ static void flush(struct obr_relay *r)
 	 * unless every row in flight has its result: then nothing more can come) */
 	if (r->marks.len && !r->complete_paused) {
 		if (!r->complete_isolate &&
-		    gathering(r, r->complete_sent_us, r->marks.len, (size_t)r->active, r->marks_window_ev))
+		    gathering(r, &r->mark_arrivals, r->marks.len, (size_t)r->active, r->marks_window_ev))
 			return;
-		r->complete_sent_us = mono_us();
 		if (send_complete(r, r->complete_isolate ? 1 : r->marks.len))
 			r->statement_running = true;
 		return;
@@ -1301,9 +1325,8 @@ static void flush_claims(struct obr_relay *r)
 	int room = (int)r->cfg->max_in_flight - r->held;
 	if (r->claim_set.len && room > 0) {
 		size_t enough = (size_t)(room < r->cfg->claim_limit ? room : r->cfg->claim_limit);
-		if (gathering(r, r->claim_sent_us, r->claim_set.len, enough, r->claim_window_ev))
+		if (gathering(r, &r->claim_arrivals, r->claim_set.len, enough, r->claim_window_ev))
 			return;
-		r->claim_sent_us = mono_us();
 		struct batch *b = batch_new(r);
 		if (!b)
 			return;

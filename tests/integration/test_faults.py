@@ -136,7 +136,7 @@ def test_crash_loop_keeps_order_and_loses_nothing(db, sink, relay, request, tmp_
     repeat only right after itself, see relay_util.sequence_report) and the first arrivals are
     the whole sequence; every repeated row was first received before a kill and again after
     it (in flight at that kill), or else a relay logged losing leases it held; the repeats one
-    kill caused (traced by the TCP port of the first arrival to the killed instance) are at
+    kill caused (each traced by the TCP port of the arrival before it to the killed instance) are at
     most OUTBOX_MAX_IN_FLIGHT, and all repeats at most OUTBOX_MAX_IN_FLIGHT x kills."""
     rng = seeded(request)
     sink.rules([{"prefix": "/crash/", "delay_ms": SINK_DELAY_MS}])
@@ -186,34 +186,36 @@ def test_crash_loop_keeps_order_and_loses_nothing(db, sink, relay, request, tmp_
                            " AS with_error FROM outbox")[0]
     assert stats == {"max_attempts": 1, "parked": 0, "with_error": 0}, stats
 
-    # Every repeat is charged to the kill that caused it: the kill whose victim held the TCP
-    # connection the first arrival came on, else the first kill at or after the first arrival
-    # (the sink may record a request that was on the wire a moment after its sender died:
-    # 250 ms of slack). A repeat with no kill after its first arrival and before its second
-    # was not caused by a kill: it is allowed only when a relay logged losing leases it still
-    # held (a live instance starved past OUTBOX_LEASE_MS, taken over by another), and counted.
+    # Every repeat (an arrival after the row's previous one) is charged to the kill that caused
+    # it: the kill whose victim held the TCP connection the previous arrival came on, else the
+    # first kill at or after the previous arrival (the sink may record a request that was on the
+    # wire a moment after its sender died: 250 ms of slack). A row that two kills in a row caught
+    # in flight is charged once to each. A repeat with no kill between the two arrivals was not
+    # caused by a kill: it is allowed only when a relay logged losing leases it still held (a
+    # live instance starved past OUTBOX_LEASE_MS, taken over by another), and counted.
     key_at = {(row["partition_key"], json.loads(row["payload"])["s"]): row["idempotent_key"]
               for row in written}
-    first_port = {}
+    ports_of = collections.defaultdict(list)
     for rec in sorted(sink.requests(), key=lambda r: r["seq"]):
-        first_port.setdefault(key_of(rec), rec["peer_port"])
+        ports_of[key_of(rec)].append(rec["peer_port"])
     per_kill = collections.Counter()
     lease_loss, by_port, traced = [], 0, []
     for p, s, times in report["duplicates"]:
-        t1, t2 = times[0] / 1e6, times[1] / 1e6
         key = key_at[(p, s)]
-        port = first_port[key]
-        owner = [i for i, k in enumerate(kills)
-                 if port in k["ports"] and t1 <= k["after"] + 1.0 and k["before"] <= t2]
-        after = [i for i, k in enumerate(kills) if t1 <= k["after"] + 0.25 and k["before"] <= t2]
-        charged = owner[0] if owner else (after[0] if after else None)
-        by_port += bool(owner)
-        traced.append({"partition": p, "s": s, "key": key, "times_us": times, "port": port,
-                       "kill": charged, "by_port": bool(owner)})
-        if charged is None:
-            lease_loss.append((p, s, times))
-        else:
-            per_kill[charged] += len(times) - 1
+        for i in range(len(times) - 1):
+            t1, t2 = times[i] / 1e6, times[i + 1] / 1e6
+            port = ports_of[key][i]
+            owner = [j for j, k in enumerate(kills)
+                     if port in k["ports"] and t1 <= k["after"] + 1.0 and k["before"] <= t2]
+            after = [j for j, k in enumerate(kills) if t1 <= k["after"] + 0.25 and k["before"] <= t2]
+            charged = owner[0] if owner else (after[0] if after else None)
+            by_port += bool(owner)
+            traced.append({"partition": p, "s": s, "key": key, "times_us": times[i:i + 2], "port": port,
+                           "kill": charged, "by_port": bool(owner)})
+            if charged is None:
+                lease_loss.append((p, s, times))
+            else:
+                per_kill[charged] += 1
     # for post-mortems: every kill and every repeat, in the test's temporary directory
     (tmp_path / "crash-loop.json").write_text(json.dumps(
         {"kills": [{**k, "ports": sorted(k["ports"])} for k in kills], "repeats": traced}, indent=1))
