@@ -468,7 +468,7 @@ SQL
   sink_wait 5000 60
   relay_stop
   psql_ -F $'\t' <<'SQL' > "$work/pgss.tsv"
-SELECT calls, round(mean_plan_time::numeric, 3), round(mean_exec_time::numeric, 3), round((rows::numeric / calls), 1),
+SELECT calls, plans, round((total_plan_time / calls)::numeric, 3), round(mean_exec_time::numeric, 3), round((rows::numeric / calls), 1),
        round((shared_blks_hit + shared_blks_read)::numeric / calls, 1), round(wal_bytes / calls), round((total_plan_time + total_exec_time)::numeric, 1),
        regexp_replace(left(regexp_replace(query, '\s+', ' ', 'g'), 90), '\t', ' ')
   FROM pg_stat_statements
@@ -476,8 +476,9 @@ SELECT calls, round(mean_plan_time::numeric, 3), round(mean_exec_time::numeric, 
  ORDER BY total_plan_time + total_exec_time DESC LIMIT 12;
 SQL
   echo "   relay statements (pg_stat_statements, 3 s at 1000 rows/s + a 5,000-row drain):"
-  printf '   %7s %8s %8s %9s %9s %10s %9s  %s\n' calls plan_ms exec_ms rows/call blks/call wal_B/call total_ms query
-  awk -F'\t' '{ printf "   %7s %8s %8s %9s %9s %10s %9s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$work/pgss.tsv"
+  echo "   (plans: how often it was planned; plan_ms: planning time per call, all plannings spread over all calls)"
+  printf '   %7s %7s %8s %8s %9s %9s %10s %9s  %s\n' calls plans plan_ms exec_ms rows/call blks/call wal_B/call total_ms query
+  awk -F'\t' '{ printf "   %7s %7s %8s %8s %9s %9s %10s %9s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }' "$work/pgss.tsv"
   # one auto_explain plan per statement kind: the one with the median duration
   python3 - "$work/postgres.log" "$work/plans.txt" <<'PY'
 import re, statistics, sys

@@ -72,7 +72,7 @@ static const struct setting settings[] = {
 	{ "OUTBOX_CLAIM_LIMIT", "claim-limit", T_INT, OFF(claim_limit), "256", 1, 100000, NULL,
 	  "partitions claimed per query and found per poll" },
 	{ "OUTBOX_BATCH_WINDOW_MS", "batch-window-ms", T_INT, OFF(batch_window_ms), "0", 0, 1000, NULL,
-	  "listen mode: wait up to this long for more notified partitions and results before a claim or results statement; fewer statements and wake-ups per row under load, for up to this much more latency (0: send at once)" },
+	  "listen mode: while notified partitions or results arrive more often than once per window, gather them for up to this long before a claim or results statement: fewer statements and wake-ups per row under load, for up to this much more latency (0: send at once)" },
 	{ "OUTBOX_SHUTDOWN_GRACE_MS", "shutdown-grace-ms", T_INT, OFF(shutdown_grace_ms), "8000", 0, 3600000, NULL,
 	  "on SIGTERM/SIGINT, how long in-flight requests may take to finish" },
 	{ "OUTBOX_HEALTH_CHECK_MS", "health-check-ms", T_INT, OFF(health_check_ms), "0", 0, 3600000, NULL,
