@@ -1654,9 +1654,9 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 		{ NULL, NULL },
 	};
 	bool session = cfg->mode == OBR_MODE_LISTEN;
-	/* Generic plans: with the default plan_cache_mode PostgreSQL kept re-planning these
-	 * statements on every execution (their generic plans are estimated dearer than a custom
-	 * plan), and planning cost more than running them (contrib/bench, analysis). */
+	/* Generic plans: with the default plan_cache_mode PostgreSQL kept re-planning the results
+	 * statement on nearly every execution (its generic plan is estimated dearer than a custom
+	 * plan), and planning it costs more than running it (contrib/bench, analysis). */
 	const char *generic = "SET plan_cache_mode = force_generic_plan";
 	const char *generic_async = "SET plan_cache_mode = force_generic_plan; SET synchronous_commit = off";
 	const char *work_setup = session ? (cfg->synchronous_commit ? generic : generic_async) : NULL;
