@@ -86,7 +86,15 @@ static void check_done(struct obr_http *http)
 			         "refused to connect to %s: a loopback or private address (OUTBOX_DENY_PRIVATE_ADDRESSES)", r->refused);
 			res.permanent = true;
 		} else if (msg->data.result != CURLE_OK) {
-			snprintf(res.error, sizeof(res.error), "%s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(msg->data.result));
+			/* curl says "Couldn't connect to server"; the system's reason (refused, unreachable,
+			 * timed out) is what an operator needs */
+			long os_errno = 0;
+			curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &os_errno);
+			const char *why = r->errbuf[0] ? r->errbuf : curl_easy_strerror(msg->data.result);
+			if (os_errno > 0 && msg->data.result == CURLE_COULDNT_CONNECT)
+				snprintf(res.error, sizeof(res.error), "%s (%s)", why, strerror((int)os_errno));
+			else
+				snprintf(res.error, sizeof(res.error), "%s", why);
 		} else if (res.status >= 200 && res.status < 300) {
 			res.ok = true;
 		} else {
