@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from conftest import SOURCE_ROOT, uuid7, wait_until
-from relay_util import (LISTEN_APP, WORK_APP, assert_each_once, by_key, env, http_dest, insert,
+from relay_util import (CLAIM_APP, LISTEN_APP, WORK_APP, assert_each_once, by_key, env, http_dest, insert,
                         instance_id, keys, relay_backends, rows_by_key, wait_no_leases, wait_processed)
 
 
@@ -147,6 +147,32 @@ def test_sigkill_mid_request_another_instance_takes_over_after_the_lease(db, sin
     assert all(r["attempts"] == 1 for r in rows_by_key(db, keys(rows)).values())
     wait_no_leases(db)
     assert r2.alive()
+
+
+def test_lease_lost_with_the_connection_is_checked_before_more_is_sent(db, sink, relay):
+    """Claims do not wait for the WAL flush, so a database crash can lose a lease the relay was
+    just given. Simulated: relay A holds a partition (its first row in flight at a slow
+    endpoint, the other five fetched), the lease row disappears and A's claim connection
+    drops; relay B starts and claims the partition. A must drop the rows it fetched, finish
+    its current row, find the lease gone and send nothing more: the row that was in flight
+    arrives twice (A's and B's), every other row once, all in order."""
+    sink.rules([{"path": "/lost/0", "delay_ms": 1500, "times": 1}])
+    a = relay(db, env=env(OUTBOX_LOG_LEVEL="info"))
+    part = str(uuid7())
+    rows = insert(db, [{"partition_key": part, "destinations": [http_dest(sink.url(f"/lost/{i}"))],
+                        "payload": str(i)} for i in range(6)])
+    sink.wait_for_count(1, timeout=10)  # row 0 is at the endpoint, answered in 1.5 s
+    mark = len(a.log())
+    db.execute("DELETE FROM outbox_lock WHERE partition_key = %s", (part,))
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+               " AND application_name = %s", (db.name, CLAIM_APP))
+    a.wait_for_log("claim connection lost", timeout=10, start=mark)
+    b = relay(db, env=env(OUTBOX_LOG_LEVEL="info"))
+    wait_processed(db, keys(rows), timeout=20)
+    a.wait_for_log(f"lease on partition {part} was lost", timeout=10, start=mark)
+    paths = [x["path"] for x in sorted(sink.requests(), key=lambda r: r["seq"])]
+    assert paths == ["/lost/0", "/lost/0"] + [f"/lost/{i}" for i in range(1, 6)], paths
+    assert a.alive() and b.alive()
 
 
 def test_lease_shorter_than_slow_endpoint_is_renewed(db, sink, relay):
