@@ -15,6 +15,10 @@
  * the old version without re-checking.) The lock lasts only for the statement; applications
  * insert rows and never update them. The advance reads partitions it already holds, which
  * nobody else completes, so it needs no lock.
+ *
+ * Its WHERE must not imply "process_after IS NOT NULL": that keeps the due-time index
+ * (outbox_pending_due, sql/005) out of reach, so the rows come through a partition_key index
+ * whatever the statistics say.
  */
 #define HEADS_OF(part, limit, skip, lock) \
 	"SELECT x.*, row_number() OVER (ORDER BY x.process_after, x.created_at, x.idempotent_key) AS rn FROM (" \
@@ -155,7 +159,7 @@ const char OBR_SQL_SCAN[] =
 	"UNION ALL "
 	"SELECT NULL, ceil(extract(epoch FROM "
 	"   (SELECT min(greatest(process_after, coalesce(retry_after, process_after))) FROM outbox "
-	"     WHERE processed_at IS NULL AND dead_at IS NULL "
+	"     WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
 	"       AND greatest(process_after, coalesce(retry_after, process_after)) > now())"
 	" - now()) * 1000)::bigint";
 
@@ -177,7 +181,7 @@ const char OBR_SQL_RELEASE_ALL[] =
 const char OBR_SQL_SAMPLE[] =
 	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after)), 0)::float8, "
 	"       pg_notification_queue_usage() "
-	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL "
+	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
 	"   AND greatest(process_after, coalesce(retry_after, process_after)) <= now()";
 
 /*
