@@ -124,8 +124,7 @@ void obr_aws_request_failure(enum obr_dest_kind kind, long status, const char *b
 bool obr_aws_code_is_permanent(const char *code);
 bool obr_aws_code_is_credential(const char *code);
 
-/* ---- encoding helpers ---- */
-bool obr_utf8_valid(const char *s, size_t len);
+/* ---- encoding helpers (obr_utf8_valid is in strbuf.h) ---- */
 /* SQS's character set (XML 1.0): #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF. */
 bool obr_aws_chars_valid(const char *s, size_t len);
 void obr_json_string(struct strbuf *b, const char *s, size_t len);

@@ -80,50 +80,68 @@ void strbuf_array_elem(struct strbuf *b, const char *s)
 	strbuf_append(b, "\"", 1);
 }
 
-/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates, at most
- * U+10FFFF), or 0 when it is invalid or cut short. */
-static size_t utf8_seq(const unsigned char *p)
+size_t obr_utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
 {
-	unsigned char c = p[0];
-	if (c < 0x80)
+	if (s[0] < 0x80) {
+		*cp = s[0];
 		return 1;
+	}
 	size_t n;
-	unsigned char lo = 0x80, hi = 0xbf;
-	if (c >= 0xc2 && c <= 0xdf)
+	uint32_t c, min;
+	if ((s[0] & 0xE0) == 0xC0) {
 		n = 2;
-	else if (c >= 0xe0 && c <= 0xef) {
+		c = s[0] & 0x1F;
+		min = 0x80;
+	} else if ((s[0] & 0xF0) == 0xE0) {
 		n = 3;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
+		c = s[0] & 0x0F;
+		min = 0x800;
+	} else if ((s[0] & 0xF8) == 0xF0) {
 		n = 4;
-		if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-	} else
+		c = s[0] & 0x07;
+		min = 0x10000;
+	} else {
 		return 0;
-	if (p[1] < lo || p[1] > hi)
+	}
+	if (n > len)
 		return 0;
-	for (size_t i = 2; i < n; i++)
-		if (p[i] < 0x80 || p[i] > 0xbf)
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xC0) != 0x80)
 			return 0;
+		c = (c << 6) | (s[i] & 0x3F);
+	}
+	if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+		return 0;
+	*cp = c;
 	return n;
+}
+
+bool obr_utf8_valid(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	for (size_t i = 0; i < len;) {
+		uint32_t cp;
+		size_t n = obr_utf8_decode(p + i, len - i, &cp);
+		if (!n)
+			return false;
+		i += n;
+	}
+	return true;
 }
 
 void obr_utf8_sanitize(char *s)
 {
 	unsigned char *p = (unsigned char *)s;
-	while (*p) {
-		size_t n = utf8_seq(p);
+	size_t rest = strlen(s);
+	while (rest) {
+		uint32_t cp;
+		size_t n = obr_utf8_decode(p, rest, &cp);
 		if (n) {
 			p += n;
+			rest -= n;
 			continue;
 		}
 		/* a sequence cut short by a truncation at the very end: drop it */
-		size_t rest = strlen((const char *)p);
 		size_t want = *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : 2;
 		if (rest < want && *p >= 0xc2 && *p <= 0xf4) {
 			bool tail = true;
@@ -135,6 +153,7 @@ void obr_utf8_sanitize(char *s)
 			}
 		}
 		*p++ = '?';
+		rest--;
 	}
 }
 

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct strbuf {
 	char *data;
@@ -20,6 +21,10 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format
 /* Appends s as one element of an array literal: quoted, with " and \ escaped; NULL = NULL. */
 void strbuf_array_elem(struct strbuf *b, const char *s);
 void strbuf_reset(struct strbuf *b);
+/* Decodes the UTF-8 sequence at s (len bytes available) into *cp; returns its length, or 0
+ * when it is invalid (RFC 3629: no overlongs, no surrogates, at most U+10FFFF) or cut short. */
+size_t obr_utf8_decode(const unsigned char *s, size_t len, uint32_t *cp);
+bool obr_utf8_valid(const char *s, size_t len);
 /* Makes s valid UTF-8 in place: an invalid byte becomes '?', a sequence cut at the end is
  * dropped. Text from the network or a truncation goes through this before PostgreSQL sees it. */
 void obr_utf8_sanitize(char *s);
