@@ -3,6 +3,10 @@
  */
 #include "store.h"
 
+/* When a row is due: the later of process_after and, once it failed, retry_after. The due-time
+ * index (sql/005) is on exactly this expression. t is a table alias with its dot, or "". */
+#define DUE_AT(t) "greatest(" t "process_after, coalesce(" t "retry_after, " t "process_after))"
+
 /*
  * A partition's first rows in delivery order; part is the outer partition.
  *
@@ -24,8 +28,8 @@
 	"SELECT x.*, row_number() OVER (ORDER BY x.process_after, x.created_at, x.idempotent_key) AS rn FROM (" \
 	"SELECT o.idempotent_key, o.destinations::text AS destinations, o.headers::text AS headers, o.payload, " \
 	"       o.attempts, o.sent_destinations::text AS sent, " \
-	"       (o.process_after <= now() AND coalesce(o.retry_after, o.process_after) <= now()) AS due, " \
-	"       ceil(extract(epoch FROM greatest(o.process_after, coalesce(o.retry_after, o.process_after)) - now()) * 1000)::bigint AS due_in_ms, " \
+	"       " DUE_AT("o.") " <= now() AS due, " \
+	"       ceil(extract(epoch FROM " DUE_AT("o.") " - now()) * 1000)::bigint AS due_in_ms, " \
 	"       floor(extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms, " \
 	"       o.process_after, o.created_at " \
 	"  FROM outbox o " \
@@ -152,15 +156,15 @@ const char OBR_SQL_SCAN[] =
 	"   SELECT DISTINCT ON (partition_key) partition_key AS k, process_after, retry_after FROM outbox "
 	"    WHERE processed_at IS NULL AND dead_at IS NULL "
 	"    ORDER BY partition_key, process_after, created_at, idempotent_key) h "
-	"  WHERE h.process_after <= now() AND coalesce(h.retry_after, h.process_after) <= now() "
+	"  WHERE " DUE_AT("h.") " <= now() "
 	"    AND NOT EXISTS (SELECT 1 FROM outbox_lock l WHERE l.partition_key = h.k AND l.processed_at IS NULL "
 	"                       AND l.processing_until >= now() AND l.lock_id <> $2::uuid) "
 	"  ORDER BY h.process_after LIMIT $1::int) "
 	"UNION ALL "
 	"SELECT NULL, ceil(extract(epoch FROM "
-	"   (SELECT min(greatest(process_after, coalesce(retry_after, process_after))) FROM outbox "
+	"   (SELECT min(" DUE_AT("") ") FROM outbox "
 	"     WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
-	"       AND greatest(process_after, coalesce(retry_after, process_after)) > now())"
+	"       AND " DUE_AT("") " > now())"
 	" - now()) * 1000)::bigint";
 
 /* Renew every lease of this instance; the result is the set still held. Rows are locked in key
@@ -182,7 +186,7 @@ const char OBR_SQL_SAMPLE[] =
 	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after)), 0)::float8, "
 	"       pg_notification_queue_usage() "
 	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
-	"   AND greatest(process_after, coalesce(retry_after, process_after)) <= now()";
+	"   AND " DUE_AT("") " <= now()";
 
 /*
  * Retention: delete one bounded batch of processed rows older than the retention, and released
