@@ -129,6 +129,10 @@ struct obr_relay {
 	struct event_base *base;
 	const struct obr_config *cfg;
 	char lock_id[KEY_LEN + 1];
+	struct {                    /* statement parameters from the configuration, as text (the
+	                               settings they come from are not reloaded) */
+		char batch[24], lease[24], claim_limit[24], retention_ms[24], retention_batch[24];
+	} param;
 
 	struct obr_pg *listen_pg;   /* NULL in poll mode */
 	struct obr_pg *work_pg;     /* results, advances, renewals, gauges, retention */
@@ -1090,10 +1094,7 @@ static bool send_heads_statement(struct obr_relay *r, struct obr_pg *pg, const c
                                  obr_pg_result_fn fn)
 {
 	char *keys = uuid_array((struct part **)b->parts.items, b->parts.len);
-	char batch[24], lease[24];
-	snprintf(batch, sizeof(batch), "%lld", (long long)r->cfg->batch_size);
-	snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
-	const char *params[] = { r->lock_id, keys, batch, lease };
+	const char *params[] = { r->lock_id, keys, r->param.batch, r->param.lease };
 	bool ok = keys && obr_pg_query(pg, sql, 4, params, fn, b) == 0;
 	free(keys);
 	return ok;
@@ -1170,11 +1171,8 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 	failed |= adv.failed;
 	bool ok = false;
 	if (!failed && b->parts.len == take) {
-		char batch[24], lease[24];
-		snprintf(batch, sizeof(batch), "%lld", (long long)r->cfg->batch_size);
-		snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
-		const char *params[] = { done.data, keys.data, errs.data,  delays.data, parks.data, sents.data,
-			                 counted.data, r->lock_id, adv.data, batch, lease };
+		const char *params[] = { done.data, keys.data, errs.data, delays.data, parks.data, sents.data,
+			                 counted.data, r->lock_id, adv.data, r->param.batch, r->param.lease };
 		ok = obr_pg_query(r->work_pg, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 11,
 		                  params, on_complete_result, b) == 0;
 	}
@@ -1219,9 +1217,7 @@ static void flush(struct obr_relay *r)
 	/* 1. lease renewal first, when due: a late renewal lets another instance send our rows */
 	if (r->renew_wanted && !r->stopping) {
 		r->renew_wanted = false;
-		char lease[24];
-		snprintf(lease, sizeof(lease), "%lld", (long long)r->cfg->lease_ms);
-		const char *params[] = { r->lock_id, lease };
+		const char *params[] = { r->lock_id, r->param.lease };
 		if (obr_pg_query(r->work_pg, OBR_SQL_RENEW, 2, params, on_renew_result, r) == 0) {
 			r->statement_running = true;
 			r->renew_seq = r->claim_seq;
@@ -1303,10 +1299,7 @@ static void flush(struct obr_relay *r)
 	/* 6. retention, the least urgent */
 	if (r->retention_wanted && !r->scan_wanted) {
 		r->retention_wanted = false;
-		char ms[24], batch[24];
-		snprintf(ms, sizeof(ms), "%lld", (long long)r->cfg->retention_ms);
-		snprintf(batch, sizeof(batch), "%lld", (long long)r->cfg->retention_batch);
-		const char *params[] = { ms, batch };
+		const char *params[] = { r->param.retention_ms, r->param.retention_batch };
 		if (obr_pg_query(r->work_pg, OBR_SQL_RETENTION, 2, params, on_retention_result, r) == 0) {
 			r->statement_running = true;
 			return;
@@ -1359,9 +1352,7 @@ static void flush_claims(struct obr_relay *r)
 	/* then scan for partitions no notification announced */
 	if (r->scan_wanted && r->claim_set.len == 0) {
 		r->scan_wanted = false;
-		char limit[24];
-		snprintf(limit, sizeof(limit), "%lld", (long long)r->cfg->claim_limit);
-		const char *params[] = { limit, r->lock_id };
+		const char *params[] = { r->param.claim_limit, r->lock_id };
 		if (obr_pg_query(r->claim_pg, OBR_SQL_SCAN, 2, params, on_scan_result, r) == 0)
 			r->claim_running = true;
 		else
@@ -1602,6 +1593,11 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	uuid_t id;
 	uuid_generate_random(id);
 	uuid_unparse_lower(id, r->lock_id);
+	snprintf(r->param.batch, sizeof(r->param.batch), "%lld", (long long)cfg->batch_size);
+	snprintf(r->param.lease, sizeof(r->param.lease), "%lld", (long long)cfg->lease_ms);
+	snprintf(r->param.claim_limit, sizeof(r->param.claim_limit), "%lld", (long long)cfg->claim_limit);
+	snprintf(r->param.retention_ms, sizeof(r->param.retention_ms), "%lld", (long long)cfg->retention_ms);
+	snprintf(r->param.retention_batch, sizeof(r->param.retention_batch), "%lld", (long long)cfg->retention_batch);
 
 	r->nbuckets = 1024;
 	r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
