@@ -241,6 +241,30 @@ def test_malformed_null_destinations_named_as_null(db, sink, relay):
     assert "not valid JSON" not in err and "null" in err, err
 
 
+def wait_recorded(db, relay_proc, row_keys, timeout):
+    """Waits until every row in row_keys is processed. A results statement the database
+    refuses would stop every partition of the relay: if the relay logs one, this fails at once
+    with its message, killing the relay (wedged that way, it does not stop on SIGTERM)."""
+    row_keys = [str(k) for k in row_keys]
+
+    def settled():
+        if "could not record" in relay_proc.log():
+            return "the results statement failed"
+        if db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
+                     " AND processed_at IS NOT NULL", (row_keys,)) == len(row_keys):
+            return "done"
+        return None
+
+    state = None
+    try:
+        state = wait_until(settled, timeout, "the rows to be processed (or the results statement to fail)")
+    finally:
+        if state != "done":
+            relay_proc.kill()
+    assert state == "done", "\n".join(line for line in relay_proc.log().splitlines()
+                                       if "could not record" in line or "statement failed" in line)[:1500]
+
+
 def test_long_multibyte_error_answer_is_stored(db, sink, relay):
     """Error answers with long UTF-8 bodies (4-byte characters at four different offsets, so
     that cutting them to a bounded last_error splits a character somewhere): the failures are
@@ -253,23 +277,7 @@ def test_long_multibyte_error_answer_is_stored(db, sink, relay):
     rows = insert(db, [{"destinations": [http_dest(sink.url(path))], "payload": path} for path in bodies])
     (ok,) = insert(db, [{"destinations": [http_dest(sink.url("/mb/ok"))], "payload": "ok"}])
     all_keys = keys(rows) + [ok["idempotent_key"]]
-
-    def settled():
-        if "could not record" in r.log():
-            return "the results statement failed"
-        if db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
-                     " AND processed_at IS NOT NULL", (all_keys,)) == len(all_keys):
-            return "done"
-        return None
-
-    state = None
-    try:
-        state = wait_until(settled, 15, "the rows to be processed (or the results statement to fail)")
-    finally:
-        if state != "done":
-            r.kill()  # a wedged relay does not stop on SIGTERM
-    assert state == "done", "\n".join(line for line in r.log().splitlines()
-                                       if "could not record" in line)[:1500]
+    wait_recorded(db, r, all_keys, 15)
     got = rows_by_key(db, all_keys)
     for row in rows:
         g = got[row["idempotent_key"]]
@@ -291,21 +299,7 @@ def test_malformed_row_with_multibyte_text_is_parked(db, sink, relay, case, dest
         {"partition_key": part, "payload": "bad", "destinations_json": dests.replace("{good}", sink.url("/bad"))},
         {"partition_key": part, "payload": "good", "destinations": [http_dest(sink.url("/good"))]},
     ])
-
-    def settled():
-        if "could not record" in r.log():
-            return "the results statement failed"
-        if rows_by_key(db, [good["idempotent_key"]])[good["idempotent_key"]]["processed_at"]:
-            return "done"
-        return None
-
-    state = None
-    try:
-        state = wait_until(settled, 10, "the good row (or the results statement to fail)")
-    finally:
-        if state != "done":
-            r.kill()  # a wedged relay does not stop on SIGTERM
-    assert state == "done", [line for line in r.log().splitlines() if "statement failed" in line][:2]
+    wait_recorded(db, r, [good["idempotent_key"]], 10)
     row = rows_by_key(db, [bad["idempotent_key"]])[bad["idempotent_key"]]
     assert row["dead_at"] is not None and row["attempts"] == 0
     assert sink.requests(path="/bad") == []
@@ -322,23 +316,7 @@ def test_error_answer_that_is_not_utf8_is_stored(db, sink, relay):
     try:
         (row,) = insert(db, [{"destinations": [http_dest(server.url("/latin1"))], "payload": "l"}])
         (ok,) = insert(db, [{"destinations": [http_dest(sink.url("/ok"))], "payload": "ok"}])
-        all_keys = [row["idempotent_key"], ok["idempotent_key"]]
-
-        def settled():
-            if "could not record" in r.log():
-                return "the results statement failed"
-            if db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
-                         " AND processed_at IS NOT NULL", (all_keys,)) == 2:
-                return "done"
-            return None
-
-        state = None
-        try:
-            state = wait_until(settled, 10, "the rows to be processed (or the results statement to fail)")
-        finally:
-            if state != "done":
-                r.kill()  # a wedged relay does not stop on SIGTERM
-        assert state == "done", [line for line in r.log().splitlines() if "statement failed" in line][:2]
+        wait_recorded(db, r, [row["idempotent_key"], ok["idempotent_key"]], 10)
         got = rows_by_key(db, [row["idempotent_key"]])[row["idempotent_key"]]
         assert got["attempts"] == 2 and "HTTP 500" in got["last_error"], got
         assert len(server.requests) == 2
