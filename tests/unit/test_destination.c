@@ -164,6 +164,7 @@ static void test_malformed(void)
 		{ "[{\"url\":\"http://h/\",\"headers\":{\"Content-Length\":\"0\"}}]", NULL, "header \"Content-Length\" is set by the relay" },
 		{ "[{\"url\":\"http://h/\"}]", "{\"transfer-encoding\":\"chunked\"}", "header \"transfer-encoding\" is set by the relay" },
 		{ "[{\"url\":\"http://h/\"}]", "{\"Host\":\"elsewhere\"}", "header \"Host\" is set by the relay" },
+		{ "[{\"url\":\"http://h/\",\"headers\":{\"connection\":\"close\"}}]", NULL, "header \"connection\" is set by the relay" },
 		{ "[{\"url\":\"http://h/\"}]", "[\"a\"]", "headers must be a JSON object" },
 		{ "[{\"url\":\"http://h/\"}]", "{\"a\":{\"b\":\"c\"}}", "value of \"a\" must be a string" },
 		{ "[{\"url\":\"http://h/\"}]", "{oops", "headers is not valid JSON" },
