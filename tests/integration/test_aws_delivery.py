@@ -46,6 +46,17 @@ def sns(arn: str) -> dict:
     return {"topic_arn": arn}
 
 
+def queue_destination(fauxqs, kind: str, tag: str) -> tuple[dict, dict]:
+    """A fresh queue, and the destination that reaches it: the queue itself (kind "sqs") or a
+    fresh topic with the queue subscribed raw ("sns"). Returns (queue, destination)."""
+    q = fauxqs.create_queue(fauxqs.unique(tag))
+    if kind == "sqs":
+        return q, sqs(q["QueueUrl"])
+    topic = fauxqs.create_topic(fauxqs.unique(tag + "t"))
+    fauxqs.subscribe(topic, q["QueueArn"], raw=True)
+    return q, sns(topic)
+
+
 def aws_env(endpoint: str | None, **overrides: Any) -> dict:
     """A relay environment for SQS/SNS: push mode, debug log, short retries, static test keys,
     and never the real instance-metadata service (AWS_EC2_METADATA_DISABLED unless a test points
@@ -362,13 +373,7 @@ def test_sns_fifo_topic_to_fifo_queue(db, relay, fauxqs, verifier):
 def test_25_rows_go_out_in_3_batches(db, relay, fauxqs, verifier, kind):
     """25 rows in 25 partitions, found together by the start-up scan, leave in one loop turn:
     3 requests of 10, 10 and 5 entries; all 25 arrive once."""
-    q = fauxqs.create_queue(fauxqs.unique("b"))
-    if kind == "sqs":
-        dest = sqs(q["QueueUrl"])
-    else:
-        topic = fauxqs.create_topic(fauxqs.unique("bt"))
-        fauxqs.subscribe(topic, q["QueueArn"], raw=True)
-        dest = sns(topic)
+    q, dest = queue_destination(fauxqs, kind, "b")
     rows = insert(db, [{"destinations": [dest], "payload": f"m{i}"} for i in range(25)])
     relay(db, env=aws_env(verifier.endpoint))
     wait_processed(db, keys(rows))
@@ -479,13 +484,7 @@ def test_retryable_entry_failure_retries_only_that_row(db, relay, fauxqs, standi
     arrives exactly once."""
     tamper = EntryTamper(fauxqs.endpoint)
     proxy = standin(tamper)
-    q = fauxqs.create_queue(fauxqs.unique("rt"))
-    if kind == "sqs":
-        dest = sqs(q["QueueUrl"])
-    else:
-        topic = fauxqs.create_topic(fauxqs.unique("rtt"))
-        fauxqs.subscribe(topic, q["QueueArn"], raw=True)
-        dest = sns(topic)
+    q, dest = queue_destination(fauxqs, kind, "rt")
     rows = insert(db, [{"destinations": [dest], "payload": f"r{i}"} for i in range(4)])
     relay(db, env=aws_env(proxy.url))
     got = wait_processed(db, keys(rows))
