@@ -3,10 +3,10 @@
  */
 #include "config.h"
 
-#include "admin.h"
+#include "admin/admin.h"
 
 #include <libpq-fe.h>
-#include "log.h"
+#include "util/log.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -16,9 +16,9 @@
  */
 #include "fuzz.h"
 
-#include "aws_credentials.h"
-#include "aws_protocol.h"
-#include "strbuf.h"
+#include "send/aws_credentials.h"
+#include "send/aws_protocol.h"
+#include "util/strbuf.h"
 
 #include <json-c/json.h>
 #include <stdbool.h>

@@ -21,9 +21,9 @@
  */
 #include "fuzz.h"
 
-#include "admin.h"
-#include "aws_credentials.h"
-#include "aws_protocol.h"
+#include "admin/admin.h"
+#include "send/aws_credentials.h"
+#include "send/aws_protocol.h"
 #include "config.h"
 
 #include <fcntl.h>

@@ -26,9 +26,9 @@
  */
 #include "fuzz.h"
 
-#include "aws_protocol.h"
-#include "destination.h"
-#include "strbuf.h"
+#include "send/aws_protocol.h"
+#include "send/destination.h"
+#include "util/strbuf.h"
 
 #include <curl/curl.h>
 #include <json-c/json.h>

@@ -469,7 +469,7 @@ def test_rows_written_before_the_upgrade_are_delivered(empty_db, sink, relay):
 
 
 def test_the_due_time_index_can_never_serve_a_partitions_heads(db):
-    """The relay reads a partition's head rows (HEADS_OF in src/relay/store.c: one partition's
+    """The relay reads a partition's head rows (HEADS_OF in src/relay/db/store.c: one partition's
     pending rows in delivery order, FOR SHARE) through an index on partition_key. With 004's
     due-time index, whose predicate was the same as the partition index's, the planner could
     instead scan every pending row through the due-time index and filter on partition_key;

@@ -1,10 +1,10 @@
 /*
- * test_admin.c - src/relay/admin.c without a network: the /metrics document built by
+ * test_admin.c - src/relay/admin/admin.c without a network: the /metrics document built by
  * obr_metrics_format (every family with HELP and TYPE, by-kind counters, the cumulative
  * latency histogram, sampled gauges absent until sampled, a hard size cap) and the
  * OUTBOX_LISTEN_ADDR syntax, both through obr_listen_addr_parse and the settings table.
  */
-#include "admin.h"
+#include "admin/admin.h"
 #include "config.h"
 #include "harness.h"
 

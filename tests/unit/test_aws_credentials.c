@@ -1,9 +1,9 @@
 /*
  * test_aws_credentials.c - the pure parts of the AWS credential chain
- * (src/relay/aws_credentials.c): the answers of the container endpoint, the instance metadata
+ * (src/relay/send/aws_credentials.c): the answers of the container endpoint, the instance metadata
  * service and STS, expiration times, the refresh schedule and the container endpoint URL.
  */
-#include "aws_credentials.h"
+#include "send/aws_credentials.h"
 #include "harness.h"
 
 #include <stdlib.h>

@@ -1,10 +1,10 @@
 /*
- * test_aws_protocol.c - the pure parts of SQS/SNS delivery (src/relay/aws_protocol.c):
+ * test_aws_protocol.c - the pure parts of SQS/SNS delivery (src/relay/send/aws_protocol.c):
  * configuration from the environment, regions, endpoints, FIFO detection, message checks and
  * sizes, SendMessageBatch (JSON 1.0) and PublishBatch (Query) bodies, per-entry results and
  * error classification, the XML scanner and the encoders.
  */
-#include "aws_protocol.h"
+#include "send/aws_protocol.h"
 #include "harness.h"
 
 #include <json-c/json.h>

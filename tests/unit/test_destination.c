@@ -1,8 +1,8 @@
 /*
  * test_destination.c - parsing and validation of a row's destinations and headers
- * (src/relay/destination.c): every shape the crate writes, and every malformed one we park.
+ * (src/relay/send/destination.c): every shape the crate writes, and every malformed one we park.
  */
-#include "destination.h"
+#include "send/destination.h"
 #include "harness.h"
 
 #include <stdlib.h>

@@ -1,9 +1,9 @@
 /*
- * test_sdnotify.c - src/relay/sdnotify.c: the datagrams systemd would receive on
+ * test_sdnotify.c - src/relay/admin/sdnotify.c: the datagrams systemd would receive on
  * $NOTIFY_SOCKET (a path and the abstract namespace), the no-op outside systemd, bad socket
  * values, and the watchdog interval from WATCHDOG_USEC / WATCHDOG_PID.
  */
-#include "sdnotify.h"
+#include "admin/sdnotify.h"
 #include "harness.h"
 
 #include <poll.h>

@@ -1,9 +1,9 @@
 /*
  * test_strbuf.c - bounded strings, PostgreSQL array literals and UTF-8 repair
- * (src/relay/strbuf.c): what the relay puts in statement parameters.
+ * (src/relay/util/strbuf.c): what the relay puts in statement parameters.
  */
 #include "harness.h"
-#include "strbuf.h"
+#include "util/strbuf.h"
 
 #include <string.h>
 

@@ -2,11 +2,11 @@
  * ops.c - `outbox-relay status` and `outbox-relay requeue`. Blocking libpq is fine here:
  * these are commands, not the loop.
  */
-#include "ops.h"
+#include "cli/ops.h"
 
 #include "config.h"
-#include "migrate.h"
-#include "strbuf.h"
+#include "db/migrate.h"
+#include "util/strbuf.h"
 
 #include <ctype.h>
 #include <inttypes.h>

@@ -17,8 +17,8 @@
 
 #include <stddef.h>
 
-#include "destination.h"
-#include "http.h"
+#include "send/destination.h"
+#include "send/http.h"
 
 struct event_base;
 struct obr_aws;

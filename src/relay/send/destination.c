@@ -1,7 +1,7 @@
 /*
  * destination.c - parsing and validation of a row's destinations and headers.
  */
-#include "destination.h"
+#include "send/destination.h"
 
 #include <json-c/json.h>
 #include <stdio.h>

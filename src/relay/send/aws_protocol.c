@@ -1,7 +1,7 @@
 /*
  * aws_protocol.c - SQS/SNS request bodies, results and errors; regions, endpoints, limits.
  */
-#include "aws_protocol.h"
+#include "send/aws_protocol.h"
 
 #include <ctype.h>
 #include <json-c/json.h>

@@ -10,8 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "destination.h"
-#include "strbuf.h"
+#include "send/destination.h"
+#include "util/strbuf.h"
 
 #define OBR_AWS_MAX_BATCH 10                  /* entries per SendMessageBatch / PublishBatch */
 #define OBR_AWS_MAX_ATTRIBUTES 10             /* message attributes: x-idempotent-key + 9 headers */

@@ -1,7 +1,7 @@
 /*
  * log.c - line-oriented logging to stderr.
  */
-#include "log.h"
+#include "util/log.h"
 
 #include <fcntl.h>
 #include <stdio.h>

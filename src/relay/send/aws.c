@@ -10,11 +10,11 @@
  * (the chain calls back); failed -> they fail, retryably. Callbacks always run from an event,
  * never inside obr_aws_submit.
  */
-#include "aws.h"
+#include "send/aws.h"
 
-#include "aws_credentials.h"
-#include "aws_protocol.h"
-#include "log.h"
+#include "send/aws_credentials.h"
+#include "send/aws_protocol.h"
+#include "util/log.h"
 
 #include <event2/event.h>
 #include <stdio.h>

@@ -1,9 +1,9 @@
 /*
  * sdnotify.c - READY=1 / STOPPING=1 / WATCHDOG=1 to systemd over $NOTIFY_SOCKET.
  */
-#include "sdnotify.h"
+#include "admin/sdnotify.h"
 
-#include "log.h"
+#include "util/log.h"
 
 #include <errno.h>
 #include <stddef.h>

@@ -1,11 +1,11 @@
 /*
  * migrate.c - schema migrations. Blocking libpq is fine here: this is a command, not the loop.
  */
-#include "migrate.h"
+#include "db/migrate.h"
 #include "config.h"
 
-#include "log.h"
-#include "strbuf.h"
+#include "util/log.h"
+#include "util/strbuf.h"
 
 #include <libpq-fe.h>
 #include <stdbool.h>

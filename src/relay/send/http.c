@@ -1,9 +1,9 @@
 /*
  * http.c - libcurl multi socket API on libevent.
  */
-#include "http.h"
+#include "send/http.h"
 
-#include "log.h"
+#include "util/log.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>

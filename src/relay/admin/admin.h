@@ -17,8 +17,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "relay.h"
-#include "strbuf.h"
+#include "engine/relay.h"
+#include "util/strbuf.h"
 
 struct event_base;
 struct obr_admin;

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "destination.h"
+#include "send/destination.h"
 
 struct event_base;
 struct obr_http;

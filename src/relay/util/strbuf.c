@@ -1,7 +1,7 @@
 /*
  * strbuf.c - bounded growable strings.
  */
-#include "strbuf.h"
+#include "util/strbuf.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -2,9 +2,9 @@
  * aws_credentials.c - the AWS credential chain: environment, web identity (STS), container
  * endpoint, EC2 instance metadata (IMDSv2); asynchronous fetches and refresh before expiry.
  */
-#include "aws_credentials.h"
+#include "send/aws_credentials.h"
 
-#include "log.h"
+#include "util/log.h"
 
 #include <ctype.h>
 #include <errno.h>

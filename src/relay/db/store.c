@@ -1,7 +1,7 @@
 /*
  * store.c - the statements. Parameters are described above each one.
  */
-#include "store.h"
+#include "db/store.h"
 
 /* When a row is due: the later of process_after and, once it failed, retry_after. The due-time
  * index (sql/005) is on exactly this expression. t is a table alias with its dot, or "". */

@@ -12,16 +12,16 @@
  * The work connection runs one statement at a time; what accumulates while one runs goes out
  * together in the next (results of many rows in one statement, many partitions per claim).
  */
-#include "relay.h"
+#include "engine/relay.h"
 
-#include "aws.h"
-#include "destination.h"
-#include "http.h"
-#include "log.h"
-#include "pg.h"
-#include "sdnotify.h"
-#include "store.h"
-#include "strbuf.h"
+#include "send/aws.h"
+#include "send/destination.h"
+#include "send/http.h"
+#include "util/log.h"
+#include "db/pg.h"
+#include "admin/sdnotify.h"
+#include "db/store.h"
+#include "util/strbuf.h"
 
 #include <event2/event.h>
 #include <stdbool.h>

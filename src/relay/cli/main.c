@@ -2,13 +2,13 @@
  * main.c - the outbox-relay command: run (the default), migrate, status, requeue, --help,
  * --version.
  */
-#include "admin.h"
+#include "admin/admin.h"
 #include "config.h"
-#include "log.h"
-#include "migrate.h"
-#include "ops.h"
-#include "relay.h"
-#include "sdnotify.h"
+#include "util/log.h"
+#include "db/migrate.h"
+#include "cli/ops.h"
+#include "engine/relay.h"
+#include "admin/sdnotify.h"
 
 #include <curl/curl.h>
 #include <errno.h>

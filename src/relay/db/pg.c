@@ -1,10 +1,10 @@
 /*
  * pg.c - asynchronous libpq connection on a libevent loop.
  */
-#include "pg.h"
+#include "db/pg.h"
 
-#include "log.h"
-#include "strbuf.h"
+#include "util/log.h"
+#include "util/strbuf.h"
 
 #include <event2/event.h>
 #include <stdlib.h>

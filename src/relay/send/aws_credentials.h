@@ -24,8 +24,8 @@
 #include <stddef.h>
 #include <time.h>
 
-#include "aws_protocol.h"
-#include "http.h"
+#include "send/aws_protocol.h"
+#include "send/http.h"
 
 struct event_base;
 

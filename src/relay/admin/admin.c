@@ -1,10 +1,10 @@
 /*
  * admin.c - /health, /ready and /metrics on evhttp, and the Prometheus text format.
  */
-#include "admin.h"
+#include "admin/admin.h"
 
-#include "destination.h"
-#include "log.h"
+#include "send/destination.h"
+#include "util/log.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
