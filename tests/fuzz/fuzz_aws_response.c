@@ -130,8 +130,8 @@ static void xml(const char *body, size_t len)
 /* obr_json_string: the output is one JSON string that decodes to the input. */
 static void json_roundtrip(const char *s, size_t len)
 {
-	struct strbuf b;
-	strbuf_init(&b, 8 * len + 16);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 8 * len + 16);
 	obr_json_string(&b, s, len);
 	FUZZ_CHECK(!b.failed);
 	struct json_tokener *tok = json_tokener_new();
@@ -142,7 +142,7 @@ static void json_roundtrip(const char *s, size_t len)
 	FUZZ_CHECK((size_t)json_object_get_string_len(obj) == len && !memcmp(json_object_get_string(obj), s, len));
 	json_object_put(obj);
 	json_tokener_free(tok);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 static int hexval(char c)
@@ -153,8 +153,8 @@ static int hexval(char c)
 /* obr_form_encode: unreserved characters and %XX only, decoding to the input. */
 static void form_roundtrip(const char *s, size_t len)
 {
-	struct strbuf b;
-	strbuf_init(&b, 3 * len + 16);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 3 * len + 16);
 	obr_form_encode(&b, s, len);
 	FUZZ_CHECK(!b.failed);
 	size_t o = 0;
@@ -171,7 +171,7 @@ static void form_roundtrip(const char *s, size_t len)
 		}
 	}
 	FUZZ_CHECK(o == len);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 /* The text helpers, on the body as a C string (up to its first NUL). */

@@ -99,7 +99,7 @@ static void check_message(const char *err, size_t errlen)
 }
 
 /* The SendMessageBatch body must be JSON that carries each message byte for byte. */
-static void check_sqs_body(const struct strbuf *b, const struct obr_aws_entry *e, int n)
+static void check_sqs_body(const struct obr_strbuf *b, const struct obr_aws_entry *e, int n)
 {
 	struct json_tokener *tok = json_tokener_new();
 	FUZZ_CHECK(tok);
@@ -120,7 +120,7 @@ static void check_sqs_body(const struct strbuf *b, const struct obr_aws_entry *e
 }
 
 /* A PublishBatch body is form-encoded: only unreserved characters, %XX, & and =. */
-static void check_sns_body(const struct strbuf *b)
+static void check_sns_body(const struct obr_strbuf *b)
 {
 	for (size_t i = 0; i < b->len; i++) {
 		unsigned char c = (unsigned char)b->data[i];
@@ -164,8 +164,8 @@ static void aws_pipeline(const struct obr_destination *d, const char *key, const
 	}
 	FUZZ_CHECK(size == obr_aws_entry_size(&e) && size <= obr_aws_max_message(d->kind));
 	const struct obr_aws_entry *entries[] = { &e, &e };
-	struct strbuf b;
-	strbuf_init(&b, OBR_AWS_MAX_BODY);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, OBR_AWS_MAX_BODY);
 	if (d->kind == OBR_DEST_SQS) {
 		if (obr_aws_build_sqs_batch(&b, d->target, fifo, entries, 2) == 0)
 			check_sqs_body(&b, &e, 2);
@@ -173,7 +173,7 @@ static void aws_pipeline(const struct obr_destination *d, const char *key, const
 		if (obr_aws_build_sns_batch(&b, d->target, fifo, entries, 2) == 0)
 			check_sns_body(&b);
 	}
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 /* The allow-list's documented meaning, applied to a host name. */

@@ -43,10 +43,10 @@ static struct obr_relay_stats sample_stats(void)
 
 static char *format(const struct obr_relay_stats *st, bool ready)
 {
-	struct strbuf b;
-	strbuf_init(&b, OBR_METRICS_MAX_BYTES);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, OBR_METRICS_MAX_BYTES);
 	if (obr_metrics_format(st, ready, &b)) {
-		strbuf_free(&b);
+		obr_strbuf_free(&b);
 		return NULL;
 	}
 	return b.data;
@@ -214,11 +214,11 @@ static void test_exposition_format(void)
 static void test_size_cap(void)
 {
 	struct obr_relay_stats st = sample_stats();
-	struct strbuf b;
-	strbuf_init(&b, 512);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 512);
 	CHECK_INT_EQ(obr_metrics_format(&st, true, &b), -1);
 	CHECK(b.failed);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 static void test_listen_addr_parse(void)

@@ -313,8 +313,8 @@ static void test_entry_check_body_and_size(void)
 
 static void test_sqs_batch_body_standard(void)
 {
-	struct strbuf b;
-	strbuf_init(&b, 1 << 20);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 1 << 20);
 	char n1[] = "content-type", v1[] = "application/json";
 	struct obr_header h[] = { { n1, v1 } };
 	struct obr_aws_entry e1 = { "{\"a\":\"b\\\\c\"}\n\x01", 0, "k1", "p1", h, 1 };
@@ -338,29 +338,29 @@ static void test_sqs_batch_body_standard(void)
 	CHECK(json_object_object_get_ex(first, "MessageBody", &body));
 	int same = !strcmp(json_object_get_string(body), "{\"a\":\"b\\\\c\"}\n\x01");
 	json_object_put(o);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 	CHECK(same);
 }
 
 static void test_sqs_batch_body_fifo(void)
 {
-	struct strbuf b;
-	strbuf_init(&b, 1 << 20);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 1 << 20);
 	struct obr_aws_entry e = { "x", 1, "key-1", "group-1", NULL, 0 };
 	const struct obr_aws_entry *es[] = { &e };
 	CHECK_INT_EQ(obr_aws_build_sqs_batch(&b, "https://h/1/q.fifo", true, es, 1), 0);
 	CHECK(strstr(b.data, ",\"MessageGroupId\":\"group-1\",\"MessageDeduplicationId\":\"key-1\"}]}") != NULL);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 	/* a body over the buffer's cap fails instead of truncating */
-	strbuf_init(&b, 64);
+	obr_strbuf_init(&b, 64);
 	CHECK_INT_EQ(obr_aws_build_sqs_batch(&b, "https://h/1/q.fifo", true, es, 1), -1);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 static void test_sns_batch_body(void)
 {
-	struct strbuf b;
-	strbuf_init(&b, 1 << 20);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 1 << 20);
 	char n1[] = "a.b", v1[] = "x&y=z %";
 	struct obr_header h[] = { { n1, v1 } };
 	struct obr_aws_entry e1 = { "hi there\xc3\xa9~", 0, "k1", "p1", h, 1 };
@@ -387,10 +387,10 @@ static void test_sns_batch_body(void)
 	             "&PublishBatchRequestEntries.member.2.MessageAttributes.entry.1.Value.StringValue=k2"
 	             "&PublishBatchRequestEntries.member.2.MessageGroupId=p2"
 	             "&PublishBatchRequestEntries.member.2.MessageDeduplicationId=k2");
-	strbuf_reset(&b);
+	obr_strbuf_reset(&b);
 	CHECK_INT_EQ(obr_aws_build_sns_batch(&b, "arn:aws:sns:eu-west-1:1:t", false, es, 1), 0);
 	CHECK(strstr(b.data, "MessageGroupId") == NULL && strstr(b.data, "MessageDeduplicationId") == NULL);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 /* ---- results ---- */
@@ -571,17 +571,17 @@ static void test_utf8_and_characters(void)
 
 static void test_encoders(void)
 {
-	struct strbuf b;
-	strbuf_init(&b, 1024);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 1024);
 	obr_json_string(&b, "a\"b\\c\x1f\x7f\xc3\xa9", 9);
 	CHECK_STR_EQ(b.data, "\"a\\\"b\\\\c\\u001f\x7f\xc3\xa9\"");
-	strbuf_reset(&b);
+	obr_strbuf_reset(&b);
 	obr_json_string(&b, "with\0nul", 8);
 	CHECK_STR_EQ(b.data, "\"with\\u0000nul\"");
-	strbuf_reset(&b);
+	obr_strbuf_reset(&b);
 	obr_form_encode(&b, "AZaz09-_.~ +/=&%\xc3\xa9", 18);
 	CHECK_STR_EQ(b.data, "AZaz09-_.~%20%2B%2F%3D%26%25%C3%A9");
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 int main(int argc, char **argv)

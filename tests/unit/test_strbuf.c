@@ -9,30 +9,30 @@
 
 static void test_array_literal_quoting(void)
 {
-	struct strbuf b;
+	struct obr_strbuf b;
 	size_t n = 0;
-	strbuf_init(&b, 1024);
-	strbuf_puts(&b, "{");
+	obr_strbuf_init(&b, 1024);
+	obr_strbuf_puts(&b, "{");
 	const char *elems[] = { "plain", "with \"quotes\"", "back\\slash", "{braces},comma", "", NULL };
 	for (size_t i = 0; i < sizeof(elems) / sizeof(elems[0]); i++) {
-		strbuf_array_sep(&b, &n);
-		strbuf_array_elem(&b, elems[i]);
+		obr_strbuf_array_sep(&b, &n);
+		obr_strbuf_array_elem(&b, elems[i]);
 	}
-	strbuf_puts(&b, "}");
+	obr_strbuf_puts(&b, "}");
 	CHECK(!b.failed);
 	CHECK_STR_EQ(b.data, "{\"plain\",\"with \\\"quotes\\\"\",\"back\\\\slash\",\"{braces},comma\",\"\",NULL}");
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 static void test_cap_fails_instead_of_growing(void)
 {
-	struct strbuf b;
-	strbuf_init(&b, 8);
-	strbuf_puts(&b, "1234567");
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 8);
+	obr_strbuf_puts(&b, "1234567");
 	CHECK(!b.failed);
-	strbuf_puts(&b, "8");
+	obr_strbuf_puts(&b, "8");
 	CHECK(b.failed);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 static void test_utf8_sanitize(void)

@@ -135,24 +135,24 @@ static void fmt_double(char *buf, size_t cap, double v)
 	}
 }
 
-static void family(struct strbuf *b, const char *name, const char *type, const char *help)
+static void family(struct obr_strbuf *b, const char *name, const char *type, const char *help)
 {
-	strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	obr_strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void sample_u64(struct strbuf *b, const char *name, const char *labels, uint64_t v)
+static void sample_u64(struct obr_strbuf *b, const char *name, const char *labels, uint64_t v)
 {
-	strbuf_printf(b, "%s%s %" PRIu64 "\n", name, labels ? labels : "", v);
+	obr_strbuf_printf(b, "%s%s %" PRIu64 "\n", name, labels ? labels : "", v);
 }
 
-static void sample_double(struct strbuf *b, const char *name, const char *labels, double v)
+static void sample_double(struct obr_strbuf *b, const char *name, const char *labels, double v)
 {
 	char num[40];
 	fmt_double(num, sizeof(num), v);
-	strbuf_printf(b, "%s%s %s\n", name, labels ? labels : "", num);
+	obr_strbuf_printf(b, "%s%s %s\n", name, labels ? labels : "", num);
 }
 
-static void by_kind(struct strbuf *b, const char *name, const uint64_t *values)
+static void by_kind(struct obr_strbuf *b, const char *name, const uint64_t *values)
 {
 	for (int k = 0; k < OBR_DEST_KINDS; k++) {
 		char labels[64];
@@ -161,13 +161,13 @@ static void by_kind(struct strbuf *b, const char *name, const uint64_t *values)
 	}
 }
 
-int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct strbuf *out)
+int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_strbuf *out)
 {
 	family(out, "outbox_relay_up", "gauge", "1 while the relay process serves this endpoint");
 	sample_u64(out, "outbox_relay_up", NULL, 1);
 	family(out, "outbox_relay_info", "gauge", "Build information (always 1)");
 	/* OBR_VERSION is ours (meson's project version): no label escaping needed */
-	strbuf_printf(out, "outbox_relay_info{version=\"%s\"} 1\n", OBR_VERSION);
+	obr_strbuf_printf(out, "outbox_relay_info{version=\"%s\"} 1\n", OBR_VERSION);
 	family(out, "outbox_relay_ready", "gauge",
 	       "1 when the database connections are up and, in listen mode, LISTEN is active");
 	sample_u64(out, "outbox_relay_ready", NULL, ready ? 1 : 0);
@@ -297,15 +297,15 @@ static void serve_metrics(struct obr_admin *a, struct evhttp_request *req)
 	char why[256];
 	bool ready = obr_relay_ready(a->relay, why, sizeof(why));
 	const struct obr_relay_stats *st = obr_relay_stats(a->relay);
-	struct strbuf b;
-	strbuf_init(&b, OBR_METRICS_MAX_BYTES);
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, OBR_METRICS_MAX_BYTES);
 	if (obr_metrics_format(st, ready, &b)) {
-		log_error("could not build the /metrics answer: over %u bytes or out of memory", OBR_METRICS_MAX_BYTES);
+		obr_log_error("could not build the /metrics answer: over %u bytes or out of memory", OBR_METRICS_MAX_BYTES);
 		evhttp_send_error(req, 500, "metrics unavailable");
 	} else {
 		reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
 	}
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -438,7 +438,7 @@ struct obr_admin *obr_admin_new(struct event_base *base, const char *listen_addr
 		snprintf(err, errlen, "could not serve HTTP on OUTBOX_LISTEN_ADDR \"%s\"", listen_addr);
 		goto fail;
 	}
-	log_info("serving /health, /ready and /metrics on %s (port %u)", listen_addr, a->port);
+	obr_log_info("serving /health, /ready and /metrics on %s (port %u)", listen_addr, a->port);
 	return a;
 fail:
 	obr_admin_free(a);

@@ -43,6 +43,6 @@ void obr_admin_free(struct obr_admin *admin);
 /* Appends the /metrics document for st to out (a pure function: no I/O, no clock).
  * ready: the value of outbox_relay_ready. Returns 0, or -1 when out overflowed its cap or
  * memory ran out (out->failed). */
-int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct strbuf *out);
+int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_strbuf *out);
 
 #endif

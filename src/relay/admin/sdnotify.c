@@ -24,12 +24,12 @@ int obr_sd_notify(const char *state)
 	sa.sun_family = AF_UNIX;
 	size_t len = strlen(path);
 	if (path[0] != '/' && path[0] != '@') {
-		log_warn("cannot notify systemd: NOTIFY_SOCKET \"%.108s\" is neither an absolute path nor an abstract socket name",
+		obr_log_warn("cannot notify systemd: NOTIFY_SOCKET \"%.108s\" is neither an absolute path nor an abstract socket name",
 		         path);
 		return -1;
 	}
 	if (len >= sizeof(sa.sun_path)) {
-		log_warn("cannot notify systemd: NOTIFY_SOCKET is longer than a unix socket address (%zu bytes)",
+		obr_log_warn("cannot notify systemd: NOTIFY_SOCKET is longer than a unix socket address (%zu bytes)",
 		         sizeof(sa.sun_path) - 1);
 		return -1;
 	}
@@ -42,7 +42,7 @@ int obr_sd_notify(const char *state)
 
 	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0) {
-		log_warn("cannot notify systemd (%s): socket: %s", state, strerror(errno));
+		obr_log_warn("cannot notify systemd (%s): socket: %s", state, strerror(errno));
 		return -1;
 	}
 	size_t n = strlen(state);
@@ -50,10 +50,10 @@ int obr_sd_notify(const char *state)
 	int saved = errno;
 	close(fd);
 	if (sent < 0 || (size_t)sent != n) {
-		log_warn("cannot notify systemd (%s) on %s: %s", state, path, sent < 0 ? strerror(saved) : "short write");
+		obr_log_warn("cannot notify systemd (%s) on %s: %s", state, path, sent < 0 ? strerror(saved) : "short write");
 		return -1;
 	}
-	log_debug("notified systemd: %s", state);
+	obr_log_debug("notified systemd: %s", state);
 	return 1;
 }
 

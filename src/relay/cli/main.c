@@ -69,15 +69,15 @@ static void reload(struct daemon_ctx *d)
 {
 	char err[1024];
 	if (d->cfg->log_file && obr_log_open_file(d->cfg->log_file))
-		log_error("could not reopen OUTBOX_LOG_FILE \"%s\": %m", d->cfg->log_file);
+		obr_log_error("could not reopen OUTBOX_LOG_FILE \"%s\": %m", d->cfg->log_file);
 	if (d->cfg->config_file) {
 		if (obr_config_reload(d->cfg, err, sizeof(err))) {
-			log_error("SIGHUP: configuration not reloaded: %s", err);
+			obr_log_error("SIGHUP: configuration not reloaded: %s", err);
 			return;
 		}
 		obr_log_configure((enum obr_log_level)d->cfg->log_level, (enum obr_log_format)d->cfg->log_format);
 	}
-	log_info("SIGHUP: log reopened%s", d->cfg->config_file ? ", log level and format reloaded" : "");
+	obr_log_info("SIGHUP: log reopened%s", d->cfg->config_file ? ", log level and format reloaded" : "");
 }
 
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
@@ -93,7 +93,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	if (++d->signals > 1) {
-		log_warn("second signal: exiting now");
+		obr_log_warn("second signal: exiting now");
 		event_base_loopbreak(d->base);
 		return;
 	}
@@ -122,7 +122,7 @@ static int run(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-		log_error("could not initialise libcurl");
+		obr_log_error("could not initialise libcurl");
 		obr_config_free(&cfg);
 		return 1;
 	}
@@ -135,7 +135,7 @@ static int run(int argc, char **argv)
 		goto out;
 	d.relay = obr_relay_new(d.base, &cfg);
 	if (!d.relay) {
-		log_error("could not create the relay (out of memory?)");
+		obr_log_error("could not create the relay (out of memory?)");
 		goto out;
 	}
 	int signums[] = { SIGTERM, SIGINT, SIGHUP };
@@ -148,7 +148,7 @@ static int run(int argc, char **argv)
 		/* before connecting: a port in use is a configuration error, reported at once */
 		admin = obr_admin_new(d.base, cfg.listen_addr, d.relay, err, sizeof(err));
 		if (!admin) {
-			log_error("%s", err);
+			obr_log_error("%s", err);
 			goto out;
 		}
 	}
@@ -164,7 +164,7 @@ static int run(int argc, char **argv)
 	if (obr_relay_start(d.relay))
 		goto out;
 	event_base_dispatch(d.base);
-	log_info("outbox-relay stopped");
+	obr_log_info("outbox-relay stopped");
 	rc = 0;
 out:
 	for (int i = 0; i < 3; i++)

@@ -24,7 +24,7 @@ static int exec_ok(PGconn *conn, const char *sql, const char *what)
 		char msg[2048];
 		snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
 		obr_trim_end(msg, " \n");
-		log_error("migrate: %s failed: %s", what, msg);
+		obr_log_error("migrate: %s failed: %s", what, msg);
 		PQclear(res);
 		return -1;
 	}
@@ -48,13 +48,13 @@ static int check_compatible(PGconn *conn)
 		"  'created_at','process_after','processed_at','last_error','retry_after','dead_at','sent_destinations')";
 	PGresult *res = PQexec(conn, sql);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		log_error("migrate: could not inspect table outbox: %s", PQresultErrorMessage(res));
+		obr_log_error("migrate: could not inspect table outbox: %s", PQresultErrorMessage(res));
 		PQclear(res);
 		return -1;
 	}
 	int bad = PQntuples(res);
 	for (int i = 0; i < bad; i++)
-		log_error("migrate: table outbox exists but column %s has type %s, which outbox-relay cannot use",
+		obr_log_error("migrate: table outbox exists but column %s has type %s, which outbox-relay cannot use",
 		          PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
 	PQclear(res);
 	return bad ? -1 : 0;
@@ -66,7 +66,7 @@ int obr_migrate(const char *conninfo)
 	int applied = 0;
 	char bad[512];
 	if (obr_conninfo_check(conninfo, bad, sizeof(bad))) {
-		log_error("migrate: %s", bad);
+		obr_log_error("migrate: %s", bad);
 		return 2;
 	}
 	PGconn *conn = PQconnectdb(conninfo);
@@ -74,7 +74,7 @@ int obr_migrate(const char *conninfo)
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(conn));
 		obr_trim_end(msg, " \n");
-		log_error("migrate: could not connect to the database: %s", msg);
+		obr_log_error("migrate: could not connect to the database: %s", msg);
 		PQfinish(conn);
 		return 1;
 	}
@@ -97,7 +97,7 @@ int obr_migrate(const char *conninfo)
 		PGresult *res = PQexecParams(conn, "SELECT 1 FROM outbox_relay_schema_version WHERE version = $1::int", 1,
 		                             NULL, params, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-			log_error("migrate: could not read outbox_relay_schema_version: %s", PQresultErrorMessage(res));
+			obr_log_error("migrate: could not read outbox_relay_schema_version: %s", PQresultErrorMessage(res));
 			PQclear(res);
 			goto out;
 		}
@@ -112,17 +112,17 @@ int obr_migrate(const char *conninfo)
 		res = PQexecParams(conn, "INSERT INTO outbox_relay_schema_version (version, name) VALUES ($1::int, $2)", 2,
 		                   NULL, params, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-			log_error("migrate: could not record migration %s: %s", m->name, PQresultErrorMessage(res));
+			obr_log_error("migrate: could not record migration %s: %s", m->name, PQresultErrorMessage(res));
 			PQclear(res);
 			goto out;
 		}
 		PQclear(res);
-		log_info("migrate: applied %s", m->name);
+		obr_log_info("migrate: applied %s", m->name);
 		applied++;
 	}
 	if (exec_ok(conn, "COMMIT", "COMMIT"))
 		goto out;
-	log_info("migrate: schema is at version %d (%d migrations applied now)",
+	obr_log_info("migrate: schema is at version %d (%d migrations applied now)",
 	         obr_migration_count ? obr_migrations[obr_migration_count - 1].version : 0, applied);
 	rc = 0;
 out:

@@ -114,7 +114,7 @@ static void schedule_reconnect(struct obr_pg *pg, const char *why)
 	/* exponential backoff with full jitter in [backoff/2, backoff] */
 	int delay = pg->backoff_ms / 2 + (int)(random() % (pg->backoff_ms / 2 + 1));
 	pg->backoff_ms = pg->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : pg->backoff_ms * 2;
-	log_warn("%s connection lost, reconnecting in %d ms: %s", pg->name, delay, why);
+	obr_log_warn("%s connection lost, reconnecting in %d ms: %s", pg->name, delay, why);
 	struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
 	evtimer_add(pg->retry, &tv);
 }
@@ -162,9 +162,9 @@ static void setup_done(struct obr_pg *pg)
 	pg->state = PG_READY;
 	pg->backoff_ms = BACKOFF_MIN_MS;
 	if (pg->ever_connected)
-		log_info("%s connection re-established", pg->name);
+		obr_log_info("%s connection re-established", pg->name);
 	else
-		log_debug("%s connection established", pg->name);
+		obr_log_debug("%s connection established", pg->name);
 	pg->ever_connected = true;
 	watch(pg, EV_READ);
 	if (pg->cb.connected)
@@ -310,9 +310,9 @@ static void on_notice(void *arg, const PGresult *res)
 	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 	if (severity && (!strcmp(severity, "NOTICE") || !strcmp(severity, "INFO") || !strcmp(severity, "LOG") ||
 	                 !strncmp(severity, "DEBUG", 5)))
-		log_debug("%s connection: server says: %s", pg->name, msg);
+		obr_log_debug("%s connection: server says: %s", pg->name, msg);
 	else
-		log_warn("%s connection: server says: %s", pg->name, msg);
+		obr_log_warn("%s connection: server says: %s", pg->name, msg);
 }
 
 static void start_connect(struct obr_pg *pg)

@@ -382,7 +382,7 @@ static void want_advance(struct obr_relay *r, struct part *p)
 	if (p->in_advance_set)
 		return;
 	if (vec_push(&r->advance_set, p)) {
-		log_error("out of memory");
+		obr_log_error("out of memory");
 		return;
 	}
 	p->in_advance_set = true;
@@ -412,7 +412,7 @@ static void on_notify(void *arg, const char *channel, const char *payload)
 	if (r->stopping)
 		return;
 	if (!normalize_key(payload, key)) {
-		log_warn("ignoring notification on channel %s: payload \"%.64s\" is not a partition key", channel, payload);
+		obr_log_warn("ignoring notification on channel %s: payload \"%.64s\" is not a partition key", channel, payload);
 		return;
 	}
 	struct part *p = part_get(r, key);
@@ -458,7 +458,7 @@ static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool
 {
 	struct mark *m = calloc(1, sizeof(*m));
 	if (!m) {
-		log_error("out of memory recording the result of row %s", d->row->key);
+		obr_log_error("out of memory recording the result of row %s", d->row->key);
 		return;
 	}
 	m->part = d->part;
@@ -467,19 +467,19 @@ static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool
 	m->park = park;
 	m->counted = counted;
 	if (!success) {
-		struct strbuf sent;
+		struct obr_strbuf sent;
 		size_t count = 0;
-		strbuf_init(&sent, 4096);
-		strbuf_puts(&sent, "{");
+		obr_strbuf_init(&sent, 4096);
+		obr_strbuf_puts(&sent, "{");
 		for (int i = 0; i < d->plan.ndests; i++) {
 			if (d->ok && d->ok[i]) {
-				strbuf_array_sep(&sent, &count);
-				strbuf_printf(&sent, "%d", d->plan.dests[i].index);
+				obr_strbuf_array_sep(&sent, &count);
+				obr_strbuf_printf(&sent, "%d", d->plan.dests[i].index);
 			}
 		}
-		strbuf_puts(&sent, "}");
+		obr_strbuf_puts(&sent, "}");
 		m->sent = sent.failed ? strdup("{}") : strdup(sent.data);
-		strbuf_free(&sent);
+		obr_strbuf_free(&sent);
 		m->error = strdup(error ? error : "unknown error");
 		if (m->error)
 			obr_utf8_sanitize(m->error); /* answers and row data may be any bytes, cut anywhere */
@@ -490,7 +490,7 @@ static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool
 		free(m->sent);
 		free(m->error);
 		free(m);
-		log_error("out of memory recording the result of row %s", d->row->key);
+		obr_log_error("out of memory recording the result of row %s", d->row->key);
 		return;
 	}
 	d->finished = true;
@@ -532,7 +532,7 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 	if (!d->error[0]) {
 		r->stats.rows_delivered++;
 		record_latency(r, row->created_ms);
-		log_debug("delivered row %s partition %s", row->key, d->part->key);
+		obr_log_debug("delivered row %s partition %s", row->key, d->part->key);
 		add_mark(r, d, true, false, true, NULL);
 		return;
 	}
@@ -545,10 +545,10 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 				r->stats.parked[d->plan.dests[i].kind]++;
 				break;
 			}
-		log_warn("parking row %s partition %s after %ld attempts%s: %s", row->key, d->part->key, attempts,
+		obr_log_warn("parking row %s partition %s after %ld attempts%s: %s", row->key, d->part->key, attempts,
 		         d->permanent ? " (permanent error)" : "", d->error);
 	} else {
-		log_warn("delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
+		obr_log_warn("delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
 		         d->part->key, attempts, (long)r->cfg->failure_limit, d->error);
 	}
 	add_mark(r, d, false, park, true, d->error);
@@ -578,7 +578,7 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 
 	struct delivery *d = calloc(1, sizeof(*d));
 	if (!d) {
-		log_error("out of memory delivering row %s", row->key);
+		obr_log_error("out of memory delivering row %s", row->key);
 		row_free(row);
 		return;
 	}
@@ -591,7 +591,7 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 	if (obr_plan_parse(&d->plan, row->key, row->destinations, row->headers, row->sent, NULL, err, sizeof(err))) {
 		obr_utf8_sanitize(err);
 		r->stats.parked_malformed++;
-		log_warn("parking malformed row %s partition %s: %s", row->key, p->key, err);
+		obr_log_warn("parking malformed row %s partition %s: %s", row->key, p->key, err);
 		add_mark(r, d, false, true, false, err);
 		return;
 	}
@@ -704,7 +704,7 @@ static void take_heads(struct obr_relay *r, const PGresult *res, bool from_claim
 			continue;
 
 		if (!strcmp(lease, "lost")) {
-			log_warn("lease on partition %s was lost to another instance", key);
+			obr_log_warn("lease on partition %s was lost to another instance", key);
 			drop_queue(p);
 			set_state(r, p, P_IDLE);
 			/* or lost in a database crash (claims commit asynchronously): nobody holds it then,
@@ -792,7 +792,7 @@ static void batch_free(struct batch *b)
 
 static void statement_error(const char *what, const char *err)
 {
-	log_warn("%s statement failed, will retry: %s", what, err ? err : "connection lost");
+	obr_log_warn("%s statement failed, will retry: %s", what, err ? err : "connection lost");
 }
 
 static void on_claim_result(void *arg, const PGresult *res, const char *err)
@@ -875,14 +875,14 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 		/* the database refused the statement: back off, and write results one at a time so
 		 * one bad result cannot hold back the others; a result that keeps failing alone is
 		 * given up (its row stays pending and is delivered again) */
-		log_error("could not record %zu delivery results, backing off %d ms: %s", b->parts.len,
+		obr_log_error("could not record %zu delivery results, backing off %d ms: %s", b->parts.len,
 		          r->complete_backoff_ms, err);
 		bool alone = b->parts.len == 1;
 		for (size_t i = 0; i < b->parts.len; i++) {
 			struct mark *m = b->parts.items[i];
 			if (alone && ++m->failures >= COMPLETE_MAX_FAILURES) {
 				struct part *p = m->part;
-				log_error("giving up recording the result of row %s partition %s; it will be delivered again",
+				obr_log_error("giving up recording the result of row %s partition %s; it will be delivered again",
 				          m->key, p->key);
 				delivery_free(p->current);
 				p->current = NULL;
@@ -980,7 +980,7 @@ static void on_scan_result(void *arg, const PGresult *res, const char *err)
 		r->first_scan_done = true;
 		if (r->cfg->mode == OBR_MODE_POLL && !r->ready_logged) {
 			r->ready_logged = true;
-			log_info("relay ready: polling every %lld ms", (long long)r->cfg->poll_interval_ms);
+			obr_log_info("relay ready: polling every %lld ms", (long long)r->cfg->poll_interval_ms);
 			obr_sd_notify("READY=1");
 		}
 	}
@@ -1009,7 +1009,7 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 			for (int i = 0; i < n && !found; i++)
 				found = !strcmp(PQgetvalue(res, i, 0), p->key);
 			if (!found && !p->lost) {
-				log_warn("lease on partition %s expired and was taken over; its fetched rows are dropped", p->key);
+				obr_log_warn("lease on partition %s expired and was taken over; its fetched rows are dropped", p->key);
 				p->lost = true;
 				drop_queue(p);
 				if (!p->current) {
@@ -1051,7 +1051,7 @@ static void on_retention_result(void *arg, const PGresult *res, const char *err)
 	long long leases = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
 	r->stats.retention_deleted += (uint64_t)rows;
 	if (rows || leases)
-		log_debug("retention deleted %lld processed rows and %lld released leases", rows, leases);
+		obr_log_debug("retention deleted %lld processed rows and %lld released leases", rows, leases);
 	/* a full batch: more is waiting; the next batch goes after whatever else is due */
 	if (got && (rows >= r->cfg->retention_batch || leases >= r->cfg->retention_batch))
 		r->retention_wanted = true;
@@ -1063,9 +1063,9 @@ static void on_release_all_result(void *arg, const PGresult *res, const char *er
 	struct obr_relay *r = arg;
 	r->statement_running = false;
 	if (!res || err)
-		log_warn("could not release leases at shutdown (they expire by themselves): %s", err ? err : "connection lost");
+		obr_log_warn("could not release leases at shutdown (they expire by themselves): %s", err ? err : "connection lost");
 	else
-		log_info("released %s leases", PQcmdTuples((PGresult *)(uintptr_t)res));
+		obr_log_info("released %s leases", PQcmdTuples((PGresult *)(uintptr_t)res));
 	r->released_all = true;
 	event_base_loopbreak(r->base);
 }
@@ -1074,17 +1074,17 @@ static void on_release_all_result(void *arg, const PGresult *res, const char *er
 
 static char *uuid_array(struct part **parts, size_t n)
 {
-	struct strbuf b;
-	strbuf_init(&b, MAX_STATEMENT_BYTES);
-	strbuf_puts(&b, "{");
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, MAX_STATEMENT_BYTES);
+	obr_strbuf_puts(&b, "{");
 	for (size_t i = 0; i < n; i++) {
 		if (i)
-			strbuf_puts(&b, ",");
-		strbuf_append(&b, parts[i]->key, KEY_LEN);
+			obr_strbuf_puts(&b, ",");
+		obr_strbuf_append(&b, parts[i]->key, KEY_LEN);
 	}
-	strbuf_puts(&b, "}");
+	obr_strbuf_puts(&b, "}");
 	if (b.failed) {
-		strbuf_free(&b);
+		obr_strbuf_free(&b);
 		return NULL;
 	}
 	return b.data;
@@ -1102,31 +1102,31 @@ static bool send_heads_statement(struct obr_relay *r, struct obr_pg *pg, const c
 
 static bool send_complete(struct obr_relay *r, size_t limit)
 {
-	struct strbuf done, keys, errs, delays, parks, sents, counted;
+	struct obr_strbuf done, keys, errs, delays, parks, sents, counted;
 	size_t nd = 0, nf = 0;
 	struct batch *b = batch_new(r);
 	if (!b)
 		return false;
-	strbuf_init(&done, MAX_STATEMENT_BYTES);
-	strbuf_init(&keys, MAX_STATEMENT_BYTES);
-	strbuf_init(&errs, MAX_STATEMENT_BYTES);
-	strbuf_init(&delays, MAX_STATEMENT_BYTES);
-	strbuf_init(&parks, MAX_STATEMENT_BYTES);
-	strbuf_init(&sents, MAX_STATEMENT_BYTES);
-	strbuf_init(&counted, MAX_STATEMENT_BYTES);
-	struct strbuf *all[] = { &done, &keys, &errs, &delays, &parks, &sents, &counted };
+	obr_strbuf_init(&done, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&keys, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&errs, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&delays, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&parks, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&sents, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&counted, MAX_STATEMENT_BYTES);
+	struct obr_strbuf *all[] = { &done, &keys, &errs, &delays, &parks, &sents, &counted };
 	for (size_t i = 0; i < 7; i++)
-		strbuf_puts(all[i], "{");
+		obr_strbuf_puts(all[i], "{");
 
 	/* partitions these results leave with nothing fetched, and that had fewer rows than a
 	 * batch (so probably nothing more): advanced in the same statement, which saves a round
 	 * trip when rows arrive one at a time. A partition that had a full batch goes to the
 	 * advance statement, which fetches for many partitions at once and keeps these results
 	 * cheap while a backlog drains. Not after a retry (the row keeps its place as the head) */
-	struct strbuf adv;
+	struct obr_strbuf adv;
 	size_t na = 0;
-	strbuf_init(&adv, MAX_STATEMENT_BYTES);
-	strbuf_puts(&adv, "{");
+	obr_strbuf_init(&adv, MAX_STATEMENT_BYTES);
+	obr_strbuf_puts(&adv, "{");
 
 	size_t take = r->marks.len < limit ? r->marks.len : limit;
 	for (size_t i = 0; i < take; i++) {
@@ -1135,39 +1135,39 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 		m->advance = (m->success || m->park) && !p->queue && !p->fetched_full && !p->lost && !r->stopping &&
 		             p->state == P_HELD;
 		if (m->advance) {
-			strbuf_array_sep(&adv, &na);
-			strbuf_append(&adv, p->key, KEY_LEN);
+			obr_strbuf_array_sep(&adv, &na);
+			obr_strbuf_append(&adv, p->key, KEY_LEN);
 		}
 		if (m->success) {
-			strbuf_array_sep(&done, &nd);
-			strbuf_puts(&done, m->key);
+			obr_strbuf_array_sep(&done, &nd);
+			obr_strbuf_puts(&done, m->key);
 		} else {
 			size_t c = nf;
-			strbuf_array_sep(&keys, &c);
-			strbuf_puts(&keys, m->key);
+			obr_strbuf_array_sep(&keys, &c);
+			obr_strbuf_puts(&keys, m->key);
 			c = nf;
-			strbuf_array_sep(&errs, &c);
-			strbuf_array_elem(&errs, m->error);
+			obr_strbuf_array_sep(&errs, &c);
+			obr_strbuf_array_elem(&errs, m->error);
 			c = nf;
-			strbuf_array_sep(&delays, &c);
-			strbuf_printf(&delays, "%lld", (long long)m->delay_ms);
+			obr_strbuf_array_sep(&delays, &c);
+			obr_strbuf_printf(&delays, "%lld", (long long)m->delay_ms);
 			c = nf;
-			strbuf_array_sep(&parks, &c);
-			strbuf_puts(&parks, m->park ? "t" : "f");
+			obr_strbuf_array_sep(&parks, &c);
+			obr_strbuf_puts(&parks, m->park ? "t" : "f");
 			c = nf;
-			strbuf_array_sep(&sents, &c);
-			strbuf_array_elem(&sents, m->sent);
-			strbuf_array_sep(&counted, &nf);
-			strbuf_puts(&counted, m->counted ? "t" : "f");
+			obr_strbuf_array_sep(&sents, &c);
+			obr_strbuf_array_elem(&sents, m->sent);
+			obr_strbuf_array_sep(&counted, &nf);
+			obr_strbuf_puts(&counted, m->counted ? "t" : "f");
 		}
 		vec_push(&b->parts, m);
 	}
 	bool failed = false;
 	for (size_t i = 0; i < 7; i++) {
-		strbuf_puts(all[i], "}");
+		obr_strbuf_puts(all[i], "}");
 		failed |= all[i]->failed;
 	}
-	strbuf_puts(&adv, "}");
+	obr_strbuf_puts(&adv, "}");
 	failed |= adv.failed;
 	bool ok = false;
 	if (!failed && b->parts.len == take) {
@@ -1177,8 +1177,8 @@ static bool send_complete(struct obr_relay *r, size_t limit)
 		                  params, on_complete_result, b) == 0;
 	}
 	for (size_t i = 0; i < 7; i++)
-		strbuf_free(all[i]);
-	strbuf_free(&adv);
+		obr_strbuf_free(all[i]);
+	obr_strbuf_free(&adv);
 	if (ok) {
 		memmove(r->marks.items, r->marks.items + take, (r->marks.len - take) * sizeof(void *));
 		r->marks.len -= take;
@@ -1416,7 +1416,7 @@ static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
 static void on_hard_stop(evutil_socket_t fd, short what, void *arg)
 {
 	struct obr_relay *r = arg;
-	log_warn("exiting with %zu delivery results not recorded: their rows will be delivered again", r->marks.len);
+	obr_log_warn("exiting with %zu delivery results not recorded: their rows will be delivered again", r->marks.len);
 	event_base_loopbreak(r->base);
 }
 
@@ -1437,7 +1437,7 @@ static void check_ready(struct obr_relay *r)
 		return;
 	if (r->listen_ready && obr_pg_is_up(r->work_pg) && obr_pg_is_up(r->claim_pg)) {
 		r->ready_logged = true;
-		log_info("relay ready: listening on channel %s, instance %s", r->cfg->channel, r->lock_id);
+		obr_log_info("relay ready: listening on channel %s, instance %s", r->cfg->channel, r->lock_id);
 		obr_sd_notify("READY=1");
 	}
 }
@@ -1541,7 +1541,7 @@ static void on_grace(evutil_socket_t fd, short what, void *arg)
 	struct obr_relay *r = arg;
 	int n = obr_http_in_flight(r->http) + obr_aws_in_flight(r->aws);
 	if (n > 0)
-		log_warn("shutdown grace period over: abandoning %d requests in flight (their rows will be sent again)", n);
+		obr_log_warn("shutdown grace period over: abandoning %d requests in flight (their rows will be sent again)", n);
 	obr_aws_abort_all(r->aws);
 	obr_http_abort_all(r->http);
 	/* the abandoned rows have no result to write */
@@ -1555,7 +1555,7 @@ static void on_grace(evutil_socket_t fd, short what, void *arg)
 		}
 	}
 	if (!obr_pg_is_up(r->work_pg)) {
-		log_warn("database unreachable at shutdown: leases expire by themselves");
+		obr_log_warn("database unreachable at shutdown: leases expire by themselves");
 		event_base_loopbreak(r->base);
 		return;
 	}
@@ -1569,7 +1569,7 @@ void obr_relay_shutdown(struct obr_relay *r)
 	if (r->stopping)
 		return;
 	r->stopping = true;
-	log_info("shutting down: %d rows in flight, grace period %lld ms", r->active, (long long)r->cfg->shutdown_grace_ms);
+	obr_log_info("shutting down: %d rows in flight, grace period %lld ms", r->active, (long long)r->cfg->shutdown_grace_ms);
 	for (size_t i = 0; i < r->claim_set.len; i++) {
 		struct part *p = r->claim_set.items[i];
 		p->in_claim_set = false;
@@ -1606,12 +1606,12 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 		                         .tls_verify = cfg->tls_verify,
 		                         .deny_private = cfg->deny_private_addresses };
 	if (!cfg->tls_verify)
-		log_warn("OUTBOX_TLS_VERIFY is off: HTTPS certificates and host names are not checked");
+		obr_log_warn("OUTBOX_TLS_VERIFY is off: HTTPS certificates and host names are not checked");
 	r->http = obr_http_new(base, &hopt);
 	char aws_err[256];
 	r->aws = r->http ? obr_aws_new(base, r->http, aws_err, sizeof(aws_err)) : NULL;
 	if (r->http && !r->aws) {
-		log_error("%s", aws_err);
+		obr_log_error("%s", aws_err);
 		goto fail;
 	}
 	r->kick_ev = event_new(base, -1, 0, on_kick, r);
@@ -1704,7 +1704,7 @@ int obr_relay_start(struct obr_relay *r)
 	}
 	obr_pg_start(r->work_pg);
 	obr_pg_start(r->claim_pg);
-	log_info("outbox-relay %s starting: mode %s, instance %s", OBR_VERSION, obr_mode_name(r->cfg->mode), r->lock_id);
+	obr_log_info("outbox-relay %s starting: mode %s, instance %s", OBR_VERSION, obr_mode_name(r->cfg->mode), r->lock_id);
 	return 0;
 }
 

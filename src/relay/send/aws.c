@@ -262,9 +262,9 @@ static void on_batch_done(void *arg, const struct obr_http_result *res)
 	for (int i = 0; i < b->n; i++)
 		failed += !results[i].ok;
 	if (failed)
-		log_debug("%s batch of %d to %s: %d failed", svc, b->n, b->target, failed);
+		obr_log_debug("%s batch of %d to %s: %d failed", svc, b->n, b->target, failed);
 	else
-		log_debug("%s batch of %d to %s delivered", svc, b->n, b->target);
+		obr_log_debug("%s batch of %d to %s delivered", svc, b->n, b->target);
 	for (int i = 0; i < b->n; i++) {
 		report(b->msgs[i], &results[i], res->status);
 		msg_free(b->msgs[i]);
@@ -306,8 +306,8 @@ static void send_target(struct obr_aws *aws, struct target *t, const struct obr_
 		const struct obr_aws_entry *entries[OBR_AWS_MAX_BATCH];
 		for (int i = 0; i < b->n; i++)
 			entries[i] = &b->msgs[i]->entry;
-		struct strbuf body;
-		strbuf_init(&body, OBR_AWS_MAX_BODY);
+		struct obr_strbuf body;
+		obr_strbuf_init(&body, OBR_AWS_MAX_BODY);
 		int rc = t->kind == OBR_DEST_SNS ? obr_aws_build_sns_batch(&body, t->name, t->fifo, entries, b->n)
 		                                 : obr_aws_build_sqs_batch(&body, t->name, t->fifo, entries, b->n);
 		/* obr_header holds char *: header texts live in writable (never written) arrays */
@@ -348,7 +348,7 @@ static void send_target(struct obr_aws *aws, struct target *t, const struct obr_
 				           false);
 			free(b);
 		}
-		strbuf_free(&body);
+		obr_strbuf_free(&body);
 	}
 }
 

@@ -359,10 +359,10 @@ static int install(struct obr_aws_credentials *c, enum source src, struct obr_aw
 		schedule_refresh(c, delay);
 		char when[32];
 		format_time(c->cur.expires, when, sizeof(when));
-		log_info("AWS credentials from %s, temporary (expire %s, refresh in %ld s)", source_names[src], when, delay);
+		obr_log_info("AWS credentials from %s, temporary (expire %s, refresh in %ld s)", source_names[src], when, delay);
 	} else {
 		c->usable_until = 0;
-		log_info("AWS credentials from %s%s", source_names[src], c->cur.token ? " (with a session token)" : "");
+		obr_log_info("AWS credentials from %s%s", source_names[src], c->cur.token ? " (with a session token)" : "");
 	}
 	return 0;
 }
@@ -415,7 +415,7 @@ static void walk(struct obr_aws_credentials *c, enum source from)
 	int64_t now = monotonic_ms();
 	if ((strcmp(c->last_logged, c->error) != 0 && now - c->last_logged_ms >= 5000) ||
 	    now - c->last_logged_ms >= 60000) {
-		log_warn("%s", c->error);
+		obr_log_warn("%s", c->error);
 		snprintf(c->last_logged, sizeof(c->last_logged), "%s", c->error);
 		c->last_logged_ms = now;
 	}
@@ -427,11 +427,11 @@ static void refresh_failed(struct obr_aws_credentials *c, enum source src, const
 	if (c->have && c->cur.expires && now < c->usable_until) {
 		long left = (long)(c->usable_until - now);
 		long retry = left / 2 < 30 ? (left / 2 > 0 ? left / 2 : 1) : 30;
-		log_warn("refreshing AWS credentials from %s failed, current ones kept for %ld s more, retry in %ld s: %s",
+		obr_log_warn("refreshing AWS credentials from %s failed, current ones kept for %ld s more, retry in %ld s: %s",
 		         source_names[src], left, retry, why);
 		schedule_refresh(c, retry);
 	} else {
-		log_warn("refreshing AWS credentials from %s failed and they expired: %s", source_names[src], why);
+		obr_log_warn("refreshing AWS credentials from %s failed and they expired: %s", source_names[src], why);
 		c->have = false;
 		obr_aws_creds_clear(&c->cur);
 	}
@@ -555,13 +555,13 @@ static int start_web_identity(struct fetch *f, char *why, size_t whylen)
 		snprintf(session, sizeof(session), "%s", cfg->role_session_name);
 	else
 		snprintf(session, sizeof(session), "outbox-relay-%ld", (long)time(NULL));
-	struct strbuf b;
-	strbuf_init(&b, 4 * TOKEN_FILE_MAX);
-	strbuf_puts(&b, "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=");
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 4 * TOKEN_FILE_MAX);
+	obr_strbuf_puts(&b, "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=");
 	obr_form_encode(&b, cfg->role_arn, strlen(cfg->role_arn));
-	strbuf_puts(&b, "&RoleSessionName=");
+	obr_strbuf_puts(&b, "&RoleSessionName=");
 	obr_form_encode(&b, session, strlen(session));
-	strbuf_puts(&b, "&WebIdentityToken=");
+	obr_strbuf_puts(&b, "&WebIdentityToken=");
 	obr_form_encode(&b, token, strlen(token));
 	explicit_bzero(token, strlen(token));
 	free(token);
@@ -576,7 +576,7 @@ static int start_web_identity(struct fetch *f, char *why, size_t whylen)
 	}
 	if (b.data)
 		explicit_bzero(b.data, b.len);
-	strbuf_free(&b);
+	obr_strbuf_free(&b);
 	return rc;
 }
 
@@ -871,7 +871,7 @@ void obr_aws_credentials_invalidate(struct obr_aws_credentials *c)
 {
 	if (!c->have || !c->cur.expires)
 		return; /* long-term keys come back unchanged: nothing to fetch */
-	log_warn("AWS rejected the credentials from %s: fetching new ones", source_names[c->cur_src]);
+	obr_log_warn("AWS rejected the credentials from %s: fetching new ones", source_names[c->cur_src]);
 	c->have = false;
 	obr_aws_creds_clear(&c->cur);
 	evtimer_del(c->refresh_ev);

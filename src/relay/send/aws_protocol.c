@@ -441,9 +441,9 @@ bool obr_aws_chars_valid(const char *s, size_t len)
 	return true;
 }
 
-void obr_json_string(struct strbuf *b, const char *s, size_t len)
+void obr_json_string(struct obr_strbuf *b, const char *s, size_t len)
 {
-	strbuf_append(b, "\"", 1);
+	obr_strbuf_append(b, "\"", 1);
 	size_t run = 0; /* bytes copied as they are, appended in one go */
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)s[i];
@@ -451,20 +451,20 @@ void obr_json_string(struct strbuf *b, const char *s, size_t len)
 			run++;
 			continue;
 		}
-		strbuf_append(b, s + i - run, run);
+		obr_strbuf_append(b, s + i - run, run);
 		run = 0;
 		char esc[8];
 		if (c == '"' || c == '\\')
 			snprintf(esc, sizeof(esc), "\\%c", c);
 		else
 			snprintf(esc, sizeof(esc), "\\u%04x", c);
-		strbuf_puts(b, esc);
+		obr_strbuf_puts(b, esc);
 	}
-	strbuf_append(b, s + len - run, run);
-	strbuf_append(b, "\"", 1);
+	obr_strbuf_append(b, s + len - run, run);
+	obr_strbuf_append(b, "\"", 1);
 }
 
-void obr_form_encode(struct strbuf *b, const char *s, size_t len)
+void obr_form_encode(struct obr_strbuf *b, const char *s, size_t len)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	size_t run = 0;
@@ -474,66 +474,66 @@ void obr_form_encode(struct strbuf *b, const char *s, size_t len)
 			run++;
 			continue;
 		}
-		strbuf_append(b, s + i - run, run);
+		obr_strbuf_append(b, s + i - run, run);
 		run = 0;
 		char esc[3] = { '%', hex[c >> 4], hex[c & 15] };
-		strbuf_append(b, esc, 3);
+		obr_strbuf_append(b, esc, 3);
 	}
-	strbuf_append(b, s + len - run, run);
+	obr_strbuf_append(b, s + len - run, run);
 }
 
 /* ---- request bodies ---- */
 
-static void json_attr(struct strbuf *b, const char *name, const char *value)
+static void json_attr(struct obr_strbuf *b, const char *name, const char *value)
 {
 	obr_json_string(b, name, strlen(name));
-	strbuf_puts(b, ":{\"DataType\":\"String\",\"StringValue\":");
+	obr_strbuf_puts(b, ":{\"DataType\":\"String\",\"StringValue\":");
 	obr_json_string(b, value, strlen(value));
-	strbuf_puts(b, "}");
+	obr_strbuf_puts(b, "}");
 }
 
-int obr_aws_build_sqs_batch(struct strbuf *b, const char *queue_url, bool fifo,
+int obr_aws_build_sqs_batch(struct obr_strbuf *b, const char *queue_url, bool fifo,
                             const struct obr_aws_entry *const *entries, int n)
 {
-	strbuf_puts(b, "{\"QueueUrl\":");
+	obr_strbuf_puts(b, "{\"QueueUrl\":");
 	obr_json_string(b, queue_url, strlen(queue_url));
-	strbuf_puts(b, ",\"Entries\":[");
+	obr_strbuf_puts(b, ",\"Entries\":[");
 	for (int i = 0; i < n; i++) {
 		const struct obr_aws_entry *e = entries[i];
-		strbuf_printf(b, "%s{\"Id\":\"%d\",\"MessageBody\":", i ? "," : "", i);
+		obr_strbuf_printf(b, "%s{\"Id\":\"%d\",\"MessageBody\":", i ? "," : "", i);
 		obr_json_string(b, e->body, e->body_len);
-		strbuf_puts(b, ",\"MessageAttributes\":{");
+		obr_strbuf_puts(b, ",\"MessageAttributes\":{");
 		json_attr(b, IDEMPOTENT_ATTR, e->key);
 		for (int a = 0; a < e->nattrs; a++) {
-			strbuf_puts(b, ",");
+			obr_strbuf_puts(b, ",");
 			json_attr(b, e->attrs[a].name, e->attrs[a].value);
 		}
-		strbuf_puts(b, "}");
+		obr_strbuf_puts(b, "}");
 		if (fifo) {
-			strbuf_puts(b, ",\"MessageGroupId\":");
+			obr_strbuf_puts(b, ",\"MessageGroupId\":");
 			obr_json_string(b, e->group, strlen(e->group));
-			strbuf_puts(b, ",\"MessageDeduplicationId\":");
+			obr_strbuf_puts(b, ",\"MessageDeduplicationId\":");
 			obr_json_string(b, e->key, strlen(e->key));
 		}
-		strbuf_puts(b, "}");
+		obr_strbuf_puts(b, "}");
 	}
-	strbuf_puts(b, "]}");
+	obr_strbuf_puts(b, "]}");
 	return b->failed ? -1 : 0;
 }
 
-static void form_param(struct strbuf *b, const char *name, const char *value, size_t len)
+static void form_param(struct obr_strbuf *b, const char *name, const char *value, size_t len)
 {
-	strbuf_puts(b, "&");
-	strbuf_puts(b, name);
-	strbuf_puts(b, "=");
+	obr_strbuf_puts(b, "&");
+	obr_strbuf_puts(b, name);
+	obr_strbuf_puts(b, "=");
 	obr_form_encode(b, value, len);
 }
 
-int obr_aws_build_sns_batch(struct strbuf *b, const char *topic_arn, bool fifo,
+int obr_aws_build_sns_batch(struct obr_strbuf *b, const char *topic_arn, bool fifo,
                             const struct obr_aws_entry *const *entries, int n)
 {
 	char name[160], id[16];
-	strbuf_puts(b, "Action=PublishBatch&Version=2010-03-31");
+	obr_strbuf_puts(b, "Action=PublishBatch&Version=2010-03-31");
 	form_param(b, "TopicArn", topic_arn, strlen(topic_arn));
 	for (int i = 0; i < n; i++) {
 		const struct obr_aws_entry *e = entries[i];

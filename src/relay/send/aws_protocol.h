@@ -95,9 +95,9 @@ size_t obr_aws_max_batch_bytes(enum obr_dest_kind kind);
 
 /* Request bodies; entry Ids are the positions "0".."n-1". Return 0, or -1 when the body would
  * exceed the buffer's cap or memory ran out. */
-int obr_aws_build_sqs_batch(struct strbuf *b, const char *queue_url, bool fifo,
+int obr_aws_build_sqs_batch(struct obr_strbuf *b, const char *queue_url, bool fifo,
                             const struct obr_aws_entry *const *entries, int n);
-int obr_aws_build_sns_batch(struct strbuf *b, const char *topic_arn, bool fifo,
+int obr_aws_build_sns_batch(struct obr_strbuf *b, const char *topic_arn, bool fifo,
                             const struct obr_aws_entry *const *entries, int n);
 
 struct obr_aws_entry_result {
@@ -127,9 +127,9 @@ bool obr_aws_code_is_credential(const char *code);
 /* ---- encoding helpers (obr_utf8_valid is in strbuf.h) ---- */
 /* SQS's character set (XML 1.0): #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF. */
 bool obr_aws_chars_valid(const char *s, size_t len);
-void obr_json_string(struct strbuf *b, const char *s, size_t len);
+void obr_json_string(struct obr_strbuf *b, const char *s, size_t len);
 /* application/x-www-form-urlencoded value: unreserved characters kept, the rest %XX. */
-void obr_form_encode(struct strbuf *b, const char *s, size_t len);
+void obr_form_encode(struct obr_strbuf *b, const char *s, size_t len);
 
 /* ---- a small XML scanner (no DTDs, no namespaces prefixes, bounded by len) ---- */
 /* Finds the first element <name ...>...</name> (or <name/>) in s[0..len); content and clen are

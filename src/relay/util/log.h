@@ -32,9 +32,9 @@ void obr_log_write(enum obr_log_level level, const char *fmt, ...) __attribute__
 /* Arguments are evaluated only when the level is enabled. */
 #define obr_log(level, ...) \
 	do { if (obr_log_enabled(level)) obr_log_write((level), __VA_ARGS__); } while (0)
-#define log_error(...) obr_log(OBR_LOG_ERROR, __VA_ARGS__)
-#define log_warn(...)  obr_log(OBR_LOG_WARN, __VA_ARGS__)
-#define log_info(...)  obr_log(OBR_LOG_INFO, __VA_ARGS__)
-#define log_debug(...) obr_log(OBR_LOG_DEBUG, __VA_ARGS__)
+#define obr_log_error(...) obr_log(OBR_LOG_ERROR, __VA_ARGS__)
+#define obr_log_warn(...)  obr_log(OBR_LOG_WARN, __VA_ARGS__)
+#define obr_log_info(...)  obr_log(OBR_LOG_INFO, __VA_ARGS__)
+#define obr_log_debug(...) obr_log(OBR_LOG_DEBUG, __VA_ARGS__)
 
 #endif

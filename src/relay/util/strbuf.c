@@ -8,13 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-void strbuf_init(struct strbuf *b, size_t max)
+void obr_strbuf_init(struct obr_strbuf *b, size_t max)
 {
 	memset(b, 0, sizeof(*b));
 	b->max = max;
 }
 
-static bool reserve(struct strbuf *b, size_t extra)
+static bool reserve(struct obr_strbuf *b, size_t extra)
 {
 	if (b->failed)
 		return false;
@@ -37,7 +37,7 @@ static bool reserve(struct strbuf *b, size_t extra)
 	return true;
 }
 
-void strbuf_append(struct strbuf *b, const char *s, size_t n)
+void obr_strbuf_append(struct obr_strbuf *b, const char *s, size_t n)
 {
 	if (!reserve(b, n))
 		return;
@@ -46,12 +46,12 @@ void strbuf_append(struct strbuf *b, const char *s, size_t n)
 	b->data[b->len] = '\0';
 }
 
-void strbuf_puts(struct strbuf *b, const char *s)
+void obr_strbuf_puts(struct obr_strbuf *b, const char *s)
 {
-	strbuf_append(b, s, strlen(s));
+	obr_strbuf_append(b, s, strlen(s));
 }
 
-void strbuf_printf(struct strbuf *b, const char *fmt, ...)
+void obr_strbuf_printf(struct obr_strbuf *b, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -65,19 +65,19 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 	b->len += (size_t)n;
 }
 
-void strbuf_array_elem(struct strbuf *b, const char *s)
+void obr_strbuf_array_elem(struct obr_strbuf *b, const char *s)
 {
 	if (!s) {
-		strbuf_append(b, "NULL", 4);
+		obr_strbuf_append(b, "NULL", 4);
 		return;
 	}
-	strbuf_append(b, "\"", 1);
+	obr_strbuf_append(b, "\"", 1);
 	for (const char *p = s; *p; p++) {
 		if (*p == '"' || *p == '\\')
-			strbuf_append(b, "\\", 1);
-		strbuf_append(b, p, 1);
+			obr_strbuf_append(b, "\\", 1);
+		obr_strbuf_append(b, p, 1);
 	}
-	strbuf_append(b, "\"", 1);
+	obr_strbuf_append(b, "\"", 1);
 }
 
 size_t obr_utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
@@ -164,7 +164,7 @@ void obr_trim_end(char *s, const char *chars)
 		s[--n] = '\0';
 }
 
-void strbuf_reset(struct strbuf *b)
+void obr_strbuf_reset(struct obr_strbuf *b)
 {
 	b->len = 0;
 	b->failed = false;
@@ -172,7 +172,7 @@ void strbuf_reset(struct strbuf *b)
 		b->data[0] = '\0';
 }
 
-void strbuf_free(struct strbuf *b)
+void obr_strbuf_free(struct obr_strbuf *b)
 {
 	free(b->data);
 	memset(b, 0, sizeof(*b));

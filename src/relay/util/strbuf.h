@@ -8,19 +8,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct strbuf {
+struct obr_strbuf {
 	char *data;
 	size_t len, cap, max;
 	bool failed;      /* out of memory or over max: the content is incomplete */
 };
 
-void strbuf_init(struct strbuf *b, size_t max);
-void strbuf_append(struct strbuf *b, const char *s, size_t n);
-void strbuf_puts(struct strbuf *b, const char *s);
-void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void obr_strbuf_init(struct obr_strbuf *b, size_t max);
+void obr_strbuf_append(struct obr_strbuf *b, const char *s, size_t n);
+void obr_strbuf_puts(struct obr_strbuf *b, const char *s);
+void obr_strbuf_printf(struct obr_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends s as one element of an array literal: quoted, with " and \ escaped; NULL = NULL. */
-void strbuf_array_elem(struct strbuf *b, const char *s);
-void strbuf_reset(struct strbuf *b);
+void obr_strbuf_array_elem(struct obr_strbuf *b, const char *s);
+void obr_strbuf_reset(struct obr_strbuf *b);
 /* Decodes the UTF-8 sequence at s (len bytes available) into *cp; returns its length, or 0
  * when it is invalid (RFC 3629: no overlongs, no surrogates, at most U+10FFFF) or cut short. */
 size_t obr_utf8_decode(const unsigned char *s, size_t len, uint32_t *cp);
@@ -30,13 +30,13 @@ bool obr_utf8_valid(const char *s, size_t len);
 void obr_utf8_sanitize(char *s);
 /* Cuts any of the characters in chars off the end of s (libpq messages end in "\n"). */
 void obr_trim_end(char *s, const char *chars);
-void strbuf_free(struct strbuf *b);
+void obr_strbuf_free(struct obr_strbuf *b);
 
 /* Helper for building "{a,b,c}": call before each element. */
-static inline void strbuf_array_sep(struct strbuf *b, size_t *count)
+static inline void obr_strbuf_array_sep(struct obr_strbuf *b, size_t *count)
 {
 	if ((*count)++)
-		strbuf_append(b, ",", 1);
+		obr_strbuf_append(b, ",", 1);
 }
 
 #endif
