@@ -469,16 +469,16 @@ int obr_config_reload(struct obr_config *cfg, char *err, size_t errlen)
 	return load_file(cfg, cfg->config_file, true, err, errlen);
 }
 
-void obr_config_print_help(FILE *out)
+bool obr_config_setting_doc(size_t i, struct obr_setting_doc *out)
 {
-	fprintf(out, "Settings (environment variable, or flag; the flag wins):\n");
-	for (size_t i = 0; i < N_SETTINGS; i++) {
-		const struct setting *s = &settings[i];
-		fprintf(out, "  %-26s --%s", s->env, s->flag);
-		if (s->type != T_BOOL)
-			fprintf(out, " VALUE");
-		fprintf(out, "\n      %s\n", s->help);
-		if (s->def)
-			fprintf(out, "      default: %s\n", s->def);
-	}
+	if (i >= N_SETTINGS)
+		return false;
+	const struct setting *s = &settings[i];
+	out->env = s->env;
+	out->flag = s->flag;
+	out->def = s->def;
+	out->help = s->help;
+	out->takes_value = s->type != T_BOOL;
+	out->reloadable = s->reloadable;
+	return true;
 }

@@ -61,8 +61,18 @@ void obr_config_free(struct obr_config *cfg);
  * are reported as needing a restart. Returns 0, or -1 with a message (nothing applied). */
 int obr_config_reload(struct obr_config *cfg, char *err, size_t errlen);
 
-/* Prints every setting with its flag, environment variable, default and meaning. */
-void obr_config_print_help(FILE *out);
+/* One setting as documentation: what --help and the man page print (cli/usage.c). */
+struct obr_setting_doc {
+	const char *env;            /* environment variable */
+	const char *flag;           /* without the leading -- */
+	const char *def;            /* default as text, or NULL */
+	const char *help;
+	bool takes_value;           /* false for switches (booleans) */
+	bool reloadable;            /* SIGHUP applies a new value from the config file */
+};
+
+/* The i-th setting of the table; false past the last one. */
+bool obr_config_setting_doc(size_t i, struct obr_setting_doc *out);
 
 const char *obr_mode_name(enum obr_mode mode);
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from conftest import (LOCALHOST, SOURCE_ROOT, SQL_DIR, PortLock, http_destination, require_relay,
+from conftest import (BUILD_ROOT, LOCALHOST, SOURCE_ROOT, SQL_DIR, PortLock, http_destination, require_relay,
                       uuid7, wait_until)
 
 try:
@@ -385,9 +385,34 @@ def test_env_example_lists_every_setting():
     example = (SOURCE_ROOT / "contrib" / "systemd" / "outbox-relay.env.example").read_text()
     for name in names:
         assert re.search(rf"^#?{name}=", example, re.M), f"{name} missing from the env example"
-    for name, default in re.findall(r"^  ([A-Z][A-Z0-9_]+) +--.*\n.*\n +default: (\S+)", help_text, re.M):
+    # a setting's block: its name line, wrapped help lines, then "default: X" if it has one
+    defaults = re.findall(r"^  ([A-Z][A-Z0-9_]+) +--.*\n(?:      (?!default: ).*\n)*      default: (\S+)",
+                          help_text, re.M)
+    assert ("OUTBOX_LISTEN_ADDR", "127.0.0.1:9095") in defaults and len(defaults) >= 20
+    for name, default in defaults:
         assert re.search(rf"^#{name}={re.escape(default)}$", example, re.M), \
             f"{name}: default {default} not shown in the env example"
+
+
+def test_man_page_documents_every_setting():
+    """`outbox-relay --man` (what the build installs as outbox-relay(1)) is the same table as
+    --help: every setting with its flag and default, and the commands; no raw roff breaks it."""
+    relay_bin = str(require_relay())
+    help_text = subprocess.run([relay_bin, "--help"], capture_output=True, text=True, timeout=10).stdout
+    man = subprocess.run([relay_bin, "--man"], capture_output=True, text=True, timeout=10)
+    assert man.returncode == 0 and man.stdout.startswith(".TH OUTBOX\\-RELAY 1 ")
+    names = re.findall(r"^  ([A-Z][A-Z0-9_]+) +--(\S+)", help_text, re.M)
+    assert len(names) >= 20
+    entries = dict(re.findall(r"^\.BR (\S+) \", \" \\-\\-(\S+)", man.stdout, re.M))
+    for env, flag in names:
+        assert entries.get(env) == flag.replace("-", "\\-"), f"{env} --{flag} missing from the man page"
+    for command in ("migrate", "status", "requeue"):
+        assert re.search(rf"^\.B outbox\\-relay {command}", man.stdout, re.M)
+    # every line that starts a request is one the page means to use
+    requests = {m for m in re.findall(r"^\.([A-Z]+)", man.stdout, re.M)}
+    assert requests <= {"TH", "SH", "PP", "B", "RS", "RE", "TP", "BR"}, requests
+    built = BUILD_ROOT / "src" / "relay" / "outbox-relay.1"
+    assert built.read_text() == man.stdout, "the build's outbox-relay.1 is not what --man prints"
 
 
 # ---- status -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include "util/log.h"
 #include "db/migrate.h"
 #include "cli/ops.h"
+#include "cli/usage.h"
 #include "engine/relay.h"
 #include "admin/sdnotify.h"
 
@@ -21,41 +22,6 @@
 #include <unistd.h>
 
 extern char **environ;
-
-static void usage(FILE *out)
-{
-	fprintf(out,
-	        "outbox-relay %s - delivers rows of a PostgreSQL outbox table to HTTP(S) endpoints right after commit\n"
-	        "\n"
-	        "Usage:\n"
-	        "  outbox-relay [run] [OPTIONS]      connect to DATABASE_URL, listen and deliver (the default)\n"
-	        "  outbox-relay migrate [--database URL]\n"
-	        "                                    create or upgrade the outbox schema (safe to run again,\n"
-	        "                                    and concurrently; only adds to a crate-made schema)\n"
-	        "  outbox-relay status [--json] [--exact] [--database URL]\n"
-	        "                                    rows due, delayed, retrying, parked and processed, the\n"
-	        "                                    oldest due row, leases by instance, the NOTIFY queue and\n"
-	        "                                    the schema version (see status --help)\n"
-	        "  outbox-relay requeue (--key UUID... | --partition UUID... | --since TS [--until TS] |\n"
-	        "                        --until TS | --all) [--dry-run] [--database URL]\n"
-	        "                                    make parked rows due again (clears dead_at, retry_after,\n"
-	        "                                    last_error; attempts = 0) and notify a running relay\n"
-	        "                                    (see requeue --help)\n"
-	        "  outbox-relay --help | --version\n"
-	        "\n",
-	        OBR_VERSION);
-	obr_config_print_help(out);
-	fprintf(out,
-	        "\nHTTP endpoint (OUTBOX_LISTEN_ADDR): GET /health (200 while running), /ready (200 when the\n"
-	        "database connections are up and LISTEN is active, else 503 with the reason), /metrics\n"
-	        "(Prometheus text format).\n"
-	        "\nsystemd: with NOTIFY_SOCKET set (Type=notify) the relay sends READY=1 once ready,\n"
-	        "STOPPING=1 at SIGTERM/SIGINT, and WATCHDOG=1 when WatchdogSec= is set.\n"
-	        "\nSignals: SIGTERM/SIGINT stop claiming, let in-flight requests finish within the grace\n"
-	        "period, record their results, release leases and exit 0.\n"
-	        "\nExit status: 0 done, 1 runtime error (the HTTP endpoint cannot listen, a database error\n"
-	        "in a command), 2 bad settings or arguments.\n");
-}
 
 struct daemon_ctx {
 	struct obr_relay *relay;
@@ -190,7 +156,7 @@ static int migrate(int argc, char **argv)
 		else if (!strncmp(argv[i], "--database=", 11))
 			url = argv[i] + 11;
 		else if (!strcmp(argv[i], "--help")) {
-			usage(stdout);
+			obr_usage_print(stdout);
 			return 0;
 		} else {
 			fprintf(stderr, "outbox-relay migrate: unknown argument \"%s\"\n", argv[i]);
@@ -207,7 +173,11 @@ static int migrate(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
-		usage(stdout);
+		obr_usage_print(stdout);
+		return 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "--man")) {
+		obr_usage_print_man(stdout);
 		return 0;
 	}
 	if (argc > 1 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) {
