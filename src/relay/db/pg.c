@@ -228,9 +228,14 @@ static void read_results(struct obr_pg *pg)
 			conn_error(pg, "connection failed");
 			return;
 		}
-		/* the callback sees errors as results: it decides what an error means for its rows */
-		q->answered = true;
-		q->fn(q->arg, res, st == PGRES_FATAL_ERROR ? PQresultErrorMessage(res) : NULL);
+		/* the callback sees errors as results: it decides what an error means for its rows.
+		 * It runs once per statement: a statement can yield a second result (a terminated
+		 * backend's FATAL, then libpq's "server closed the connection"), and the owner may have
+		 * freed arg after the first. */
+		if (!q->answered) {
+			q->answered = true;
+			q->fn(q->arg, res, st == PGRES_FATAL_ERROR ? PQresultErrorMessage(res) : NULL);
+		}
 		PQclear(res);
 		if (!pg->conn) /* the callback reset us */
 			return;
