@@ -56,18 +56,22 @@ static size_t json_escape(char *dst, size_t cap, const char *src)
 	return o;
 }
 
-void obr_log_write(enum obr_log_level level, const char *fmt, ...)
+/* Keys of the line's own object: a field may not take their place. */
+static bool reserved_key(const char *key)
+{
+	return !strcmp(key, "ts") || !strcmp(key, "level") || !strcmp(key, "pid") || !strcmp(key, "msg");
+}
+
+static void write_line(enum obr_log_level level, const struct obr_log_field *fields, size_t nfields,
+                       const char *fmt, va_list ap)
 {
 	char msg[4096];
-	char line[8192];
+	char line[12288];
 	char ts[40];
 	struct timespec now;
 	struct tm tm;
-	va_list ap;
 
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 
 	/* one event per line: a newline inside a message would split it */
 	for (char *p = msg; *p; p++)
@@ -79,22 +83,59 @@ void obr_log_write(enum obr_log_level level, const char *fmt, ...)
 	size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000);
 
-	int len;
+	size_t len;
 	if (current_format == OBR_LOG_JSON) {
 		char esc[sizeof(msg) * 2];
 		json_escape(esc, sizeof(esc), msg);
-		len = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"pid\":%d,\"msg\":\"%s\"}\n",
-		               ts, level_names[level], (int)getpid(), esc);
+		len = (size_t)snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"pid\":%d,\"msg\":\"%s\"",
+		                       ts, level_names[level], (int)getpid(), esc);
+		/* a field goes in whole or not at all, so a long line still closes its object */
+		char field[sizeof(esc) / 2 + 160];
+		for (size_t i = 0; i < nfields; i++) {
+			const struct obr_log_field *f = &fields[i];
+			if (reserved_key(f->key) || (f->type == OBR_LOGF_STR && !f->s))
+				continue;
+			int w;
+			if (f->type == OBR_LOGF_INT) {
+				w = snprintf(field, sizeof(field), ",\"%s\":%lld", f->key, f->i);
+			} else {
+				json_escape(esc, sizeof(esc) / 2, f->s);    /* a field is at most half a message */
+				w = snprintf(field, sizeof(field), ",\"%s\":\"%s\"", f->key, esc);
+			}
+			if (w < 0 || (size_t)w >= sizeof(field) || len + (size_t)w + 3 > sizeof(line))
+				continue;
+			memcpy(line + len, field, (size_t)w);
+			len += (size_t)w;
+		}
+		len += (size_t)snprintf(line + len, sizeof(line) - len, "}\n");
 	} else {
-		len = snprintf(line, sizeof(line), "%s [%d] %s: %s\n", ts, (int)getpid(), level_names[level], msg);
-	}
-	if (len < 0)
-		return;
-	if ((size_t)len >= sizeof(line)) {
-		len = (int)sizeof(line) - 1;
-		line[len - 1] = '\n';
+		int w = snprintf(line, sizeof(line), "%s [%d] %s: %s\n", ts, (int)getpid(), level_names[level], msg);
+		if (w < 0)
+			return;
+		len = (size_t)w;
+		if (len >= sizeof(line)) {
+			len = sizeof(line) - 1;
+			line[len - 1] = '\n';
+		}
 	}
 	/* a single write keeps lines whole when several processes share the file */
-	ssize_t w = write(STDERR_FILENO, line, (size_t)len);
+	ssize_t w = write(STDERR_FILENO, line, len);
 	(void)w;
+}
+
+void obr_log_write(enum obr_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	write_line(level, NULL, 0, fmt, ap);
+	va_end(ap);
+}
+
+void obr_log_write_fields(enum obr_log_level level, const struct obr_log_field *fields, size_t nfields,
+                          const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	write_line(level, fields, nfields, fmt, ap);
+	va_end(ap);
 }

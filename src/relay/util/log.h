@@ -9,6 +9,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 enum obr_log_level {
 	OBR_LOG_ERROR = 0,
@@ -28,6 +29,27 @@ void obr_log_configure(enum obr_log_level level, enum obr_log_format format);
 int obr_log_open_file(const char *path);
 bool obr_log_enabled(enum obr_log_level level);
 void obr_log_write(enum obr_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A fact of an event, for OUTBOX_LOG_FORMAT=json: each becomes a key of the line's object, next
+ * to "msg" (text lines show only the message, which says the same in words). */
+enum obr_log_field_type { OBR_LOGF_STR, OBR_LOGF_INT };
+struct obr_log_field {
+	const char *key;            /* a literal: row, partition, attempt, dest_kind, host, ... */
+	enum obr_log_field_type type;
+	const char *s;              /* OBR_LOGF_STR; NULL leaves the field out */
+	long long i;                /* OBR_LOGF_INT */
+};
+#define OBR_LOGF_S(k, v) ((struct obr_log_field){ .key = (k), .type = OBR_LOGF_STR, .s = (v) })
+#define OBR_LOGF_I(k, v) ((struct obr_log_field){ .key = (k), .type = OBR_LOGF_INT, .i = (long long)(v) })
+
+void obr_log_write_fields(enum obr_log_level level, const struct obr_log_field *fields, size_t nfields,
+                          const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* obr_log_event(OBR_LOG_WARN, OBR_LOGF(OBR_LOGF_S("row", key), OBR_LOGF_I("attempt", n)), "...", ...) */
+#define OBR_LOGF(...) (const struct obr_log_field[]){ __VA_ARGS__ }, \
+	sizeof((const struct obr_log_field[]){ __VA_ARGS__ }) / sizeof(struct obr_log_field)
+#define obr_log_event(level, ...) \
+	do { if (obr_log_enabled(level)) obr_log_write_fields((level), __VA_ARGS__); } while (0)
 
 /* Arguments are evaluated only when the level is enabled. */
 #define obr_log(level, ...) \
