@@ -40,6 +40,7 @@ struct obr_pg {
 	struct event *io;          /* on PQsocket; re-created after every connect */
 	short io_what;
 	struct event *retry;       /* reconnect backoff timer */
+	struct event *send_failed; /* a send failed inside obr_pg_query: handled from the loop */
 	int backoff_ms;
 	uint64_t reconnects;
 	bool ever_connected;
@@ -136,6 +137,16 @@ static void conn_error(struct obr_pg *pg, const char *prefix)
 	schedule_reconnect(pg, why);
 }
 
+static void on_send_failed(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_pg *pg = arg;
+	if (pg->state == PG_READY)
+		conn_error(pg, "could not send query");
+}
+
+/* A failed send fails every queued statement, but not from here: send_next runs inside
+ * obr_pg_query, and a callback that ran before obr_pg_query returned would meet an owner that
+ * has not yet recorded the statement as running (and may free what the caller still uses). */
 static void send_next(struct obr_pg *pg)
 {
 	if (pg->state != PG_READY || pg->busy || !pg->head)
@@ -145,13 +156,13 @@ static void send_next(struct obr_pg *pg)
 	                   ? PQsendQueryPrepared(pg->conn, q->prepared, q->nparams, (const char *const *)q->values, NULL, NULL, 0)
 	                   : PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL, (const char *const *)q->values, NULL, NULL, 0);
 	if (!sent) {
-		conn_error(pg, "could not send query");
+		event_active(pg->send_failed, EV_TIMEOUT, 1);
 		return;
 	}
 	pg->busy = true;
 	int f = PQflush(pg->conn);
 	if (f < 0) {
-		conn_error(pg, "could not send query");
+		event_active(pg->send_failed, EV_TIMEOUT, 1);
 		return;
 	}
 	watch(pg, f > 0 ? (EV_READ | EV_WRITE) : EV_READ);
@@ -370,7 +381,8 @@ struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const c
 	pg->arg = arg;
 	pg->backoff_ms = BACKOFF_MIN_MS;
 	pg->retry = evtimer_new(base, on_retry, pg);
-	if (!pg->conninfo || !pg->name || (len && !pg->setup_sql) || !pg->retry) {
+	pg->send_failed = evtimer_new(base, on_send_failed, pg);
+	if (!pg->conninfo || !pg->name || (len && !pg->setup_sql) || !pg->retry || !pg->send_failed) {
 		obr_pg_free(pg);
 		return NULL;
 	}
@@ -448,6 +460,8 @@ void obr_pg_free(struct obr_pg *pg)
 		event_free(pg->io);
 	if (pg->retry)
 		event_free(pg->retry);
+	if (pg->send_failed)
+		event_free(pg->send_failed);
 	/* statements still queued or running get their callback, so their owners free their state */
 	fail_queue(pg, "the connection was closed");
 	if (pg->conn)
