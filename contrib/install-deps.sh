@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential meson ninja-build pkg-config
-  libpq-dev libevent-dev libcurl4-openssl-dev libjson-c-dev uuid-dev
+  libpq-dev libevent-dev libcurl4-openssl-dev libjson-c-dev uuid-dev libssl-dev
   postgresql-15 postgresql-client-15 pgbouncer
   python3 python3-psycopg2 python3-pytest python3-prometheus-client
   valgrind curl prometheus systemd
