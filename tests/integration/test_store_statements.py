@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_relay_command, uuid7
+from conftest import run_relay_command, uuid7, wait_until
 
 SOURCE_ROOT = Path(os.environ.get("OBR_SOURCE_ROOT", Path(__file__).resolve().parents[2]))
 LOCK_ID = "20000000-0000-4000-8000-000000000001"
@@ -195,3 +195,36 @@ def test_complete_asks_for_a_reread_when_a_requeued_row_sorts_first(db, name):
     r0 = insert(db, part, process_after="now() - interval '10 seconds'")
     _, rows = st.run(name, [r4], *none[1:], LOCK_ID, [part], 4, 30000)
     assert [(r[1], r[2]) for r in rows] == [("held", r0)]
+
+
+@pytest.mark.xfail(strict=True, reason="engine side not done yet: on a 'reread' row of the results "
+                   "statement the relay must drop the partition's fetched rows and advance it")
+def test_a_row_requeued_while_its_partition_is_held_keeps_its_place(db, sink, relay):
+    """End to end: row 1 is parked, rows 2..4 are fetched by the relay, row 2 is in flight (its
+    answer is delayed) when row 1 is requeued. Row 1 must go next, before rows 3 and 4 (README:
+    a requeued row keeps its place); only the row in flight may precede it."""
+    from relay_util import env, http_dest, key_of
+
+    sink.rules([{"path": "/p/2", "delay_ms": 1500}])
+    r = relay(db, env=env())
+    part = str(uuid7())
+    conn = db.conn(autocommit=False)
+    keys = []
+    with conn.cursor() as cur:
+        for i in range(1, 5):
+            keys.append(str(uuid7()))
+            cur.execute("INSERT INTO outbox (idempotent_key, partition_key, destinations, payload, process_after,"
+                        " dead_at, last_error) VALUES (%s, %s, %s::jsonb, %s, now() - %s * interval '1 second', "
+                        + ("now(), 'parked by the test')" if i == 1 else "NULL, NULL)"),
+                        (keys[-1], part, f'[{{"url": "{sink.url(f"/p/{i}")}"}}]', str(i), 10 - i))
+    conn.commit()
+    conn.close()
+    wait_until(lambda: db.scalar("SELECT count(*) FROM outbox_lock WHERE partition_key = %s"
+                                 " AND processed_at IS NULL", (part,)) == 1, 10, "the partition to be held")
+    res = run_relay_command(["requeue", "--key", keys[0]], db.url)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert db.scalar("SELECT processed_at IS NULL FROM outbox WHERE idempotent_key = %s", (keys[1],)), \
+        "row 2 was done before the requeue: too slow a machine"
+    recs = sink.wait_for_count(4, timeout=20)
+    assert [key_of(x) for x in recs] == [keys[1], keys[0], keys[2], keys[3]]
+    assert r.stop() == 0
