@@ -6,6 +6,7 @@
 #   contrib/bench/scan.sh                              # 1,000,000 delayed rows over 10,000 partitions
 #   contrib/bench/scan.sh --before c52e708 --rows 200000 --partitions 2000 --idle-secs 30
 #   OBR_BUILD=build OBR_BUILD_BEFORE=/tmp/old/build contrib/bench/scan.sh   # idle figures of both
+#   contrib/bench/scan.sh --no-idle                    # the scan times only
 #
 # The table: --rows delayed rows (process_after 1 to 2 hours ahead) spread over --partitions
 # partitions, plus --due due rows in partitions of their own, VACUUM ANALYZEd. The scan runs with
@@ -18,7 +19,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-before=c52e708; rows=1000000; partitions=10000; due=50; reps=5; idle_secs=60; results_dir=
+before=c52e708; rows=1000000; partitions=10000; due=50; reps=5; idle_secs=60; results_dir=; idle_too=1
 while [ $# -gt 0 ]; do
   case $1 in
     --before) before=$2; shift 2 ;;
@@ -27,8 +28,9 @@ while [ $# -gt 0 ]; do
     --due) due=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --idle-secs) idle_secs=$2; shift 2 ;;
+    --no-idle) idle_too=; shift ;;
     --results) results_dir=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "scan.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -84,7 +86,7 @@ ALTER TABLE outbox DISABLE TRIGGER outbox_notify;
 INSERT INTO outbox (idempotent_key, partition_key, destinations, payload, created_at, process_after)
 SELECT gen_random_uuid(), ('00000000-0000-4000-8000-' || lpad(to_hex(i % $partitions), 12, '0'))::uuid,
        '[{"url":"http://127.0.0.1:9/never"}]', 'delayed', now(),
-       now() + interval '1 hour' + (i * 3600000 / $rows || ' ms')::interval
+       now() + interval '1 hour' + (i::bigint * 3600000 / $rows || ' ms')::interval
   FROM generate_series(1, $rows) i;
 INSERT INTO outbox (idempotent_key, partition_key, destinations, payload, created_at, process_after)
 SELECT gen_random_uuid(), ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid,
@@ -97,8 +99,10 @@ echo "table:   filled in $(( $(date +%s) - t0 )) s; outbox $(psql_ -c "SELECT pg
 
 # ---- scan time ------------------------------------------------------------------------------
 echo "== scan: EXPLAIN (ANALYZE, BUFFERS), \$1 = 256, $reps runs each (median; the first run reads from disk)"
-for which in before after; do
-  sql=$("$work/print_sql_$which" scan | sed "s/\\\$1::int/256::int/g; s/\\\$2::uuid/'00000000-0000-4000-a000-000000000001'::uuid/g")
+# after_walk: the working tree's scan forced onto its skip-scan path (taken above 1024 due rows)
+for which in before after after_walk; do
+  walk=; [ "$which" = after_walk ] && walk='s/1024/0/g;'
+  sql=$("$work/print_sql_${which%_walk}" scan | sed "$walk s/\\\$1::int/256::int/g; s/\\\$2::uuid/'00000000-0000-4000-a000-000000000001'::uuid/g")
   times=()
   for rep in $(seq "$reps"); do
     psql_ -c "EXPLAIN (ANALYZE, BUFFERS) $sql" > "$work/plan-$which-$rep.txt"
@@ -107,11 +111,12 @@ for which in before after; do
   found=$(psql_ -c "$sql" | grep -c -v '^|' || true)
   median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
   buffers=$(grep -m1 'Buffers:' "$work/plan-$which-$reps.txt" | sed 's/^ *Buffers: //')
-  printf '  %-6s median %9.1f ms  (runs: %s)  partitions found %s; buffers %s\n' "$which" "$median" "${times[*]}" "$found" "$buffers"
+  printf '  %-10s median %9.1f ms  (runs: %s)  partitions found %s; buffers %s\n' "$which" "$median" "${times[*]}" "$found" "$buffers"
   [ -n "$results_dir" ] && cp "$work/plan-$which-$reps.txt" "$results_dir/scan-plan-$which.txt"
 done
 
 # ---- idle -----------------------------------------------------------------------------------
+[ -n "$idle_too" ] || exit 0
 psql_ -c "DELETE FROM outbox WHERE payload = 'due'" -c "VACUUM ANALYZE outbox"
 idle() {  # idle LABEL BINARY [NAME=VALUE...]
   local label=$1 bin=$2; shift 2

@@ -60,6 +60,9 @@
  * nor locked (ON CONFLICT DO NOTHING, not DO UPDATE, which would lock it and could deadlock
  * with that instance's own statements): such partitions are simply absent from the result.
  * Rows are inserted in key order, so concurrent claims wait on each other without a cycle.
+ * A lease ends clock_timestamp() + lease, here and in every renewal: the statement's now() is
+ * when it started, and one that waited for a lock would write a lease shorter than the one the
+ * relay counts from when it sent it.
  * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
  */
 const char OBR_SQL_CLAIM[] =
