@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --idle-secs) idle_secs=$2; shift 2 ;;
     --no-idle) idle_too=; shift ;;
     --results) results_dir=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "scan.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
