@@ -35,30 +35,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
-[ -x "$pg_bin/initdb" ] || { echo "scan.sh: PostgreSQL 15 not found in $pg_bin (set PG_BIN)" >&2; exit 1; }
-if [ -n "${OBR_BUILD:-}" ]; then
-  build=$(cd "$OBR_BUILD" && pwd)
-else
-  build=$root/build-bench
-  [ -d "$build" ] || meson setup "$build" "$root" -Dbuildtype=release -Dtests=false >/dev/null
-  ninja -C "$build" src/relay/outbox-relay >/dev/null
-fi
-relay_bin=$build/src/relay/outbox-relay
-relay_before=${OBR_BUILD_BEFORE:+$OBR_BUILD_BEFORE/src/relay/outbox-relay}
-
-work=$(mktemp -d /tmp/obr-scan.XXXXXX)
-chmod 755 "$work"
-relay_pid=
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); chown postgres "$work"; fi
-cleanup() {
-  set +e
-  [ -n "$relay_pid" ] && kill -TERM "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null
-  [ -f "$work/pgdata/postmaster.pid" ] && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pgdata" -m immediate stop >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+relay_before=${OBR_BUILD_BEFORE:+$(cd "$OBR_BUILD_BEFORE" && pwd)/src/relay/outbox-relay}
+me=scan.sh
+. "$here/setup.sh"
 
 # print_sql of both revisions: the statements exactly as each relay sends them
 mkdir -p "$work/before/db"
