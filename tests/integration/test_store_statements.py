@@ -84,6 +84,21 @@ def test_every_result_column_the_engine_reads_is_named_in_store_h(db):
     assert len(st.run("retention", 3600000, 10)[0]) == len(enum_members("obr_retention_col"))
 
 
+def test_the_scan_reads_through_the_indexes(db):
+    """The scan's plan reaches the due-time index (its predicate, process_after IS NOT NULL, is
+    stated) and the partition index (candidates' heads and the skip scan); with sequential scans
+    discouraged nothing reads the outbox table whole."""
+    st = Statements(db)
+    with st.conn.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")
+    st.run("scan", 10, LOCK_ID)  # prepares it
+    with st.conn.cursor() as cur:
+        cur.execute(f"EXPLAIN (COSTS OFF) EXECUTE scan(10, '{LOCK_ID}')")
+        plan = "\n".join(r[0] for r in cur.fetchall())
+    assert "outbox_pending_due" in plan and "outbox_pending_by_partition" in plan, plan
+    assert "Seq Scan on outbox " not in plan and not plan.rstrip().endswith("Seq Scan on outbox"), plan
+
+
 def reference_scan(db, lock_id, limit):
     """What the scan must return: partitions whose head (first pending row in delivery order) is
     due and not under another instance's live lease, oldest head first (DISTINCT ON, the
