@@ -63,37 +63,8 @@ drain_parts=100
 for tool in pkg-config cc python3 curl psql; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 1; }
 done
-pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
-[ -x "$pg_bin/initdb" ] || { echo "run.sh: PostgreSQL 15 not found in $pg_bin (set PG_BIN)" >&2; exit 1; }
-
-if [ -n "${OBR_BUILD:-}" ]; then
-  build=$(cd "$OBR_BUILD" && pwd)
-else
-  build=$root/build-bench
-  [ -d "$build" ] || meson setup "$build" "$root" -Dbuildtype=release -Dtests=false >/dev/null
-  ninja -C "$build" src/relay/outbox-relay >/dev/null
-fi
-relay_bin=$build/src/relay/outbox-relay
-[ -x "$relay_bin" ] || { echo "run.sh: no relay binary at $relay_bin" >&2; exit 1; }
-
-work=$(mktemp -d /tmp/obr-bench.XXXXXX)
-chmod 755 "$work"
-cd "$work"   # nothing of ours lands in the caller's directory
-pids=()
-relay_pid=
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); chown postgres "$work"; fi
-
-cleanup() {
-  set +e
-  [ -n "$relay_pid" ] && kill -TERM "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  [ -f "$work/pgdata/postmaster.pid" ] && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pgdata" -m immediate stop >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
+me=run.sh
+. "$here/setup.sh"
 
 cflags="-O2 -Wall -Wextra -Werror"
 cc $cflags -o "$work/bench-sink" "$here/sink.c" $(pkg-config --cflags --libs libevent)

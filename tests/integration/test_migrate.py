@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
 from conftest import (
@@ -126,6 +128,11 @@ def assert_schema_complete(db):
     assert tgtype & 0b111 == 0b100, f"outbox_notify must be AFTER INSERT FOR EACH STATEMENT ({tgtype})"
     assert enabled == "O"
     assert func == "outbox_notify"
+
+    # Pending rows must have finite timestamps (007); added NOT VALID, so old rows are not read.
+    checks = dict(db.query("SELECT conname, convalidated FROM pg_constraint"
+                           " WHERE conrelid = 'outbox'::regclass AND contype = 'c'"))
+    assert checks == {"outbox_process_after_finite": False, "outbox_created_at_finite": False}, checks
 
     files = migration_files()
     recorded = versions(db)
@@ -463,6 +470,69 @@ def test_rows_written_before_the_upgrade_are_delivered(empty_db, sink, relay):
     assert r.stop() == 0
     assert db.scalar("SELECT processed_at IS NULL FROM outbox WHERE idempotent_key = %s", (keys["later"],))
     assert sink.count() == 3, "the processed and the future row were not sent"
+
+
+def test_migrate_parks_pending_rows_whose_timestamps_are_infinite(empty_db):
+    """A crate database may hold rows with process_after or created_at = 'infinity' or
+    '-infinity', which no statement can schedule. migrate (007) parks the pending ones with a
+    last_error naming the column and its value, leaves every other row as it was (processed
+    rows, good rows, extreme finite values), and from then on such rows are refused at INSERT;
+    extreme finite values still go in. Running it again changes nothing."""
+    db = empty_db
+    db.execute(CRATE_SQL.read_text())
+    dests = json.dumps([{"url": "http://127.0.0.1:9/x"}])
+    rows = {  # name: (created_at, process_after, processed_at)
+        "pa_inf": ("now()", "'infinity'", "NULL"),
+        "pa_neg": ("now()", "'-infinity'", "NULL"),
+        "ca_inf": ("'infinity'", "now()", "NULL"),
+        "ca_neg": ("'-infinity'", "now()", "NULL"),
+        "done_inf": ("now()", "'infinity'", "now()"),
+        "good": ("now()", "now()", "NULL"),
+        "max": ("'4713-01-01 00:00:00+00 BC'", "'294276-12-31 23:59:59+00'", "NULL"),
+        "min": ("'294276-12-31 23:59:59+00'", "'4713-01-01 00:00:00+00 BC'", "NULL"),
+    }
+    keys = {name: str(uuid7()) for name in rows}
+    for name, (created, after, processed) in rows.items():
+        db.execute("INSERT INTO outbox (idempotent_key, partition_key, destinations, payload, created_at,"
+                   f" process_after, processed_at) VALUES (%s, %s, %s::jsonb, %s, {created}, {after}, {processed})",
+                   (keys[name], str(uuid7()), dests, name))
+    def table():  # as JSON: Python's datetime holds neither infinity nor year 294276
+        return {r["idempotent_key"]: r for (r,) in db.query("SELECT to_jsonb(o) FROM outbox o")}
+
+    before = table()
+
+    res = migrate(db)
+    assert_ok(res)
+    assert re.search(r"parked 4 pending row", res.stdout + res.stderr), res.stdout + res.stderr
+    after = table()
+    for name, column, value in (("pa_inf", "process_after", "infinity"), ("pa_neg", "process_after", "-infinity"),
+                                ("ca_inf", "created_at", "infinity"), ("ca_neg", "created_at", "-infinity")):
+        row = after[keys[name]]
+        assert row["dead_at"] is not None and row["processed_at"] is None, (name, row)
+        assert row["last_error"].startswith(f"malformed: {column} is {value},"), (name, row["last_error"])
+        assert "requeue" in row["last_error"]
+        # nothing else changed
+        assert {k: row[k] for k in before[keys[name]]} == before[keys[name]], name
+    for name in ("done_inf", "good", "max", "min"):
+        row = after[keys[name]]
+        assert {k: row[k] for k in before[keys[name]]} == before[keys[name]], name
+        assert row["dead_at"] is None and row["last_error"] is None, name
+    assert_schema_complete(db)
+
+    # new rows with an infinite timestamp are refused, naming the constraint
+    for column, value in (("process_after", "infinity"), ("created_at", "-infinity")):
+        with pytest.raises(psycopg2.errors.CheckViolation, match=f"outbox_{column}_finite"):
+            db.execute(f"INSERT INTO outbox (idempotent_key, partition_key, destinations, payload, {column})"
+                       " VALUES (%s, %s, %s::jsonb, 'x', %s)", (str(uuid7()), str(uuid7()), dests, value))
+    # extreme finite values are fine, and so is updating an old bad row that is not pending
+    db.execute("INSERT INTO outbox (idempotent_key, partition_key, destinations, payload, created_at, process_after)"
+               " VALUES (%s, %s, %s::jsonb, 'x', '4714-11-24 00:00:00+00 BC', '294276-12-31 23:59:59.999999+00')",
+               (str(uuid7()), str(uuid7()), dests))
+    db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE idempotent_key = %s", (keys["pa_inf"],))
+
+    second = table()
+    assert_ok(migrate(db))
+    assert table() == second
 
 
 # ---- failures ---------------------------------------------------------------------------------

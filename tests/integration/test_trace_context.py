@@ -1,4 +1,4 @@
-"""W3C Trace Context through the outbox (migration 010): a transaction that sets
+"""W3C Trace Context through the outbox (migration 008): a transaction that sets
 outbox.traceparent / outbox.tracestate with SET LOCAL gets them as headers on its rows, by plain
 INSERT and by the SQL helpers, unless a row sets them itself; the relay sends them on as HTTP
 headers and as SQS message attributes, so the consumer continues the writer's trace."""

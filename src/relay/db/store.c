@@ -7,6 +7,20 @@
  * index (sql/005) is on exactly this expression. t is a table alias with its dot, or "". */
 #define DUE_AT(t) "greatest(" t "process_after, coalesce(" t "retry_after, " t "process_after))"
 
+/* Milliseconds from now until ts, clamped to [0, one day] before anything is subtracted: an
+ * infinite timestamp (a row written before sql/007) or an extreme finite one then yields a
+ * usable number instead of an error ("cannot subtract infinite timestamps") that would fail
+ * the statement for every partition in it. A due timer a day away just makes a scan that
+ * looks again. NULL stays NULL (no row: no timer). */
+#define MS_UNTIL(ts) \
+	"CASE WHEN (" ts ") IS NOT NULL THEN ceil(extract(epoch FROM " \
+	"least(greatest(" ts ", now()), now() + interval '1 day') - now()) * 1000)::bigint END"
+
+/* Milliseconds since the epoch of a row's created_at, for the latency histogram; an infinite
+ * created_at (before sql/007) counts as now. */
+#define CREATED_MS(t) \
+	"floor(extract(epoch FROM CASE WHEN isfinite(" t "created_at) THEN " t "created_at ELSE now() END) * 1000)::bigint"
+
 /*
  * A partition's first rows in delivery order; part is the outer partition.
  *
@@ -29,8 +43,8 @@
 	"SELECT o.idempotent_key, o.destinations::text AS destinations, o.headers::text AS headers, o.payload, " \
 	"       o.attempts, o.sent_destinations::text AS sent, " \
 	"       " DUE_AT("o.") " <= now() AS due, " \
-	"       ceil(extract(epoch FROM " DUE_AT("o.") " - now()) * 1000)::bigint AS due_in_ms, " \
-	"       floor(extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms, " \
+	"       " MS_UNTIL(DUE_AT("o.")) " AS due_in_ms, " \
+	"       " CREATED_MS("o.") " AS created_ms, " \
 	"       o.process_after, o.created_at " \
 	"  FROM outbox o " \
 	" WHERE o.partition_key = " part " AND o.processed_at IS NULL AND o.dead_at IS NULL" skip " " \
@@ -46,23 +60,26 @@
  * nor locked (ON CONFLICT DO NOTHING, not DO UPDATE, which would lock it and could deadlock
  * with that instance's own statements): such partitions are simply absent from the result.
  * Rows are inserted in key order, so concurrent claims wait on each other without a cycle.
+ * A lease ends clock_timestamp() + lease, here and in every renewal: the statement's now() is
+ * when it started, and one that waited for a lock would write a lease shorter than the one the
+ * relay counts from when it sent it.
  * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
  */
 const char OBR_SQL_CLAIM[] =
 	"WITH p AS (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k), "
 	"took AS ("
-	"  UPDATE outbox_lock SET lock_id = $1::uuid, processing_until = now() + $4::bigint * interval '1 millisecond' "
+	"  UPDATE outbox_lock SET lock_id = $1::uuid, processing_until = clock_timestamp() + $4::bigint * interval '1 millisecond' "
 	"   WHERE ctid IN (SELECT ctid FROM outbox_lock WHERE partition_key IN (SELECT k FROM p) AND processed_at IS NULL "
 	"                     AND (processing_until < now() OR lock_id = $1::uuid) ORDER BY partition_key FOR UPDATE) "
 	"  RETURNING partition_key), "
 	"inserted AS ("
 	"  INSERT INTO outbox_lock (partition_key, lock_id, processing_until) "
-	"  SELECT k, $1::uuid, now() + $4::bigint * interval '1 millisecond' "
+	"  SELECT k, $1::uuid, clock_timestamp() + $4::bigint * interval '1 millisecond' "
 	"    FROM p WHERE k NOT IN (SELECT partition_key FROM took) ORDER BY k "
 	"  ON CONFLICT (partition_key) WHERE processed_at IS NULL DO NOTHING "
 	"  RETURNING partition_key), "
 	"leased AS (SELECT partition_key FROM took UNION ALL SELECT partition_key FROM inserted) "
-	"SELECT l.partition_key::text, 'held', " HEADS_COLUMNS
+	"SELECT l.partition_key::text, '" OBR_LEASE_HELD "', " HEADS_COLUMNS
 	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key", "$3", "", "FOR SHARE OF o") ") h ON true "
 	" ORDER BY l.partition_key, h.rn";
 
@@ -91,13 +108,14 @@ const char OBR_SQL_CLAIM[] =
 	"rel AS (DELETE FROM outbox_lock l USING decide d " \
 	"         WHERE NOT d.keep AND l.partition_key = d.k AND l.lock_id = " lock_id "::uuid AND l.processed_at IS NULL " \
 	AFTER_LEASES "RETURNING l.partition_key), " \
-	"ren AS (UPDATE outbox_lock l SET processing_until = now() + " lease "::bigint * interval '1 millisecond' FROM decide d " \
+	"ren AS (UPDATE outbox_lock l SET processing_until = clock_timestamp() + " lease "::bigint * interval '1 millisecond' FROM decide d " \
 	"         WHERE d.keep AND l.partition_key = d.k AND l.lock_id = " lock_id "::uuid AND l.processed_at IS NULL " \
 	AFTER_LEASES "RETURNING l.partition_key) " \
-	"SELECT h.k::text, CASE WHEN ren.partition_key IS NOT NULL THEN 'held' " \
-	"                       WHEN rel.partition_key IS NOT NULL THEN 'released' ELSE 'lost' END, " HEADS_COLUMNS \
+	"(SELECT h.k::text, CASE WHEN ren.partition_key IS NOT NULL THEN '" OBR_LEASE_HELD "' " \
+	"                        WHEN rel.partition_key IS NOT NULL THEN '" OBR_LEASE_RELEASED "' " \
+	"                        ELSE '" OBR_LEASE_LOST "' END, " HEADS_COLUMNS \
 	"  FROM h LEFT JOIN rel ON rel.partition_key = h.k LEFT JOIN ren ON ren.partition_key = h.k " \
-	" ORDER BY h.k, h.rn"
+	" ORDER BY h.k, h.rn)"
 
 const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$3", "$4", "");
 
@@ -113,19 +131,43 @@ const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$
  * partition here only after a success or a parking, never after a retry: the row waiting for its
  * retry must stay the head.) Lock order as in the advance.
  *
+ * Re-read: a partition whose row moved on here (delivered or parked) but whose head now sorts
+ * before that row got a row in front of the rows the relay already fetched: a parked row was
+ * requeued (it keeps its place), or a transaction committed late. Such a partition, unless it
+ * is advanced here anyway, gets one more result row: lease OBR_LEASE_REREAD and NULL row
+ * columns. The relay must then drop its fetched rows of that partition and advance it before
+ * starting another of its rows, so the partition's current head goes first. One index descent
+ * per row that moved on.
+ *
  * $1 uuid[] delivered; failures as parallel arrays: $2 uuid[] key, $3 text[] error,
  * $4 bigint[] retry delay ms, $5 bool[] park, $6 text[] sent_destinations (int[] literals),
  * $7 bool[] counts as an attempt; $8 lock_id, $9 uuid[] partitions to advance, $10 rows per
- * partition, $11 lease ms. The result is the advance's (no rows when $9 is empty).
+ * partition, $11 lease ms. The result is the advance's (no rows when $9 is empty), then the
+ * re-read rows.
  */
+#define MOVED_COLUMNS "o.partition_key, o.process_after, o.created_at, o.idempotent_key"
+#define NOT_WRITTEN_HERE(t) " AND " t "idempotent_key <> ALL($1::uuid[]) AND " t "idempotent_key <> ALL($2::uuid[])"
+
+#define REREAD_ROWS \
+	" UNION ALL " \
+	"SELECT m.partition_key::text, '" OBR_LEASE_REREAD "', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL " \
+	"  FROM (SELECT * FROM done UNION ALL SELECT " MOVED_COLUMNS " FROM failed o WHERE o.park) m " \
+	" WHERE m.partition_key <> ALL($9::uuid[]) " \
+	"   AND (SELECT (n.process_after, n.created_at, n.idempotent_key) FROM outbox n " \
+	"         WHERE n.partition_key = m.partition_key AND n.processed_at IS NULL AND n.dead_at IS NULL" \
+	NOT_WRITTEN_HERE("n.") \
+	"         ORDER BY n.process_after, n.created_at, n.idempotent_key LIMIT 1) " \
+	"       < (m.process_after, m.created_at, m.idempotent_key)"
+
 #define COMPLETE_FAILED \
 	"failed AS (UPDATE outbox o SET attempts = o.attempts + f.counted::int, last_error = f.err, " \
 	"       retry_after = CASE WHEN f.park THEN NULL ELSE now() + f.delay_ms * interval '1 millisecond' END, " \
 	"       dead_at = CASE WHEN f.park THEN now() END, sent_destinations = f.sent::int[] " \
 	"  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[]) " \
 	"       AS f(key, err, delay_ms, park, sent, counted) " \
-	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES "RETURNING 1), " \
-	ADVANCE("$8", "$9", "$10", "$11", " AND o.idempotent_key <> ALL($1::uuid[]) AND o.idempotent_key <> ALL($2::uuid[])")
+	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES \
+	"RETURNING " MOVED_COLUMNS ", f.park), " \
+	ADVANCE("$8", "$9", "$10", "$11", NOT_WRITTEN_HERE("o.")) REREAD_ROWS
 
 /* The rows are found through the primary key (a join with the unnested keys). "(processed_at
  * IS NULL) IS TRUE" keeps the planner from matching the partial pending-row indexes, which it
@@ -135,43 +177,74 @@ const char OBR_SQL_COMPLETE[] =
 	"WITH " LEASES_FIRST("$9")
 	"done AS (UPDATE outbox o SET processed_at = now(), attempts = o.attempts + 1, retry_after = NULL "
 	"           FROM unnest($1::uuid[]) AS d(key) "
-	"          WHERE o.idempotent_key = d.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES "RETURNING 1), "
+	"          WHERE o.idempotent_key = d.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES
+	"         RETURNING " MOVED_COLUMNS "), "
 	COMPLETE_FAILED;
 
 const char OBR_SQL_COMPLETE_DELETE[] =
 	"WITH " LEASES_FIRST("$9")
-	"done AS (DELETE FROM outbox WHERE idempotent_key = ANY($1::uuid[])" AFTER_LEASES "RETURNING 1), "
+	"done AS (DELETE FROM outbox o WHERE o.idempotent_key = ANY($1::uuid[])" AFTER_LEASES
+	"         RETURNING " MOVED_COLUMNS "), "
 	COMPLETE_FAILED;
 
 /*
  * Scan (fallback poll, catch-up after a connect, due timer): partitions whose head is due and
  * that no live lease holds, oldest first; then one row (NULL partition) with the milliseconds
- * until the next row becomes due, for the due timer. Reads only pending rows (partial indexes).
- * Our own leases do not hide a partition: a release lost in a PostgreSQL crash comes back as
- * ours, and the relay (which holds nothing locally for it) claims it again at once.
+ * until the next row becomes due, for the due timer. Our own leases do not hide a partition: a
+ * release lost in a PostgreSQL crash comes back as ours, and the relay (which holds nothing
+ * locally for it) claims it again at once.
+ *
+ * It never reads every pending row (DISTINCT ON over them did: 2 s per scan with a million
+ * delayed rows; contrib/bench). A partition whose head is due has a due row (its head), so:
+ * - up to SCAN_DUE_ROWS due rows: their partitions, from the due-time index
+ *   (outbox_pending_due, oldest first), are the only candidates; each one's head is one descent
+ *   of the partition index. Cost: the due rows, however many rows are delayed.
+ * - more due rows than that: a skip scan over every partition with pending rows. Each step of
+ *   the recursive CTE descends the partition index (outbox_pending_by_partition, in delivery
+ *   order) once, to the next partition_key's first pending row, which is its head. Cost: the
+ *   partitions, not their rows (10,000 partitions: 10,000 descents, whatever their rows).
+ * Only one of the two runs: the other is behind a one-time filter. The next due time is one
+ * descent of the due-time index.
  * $1 limit, $2 lock_id
  */
+#define SCAN_DUE_ROWS "1024"
+
+#define PENDING_HEAD_OF(cond) \
+	"SELECT o.partition_key, o.process_after, o.retry_after FROM outbox o " \
+	" WHERE o.processed_at IS NULL AND o.dead_at IS NULL" cond \
+	" ORDER BY o.partition_key, o.process_after, o.created_at, o.idempotent_key LIMIT 1"
+
+#define PENDING_DUE(cmp) \
+	"processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL AND " DUE_AT("") " " cmp " now()"
+
 const char OBR_SQL_SCAN[] =
-	"(SELECT h.k::text, NULL::bigint FROM ("
-	"   SELECT DISTINCT ON (partition_key) partition_key AS k, process_after, retry_after FROM outbox "
-	"    WHERE processed_at IS NULL AND dead_at IS NULL "
-	"    ORDER BY partition_key, process_after, created_at, idempotent_key) h "
+	"WITH RECURSIVE "
+	"due_rows AS MATERIALIZED (SELECT partition_key AS k FROM outbox WHERE " PENDING_DUE("<=")
+	"  ORDER BY " DUE_AT("") " LIMIT " SCAN_DUE_ROWS " + 1), "
+	"walk (k, process_after, retry_after) AS ("
+	"  (" PENDING_HEAD_OF("") ") "
+	"  UNION ALL "
+	"  SELECT n.* FROM walk w CROSS JOIN LATERAL (" PENDING_HEAD_OF(" AND o.partition_key > w.k") ") n), "
+	"heads (k, process_after, retry_after) AS ("
+	"  SELECT x.* FROM (SELECT DISTINCT k FROM due_rows) c "
+	"   CROSS JOIN LATERAL (" PENDING_HEAD_OF(" AND o.partition_key = c.k") ") x "
+	"   WHERE (SELECT count(*) FROM due_rows) <= " SCAN_DUE_ROWS
+	"  UNION ALL "
+	"  SELECT * FROM walk WHERE (SELECT count(*) FROM due_rows) > " SCAN_DUE_ROWS ") "
+	"(SELECT h.k::text, NULL::bigint FROM heads h "
 	"  WHERE " DUE_AT("h.") " <= now() "
 	"    AND NOT EXISTS (SELECT 1 FROM outbox_lock l WHERE l.partition_key = h.k AND l.processed_at IS NULL "
 	"                       AND l.processing_until >= now() AND l.lock_id <> $2::uuid) "
 	"  ORDER BY h.process_after LIMIT $1::int) "
 	"UNION ALL "
-	"SELECT NULL, ceil(extract(epoch FROM "
-	"   (SELECT min(" DUE_AT("") ") FROM outbox "
-	"     WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
-	"       AND " DUE_AT("") " > now())"
-	" - now()) * 1000)::bigint";
+	"SELECT NULL, (SELECT " MS_UNTIL("m") " FROM (SELECT min(" DUE_AT("") ") AS m FROM outbox "
+	"               WHERE " PENDING_DUE(">") ") s)";
 
 /* Renew every lease of this instance; the result is the set still held. Rows are locked in key
  * order, as a claim locks the expired leases it takes over: the two never deadlock.
  * $1 lock_id, $2 lease ms */
 const char OBR_SQL_RENEW[] =
-	"UPDATE outbox_lock SET processing_until = now() + $2::bigint * interval '1 millisecond' "
+	"UPDATE outbox_lock SET processing_until = clock_timestamp() + $2::bigint * interval '1 millisecond' "
 	" WHERE ctid IN (SELECT ctid FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL "
 	"                 ORDER BY partition_key FOR UPDATE) "
 	"RETURNING partition_key::text";
@@ -181,9 +254,10 @@ const char OBR_SQL_RELEASE_ALL[] =
 	"DELETE FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL";
 
 /* The gauges behind /metrics, sampled every few seconds (never per scrape): due rows and the
- * age of the oldest, from the partial index of pending rows; the notification queue's fill. */
+ * age of the oldest (a '-infinity' process_after, possible in rows older than sql/007, is left
+ * out of the age), from the partial index of pending rows; the notification queue's fill. */
 const char OBR_SQL_SAMPLE[] =
-	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after)), 0)::float8, "
+	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after) FILTER (WHERE isfinite(process_after))), 0)::float8, "
 	"       pg_notification_queue_usage() "
 	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
 	"   AND " DUE_AT("") " <= now()";

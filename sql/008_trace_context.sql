@@ -1,4 +1,4 @@
--- 010: W3C Trace Context through the outbox. A transaction that sets outbox.traceparent (and
+-- 008: W3C Trace Context through the outbox. A transaction that sets outbox.traceparent (and
 -- optionally outbox.tracestate) with SET LOCAL gets them as headers on every outbox row it
 -- writes, by plain INSERT or the SQL helpers, unless the row sets them itself. The relay sends
 -- row headers as HTTP headers and as SQS/SNS message attributes, so the consumer continues the
