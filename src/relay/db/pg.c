@@ -105,8 +105,7 @@ static void query_free(struct query *q)
 	free(q);
 }
 
-/* Watches PQsocket() for what. The socket changes while connecting (libpq moves on to the
- * next address or host), so it is compared every time, not only the events. */
+/* Watches PQsocket() for what (the event is kept while socket and events stay the same). */
 static void watch(struct obr_pg *pg, short what)
 {
 	int fd = PQsocket(pg->conn);
@@ -341,16 +340,27 @@ static void track_attempt(struct obr_pg *pg)
 	arm_timeout(pg);
 }
 
+/* The socket may be a new one after any step (libpq closed the last and tried the next
+ * address, often under the same descriptor number, which epoll no longer watches): the
+ * event is made anew every time. */
+static void rewatch(struct obr_pg *pg, short what)
+{
+	if (pg->io) {
+		event_free(pg->io);
+		pg->io = NULL;
+	}
+	track_attempt(pg);
+	watch(pg, what);
+}
+
 static void continue_connect(struct obr_pg *pg)
 {
 	switch (PQconnectPoll(pg->conn)) {
 	case PGRES_POLLING_READING:
-		track_attempt(pg);
-		watch(pg, EV_READ);
+		rewatch(pg, EV_READ);
 		return;
 	case PGRES_POLLING_WRITING:
-		track_attempt(pg);
-		watch(pg, EV_WRITE);
+		rewatch(pg, EV_WRITE);
 		return;
 	case PGRES_POLLING_FAILED:
 		conn_error(pg, "could not connect");
@@ -443,8 +453,7 @@ static void connect_entries(struct obr_pg *pg)
 	pg->state = PG_CONNECTING;
 	pg->cur = -1;
 	arm_timeout(pg); /* until track_attempt knows the entry; also covers a passthrough */
-	track_attempt(pg);
-	watch(pg, EV_WRITE);
+	rewatch(pg, EV_WRITE);
 }
 
 static int add_entry(struct obr_pg *pg, const struct obr_pg_host *h, const char *addr)
@@ -530,7 +539,7 @@ static void on_resolved(int result, char type, int count, int ttl, void *address
 		    inet_ntop(type == DNS_IPv4_A ? AF_INET : AF_INET6, a, l->addrs[l->naddrs], OBR_PG_ADDR_LEN))
 			l->naddrs++;
 	}
-	if (result != DNS_ERR_NONE && result != DNS_ERR_NOTEXIST)
+	if (result != DNS_ERR_NONE && result != DNS_ERR_NOTEXIST && result != DNS_ERR_NODATA)
 		obr_log_debug("%s connection: lookup of \"%s\" failed: %s", pg->name, pg->target.hosts[l->host].host,
 		              evdns_err_to_string(result));
 	if (--pg->lookups_pending == 0)

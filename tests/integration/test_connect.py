@@ -1,0 +1,225 @@
+"""Connecting never hangs and never blocks the loop: an address that drops SYNs is given up
+after connect_timeout and the next one is tried (two hosts in the URL, or two addresses of one
+name), and a slow name server does not stop /health from answering.
+
+The black hole needs no root: a TCP socket listening on loopback with backlog 0 that never
+accepts, whose accept queue is filled first; the kernel drops later SYNs, so connect() hangs
+(checked by black_hole() before it is used). The slow name server is a UDP stand-in on
+127.0.0.1 that holds every query until the test releases it; the relay is pointed at it with
+OBR_TEST_RESOLV_CONF (a resolv.conf naming it), the only way to make a lookup slow on purpose
+without root. Nothing here waits for a duration: the tests wait for conditions."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import threading
+import urllib.request
+
+import pytest
+
+from conftest import READY_PHRASE, _least_privilege_url, wait_until
+from relay_util import ready_code
+
+
+class BlackHole:
+    """A loopback address:port that drops SYNs (see the module docstring)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(0)
+        self.host, self.port = self.listener.getsockname()
+        self.fillers: list[socket.socket] = []
+        # the accept queue of a backlog-0 listener holds one connection: fill it, and a
+        # second for good measure (it stays in SYN-SENT)
+        for _ in range(2):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex((self.host, self.port))
+            self.fillers.append(s)
+        wait_until(self._hangs, 10, f"a connect to {self.host}:{self.port} to hang")
+
+    def _hangs(self) -> bool:
+        """True when a fresh connect() is still in progress after a second."""
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            rc = probe.connect_ex((self.host, self.port))
+            if rc not in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                return False
+            _, writable, _ = select.select([], [probe], [], 1.0)
+            return not writable
+        finally:
+            probe.close()
+
+    def close(self) -> None:
+        for s in self.fillers:
+            s.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def black_hole():
+    holes: list[BlackHole] = []
+
+    def make(host: str = "127.0.0.1", port: int = 0) -> BlackHole:
+        holes.append(BlackHole(host, port))
+        return holes[-1]
+
+    yield make
+    for h in holes:
+        h.close()
+
+
+class SlowNameServer:
+    """A DNS server on 127.0.0.1 (UDP) that answers A queries for `name` with `addrs`, AAAA
+    with no data, anything else with NXDOMAIN; while held, it keeps every query unanswered."""
+
+    def __init__(self, name: str, addrs: list[str]) -> None:
+        self.name = name.lower()
+        self.addrs = addrs
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held = True
+        self.queries = 0
+        self.waiting: list[tuple[bytes, tuple]] = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _answer(self, query: bytes) -> bytes:
+        qid, _flags, qd = struct.unpack("!HHH", query[:6])
+        pos, labels = 12, []
+        while query[pos]:
+            n = query[pos]
+            labels.append(query[pos + 1:pos + 1 + n].decode("ascii", "replace"))
+            pos += 1 + n
+        qtype, _qclass = struct.unpack("!HH", query[pos + 1:pos + 5])
+        question = query[12:pos + 5]
+        name = ".".join(labels).lower()
+        answers = b""
+        count = 0
+        rcode = 0
+        if name != self.name:
+            rcode = 3
+        elif qtype == 1:
+            for a in self.addrs:
+                answers += struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(a)
+                count += 1
+        return struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, count, 0, 0) + question + answers
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self.stopping:
+            try:
+                data, peer = self.sock.recvfrom(512)
+            except socket.timeout:
+                data = None
+            with self.lock:
+                if data is not None and len(data) > 12:
+                    self.queries += 1
+                    self.waiting.append((data, peer))
+                if self.held:
+                    continue
+                todo, self.waiting = self.waiting, []
+            for q, p in todo:
+                self.sock.sendto(self._answer(q), p)
+
+    def release(self) -> None:
+        with self.lock:
+            self.held = False
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def name_server():
+    servers: list[SlowNameServer] = []
+
+    def make(name: str, addrs: list[str]) -> SlowNameServer:
+        servers.append(SlowNameServer(name, addrs))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+def relay_role_url(db, hostport: str, query: str) -> str:
+    """The URL the relay fixture would use for db (its role granted), with other hosts
+    ("h:p,h2:p2") and a query string."""
+    user = _least_privilege_url(db).split("://", 1)[1].split("@", 1)[0]
+    return f"postgresql://{user}@{hostport}/{db.name}?{query}"
+
+
+def health_ok(r) -> bool:
+    try:
+        with urllib.request.urlopen(r.http_url("/health"), timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_first_host_black_holes_second_connects(db, relay, black_hole):
+    """host=<black hole>,<server>: each connection gives the first up after connect_timeout
+    and connects to the second; the relay gets ready and delivers."""
+    hole = black_hole()
+    cluster = db.cluster
+    url = relay_role_url(db, f"{hole.host}:{hole.port},{cluster.host}:{cluster.port}",
+                         "connect_timeout=2&target_session_attrs=read-write")
+    r = relay(url, ready=False, OUTBOX_LOG_LEVEL="info")
+    # the kernel would retry the SYN for about two minutes: long before, the relay is ready
+    r.wait_for_log(READY_PHRASE, timeout=30)
+    assert ready_code(r) == 200
+    assert f'connecting to host "{hole.host}" ({hole.host}) port {hole.port}, trying the next' in r.log()
+
+
+def test_first_host_refuses_second_connects(db, relay):
+    """host=<closed port>,<server>: libpq moves on to the second host with a new socket, which
+    the relay must watch (it kept watching the first one and stayed "connecting")."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        cluster = db.cluster
+        url = relay_role_url(db, f"127.0.0.1:{closed.getsockname()[1]},{cluster.host}:{cluster.port}",
+                             "connect_timeout=30")
+        r = relay(url, ready=False, OUTBOX_LOG_LEVEL="info")
+        r.wait_for_log(READY_PHRASE, timeout=20)
+        assert ready_code(r) == 200
+        assert "timeout expired" not in r.log()
+    finally:
+        closed.close()
+
+
+def test_slow_name_server_health_answers_then_connects(db, relay, black_hole, name_server, tmp_path):
+    """The host is a name whose lookup the name server holds: /health answers meanwhile (the
+    loop is not blocked) and /ready says 503. Released, the name gives two addresses, the
+    first black-holing: the relay skips it after connect_timeout and gets ready."""
+    cluster = db.cluster
+    # same port as the server, on another loopback address: the name's first address
+    hole = black_hole("127.0.0.2", cluster.port)
+    ns = name_server("db.obr-connect.test", [hole.host, cluster.host])
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(f"nameserver 127.0.0.1:{ns.port}\n")
+    url = relay_role_url(db, f"db.obr-connect.test:{cluster.port}", "connect_timeout=2")
+    r = relay(url, ready=False, OUTBOX_LOG_LEVEL="debug", OBR_TEST_RESOLV_CONF=str(conf))
+    wait_until(lambda: ns.queries >= 1, 20, "the relay's first DNS query")
+    # the query is held: the loop still serves /health, and /ready tells the truth
+    for _ in range(3):
+        wait_until(lambda: health_ok(r), 5, "/health to answer while the lookup is held")
+    assert ready_code(r) == 503
+    assert READY_PHRASE not in r.log()
+    ns.release()
+    r.wait_for_log(r"timeout expired after 2 s connecting to host \"db\.obr-connect\.test\" \(127\.0\.0\.2\)",
+                   timeout=40)
+    r.wait_for_log(READY_PHRASE, timeout=40)
+    assert ready_code(r) == 200
