@@ -16,6 +16,7 @@ import select
 import socket
 import struct
 import threading
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -223,3 +224,22 @@ def test_slow_name_server_health_answers_then_connects(db, relay, black_hole, na
                    timeout=40)
     r.wait_for_log(READY_PHRASE, timeout=40)
     assert ready_code(r) == 200
+
+
+@pytest.mark.parametrize("how", ["socket_directory", "hosts_file"])
+def test_hosts_that_need_no_name_server(db, relay, name_server, tmp_path, how):
+    """A Unix socket directory, and a name the hosts file knows (localhost), connect while
+    the configured name server holds every query: neither is sent to it."""
+    cluster = db.cluster
+    ns = name_server("unused.obr-connect.test", [])
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(f"nameserver 127.0.0.1:{ns.port}\n")
+    if how == "socket_directory":
+        url = relay_role_url(db, "", f"host={urllib.parse.quote(str(cluster.base), safe='')}&port={cluster.port}")
+    else:
+        if "localhost" not in open("/etc/hosts").read():
+            pytest.skip("/etc/hosts has no localhost entry")
+        url = relay_role_url(db, f"localhost:{cluster.port}", "connect_timeout=2")
+    r = relay(url, ready=False, OUTBOX_LOG_LEVEL="debug", OBR_TEST_RESOLV_CONF=str(conf))
+    r.wait_for_log(READY_PHRASE, timeout=30)
+    assert ns.queries == 0
