@@ -12,16 +12,18 @@ without root. Nothing here waits for a duration: the tests wait for conditions."
 from __future__ import annotations
 
 import errno
+import re
 import select
 import socket
 import struct
+import subprocess
 import threading
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from conftest import READY_PHRASE, _least_privilege_url, wait_until
+from conftest import BUILD_ROOT, READY_PHRASE, _least_privilege_url, sanitizer_findings, wait_until
 from relay_util import ready_code
 
 
@@ -243,3 +245,45 @@ def test_hosts_that_need_no_name_server(db, relay, name_server, tmp_path, how):
     r = relay(url, ready=False, OUTBOX_LOG_LEVEL="debug", OBR_TEST_RESOLV_CONF=str(conf))
     r.wait_for_log(READY_PHRASE, timeout=30)
     assert ns.queries == 0
+
+
+PG_CLIENT_BIN = BUILD_ROOT / "tests" / "pgclient" / "obr-test-pg"
+
+
+def pg_client(db, scenario: str) -> subprocess.CompletedProcess:
+    """Runs tests/pgclient (one db/pg.c connection) against db as the relay's role."""
+    assert PG_CLIENT_BIN.exists(), f"{PG_CLIENT_BIN} is missing: build it (ninja -C build)"
+    url = relay_role_url(db, f"{db.cluster.host}:{db.cluster.port}", "connect_timeout=5")
+    return subprocess.run([str(PG_CLIENT_BIN), url, scenario], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def assert_clean(res: subprocess.CompletedProcess) -> None:
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    assert not sanitizer_findings(res.stderr), res.stderr
+
+
+def test_statement_timeout_option_and_sqlstate(db):
+    """obr_pg_set_statement_timeout applies to every session; the owner sees the SQLSTATE."""
+    res = pg_client(db, "statement-timeout")
+    assert_clean(res)
+    assert res.stdout.splitlines() == ["sqlstate 57014"], res.stdout + res.stderr
+
+
+def test_free_does_not_call_the_owner_back(db):
+    """obr_pg_free while a statement runs drops it without calling the owner (which is being
+    torn down), and leaks nothing."""
+    res = pg_client(db, "free-pending")
+    assert_clean(res)
+    assert res.stdout.splitlines() == ["freed"], res.stdout + res.stderr
+
+
+def test_reset_right_after_connect_backs_off_exponentially(db):
+    """A session reset right after it came up (a read-only server, say) does not clear the
+    backoff: the delays the log announces double (with jitter in [d/2, d])."""
+    res = pg_client(db, "reset-backoff")
+    assert_clean(res)
+    delays = [int(d) for d in re.findall(r"connection lost, reconnecting in (\d+) ms: test reset", res.stderr)]
+    assert len(delays) == 4, res.stderr
+    for i, d in enumerate(delays):
+        assert 100 * 2 ** i // 2 <= d <= 100 * 2 ** i, delays
