@@ -23,7 +23,8 @@ import urllib.request
 
 import pytest
 
-from conftest import BUILD_ROOT, READY_PHRASE, _least_privilege_url, sanitizer_findings, wait_until
+from conftest import (BUILD_ROOT, READY_PHRASE, _least_privilege_url, relay_env, sanitizer_findings,
+                      wait_until)
 from relay_util import ready_code
 
 
@@ -250,12 +251,12 @@ def test_hosts_that_need_no_name_server(db, relay, name_server, tmp_path, how):
 PG_CLIENT_BIN = BUILD_ROOT / "tests" / "pgclient" / "obr-test-pg"
 
 
-def pg_client(db, scenario: str) -> subprocess.CompletedProcess:
+def pg_client(db, scenario: str, url: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs tests/pgclient (one db/pg.c connection) against db as the relay's role."""
     assert PG_CLIENT_BIN.exists(), f"{PG_CLIENT_BIN} is missing: build it (ninja -C build)"
-    url = relay_role_url(db, f"{db.cluster.host}:{db.cluster.port}", "connect_timeout=5")
+    url = url or relay_role_url(db, f"{db.cluster.host}:{db.cluster.port}", "connect_timeout=5")
     return subprocess.run([str(PG_CLIENT_BIN), url, scenario], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=relay_env(None, env))
 
 
 def assert_clean(res: subprocess.CompletedProcess) -> None:
@@ -287,3 +288,15 @@ def test_reset_right_after_connect_backs_off_exponentially(db):
     assert len(delays) == 4, res.stderr
     for i, d in enumerate(delays):
         assert 100 * 2 ** i // 2 <= d <= 100 * 2 ** i, delays
+
+
+def test_service_file_hosts_are_left_to_libpq(db, tmp_path):
+    """service=NAME: the hosts are in pg_service.conf, which only libpq reads; the relay
+    passes the connection string through and libpq connects."""
+    user = _least_privilege_url(db).split("://", 1)[1].split("@", 1)[0]
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[obrtest]\nhost={db.cluster.host}\nport={db.cluster.port}\n"
+                        f"dbname={db.name}\nuser={user}\n")
+    res = pg_client(db, "statement-timeout", url="service=obrtest", env={"PGSERVICEFILE": str(services)})
+    assert_clean(res)
+    assert res.stdout.splitlines() == ["sqlstate 57014"], res.stdout + res.stderr

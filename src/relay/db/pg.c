@@ -4,11 +4,10 @@
 #include "db/pg.h"
 
 #include "db/pgaddr.h"
+#include "db/pgresolve.h"
 #include "util/log.h"
 #include "util/strbuf.h"
 
-#include <arpa/inet.h>
-#include <event2/dns.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,22 +18,6 @@
 /* a session lost sooner than this after it was ready does not reset the backoff: a server
  * that takes connections but fails them (read-only after a failover) is not hammered */
 #define STABLE_MS 2000
-/* addresses kept per host name and address family */
-#define MAX_ADDRS 8
-#define HOSTS_FILE "/etc/hosts"
-
-/* One A or AAAA lookup (or a hosts file answer) for target.hosts[host]. */
-struct lookup {
-	struct lookup *next;
-	struct obr_pg *pg;
-	struct evdns_request *req;  /* until its callback ran: libevent frees it then */
-	int host;
-	bool stale;                 /* the attempt that wanted it is over: the callback frees it */
-	bool answered;
-	int naddrs;
-	char addrs[MAX_ADDRS][OBR_PG_ADDR_LEN];
-};
-
 struct query {
 	struct query *next;
 	const char *prepared;       /* statement name when the caller's sql is a prepared one */
@@ -71,9 +54,7 @@ struct obr_pg {
 	uint64_t reconnects;
 	bool ever_connected;
 
-	struct evdns_base *dns;    /* made at the first host name to resolve */
-	struct lookup *lookups;
-	int lookups_pending;
+	struct obr_pg_resolver *resolver;
 	struct obr_pg_host *entries; /* the attempts of this connect, names resolved */
 	int nentries;
 	int first;                 /* entries before it timed out: libpq gets the rest */
@@ -133,27 +114,6 @@ static void arm_timeout(struct obr_pg *pg)
 	evtimer_add(pg->timeout, &tv);
 }
 
-/* Ends the lookups of this attempt. One still in flight gets its callback later (libevent
- * runs it from the loop, also after a cancel): it is marked stale and frees itself then. */
-static void drop_lookups(struct obr_pg *pg)
-{
-	struct lookup **lp = &pg->lookups;
-	while (*lp) {
-		struct lookup *l = *lp;
-		if (l->req && !l->stale) {
-			l->stale = true;
-			evdns_cancel_request(pg->dns, l->req);
-		}
-		if (l->req) {
-			lp = &l->next;
-			continue;
-		}
-		*lp = l->next;
-		free(l);
-	}
-	pg->lookups_pending = 0;
-}
-
 static void drop_entries(struct obr_pg *pg)
 {
 	for (int i = 0; i < pg->nentries; i++)
@@ -190,7 +150,7 @@ static void schedule_reconnect(struct obr_pg *pg, const char *why)
 		pg->io = NULL;
 	}
 	evtimer_del(pg->timeout);
-	drop_lookups(pg);
+	obr_pg_resolver_cancel(pg->resolver);
 	drop_entries(pg);
 	if (pg->conn) {
 		PQfinish(pg->conn);
@@ -456,157 +416,31 @@ static void connect_entries(struct obr_pg *pg)
 	rewatch(pg, EV_WRITE);
 }
 
-static int add_entry(struct obr_pg *pg, const struct obr_pg_host *h, const char *addr)
-{
-	struct obr_pg_host *e = &pg->entries[pg->nentries];
-	e->host = strdup(h->host);
-	e->hostaddr = strdup(addr ? addr : h->hostaddr);
-	e->port = strdup(h->port);
-	if (!e->host || !e->hostaddr || !e->port) {
-		obr_pg_host_clear(e);
-		return -1;
-	}
-	pg->nentries++;
-	return 0;
-}
-
-/* The lookups are over (answered, or timed_out): one entry per address found, in the order
- * of the connection string (IPv4 before IPv6 within a name), then connect. */
+/* The lookups are over (answered, or timed_out): connect to what they found. */
 static void lookups_done(struct obr_pg *pg, bool timed_out)
 {
 	evtimer_del(pg->timeout);
-	size_t max = 0;
-	for (int i = 0; i < pg->target.nhosts; i++)
-		max += pg->target.hosts[i].lookup ? 2 * MAX_ADDRS : 1;
 	drop_entries(pg);
-	pg->entries = calloc(max, sizeof(*pg->entries));
-	if (!pg->entries) {
+	char unresolved[256];
+	int n = obr_pg_resolver_entries(pg->resolver, &pg->target, &pg->entries, unresolved, sizeof(unresolved));
+	if (n < 0) {
 		schedule_reconnect(pg, "out of memory");
 		return;
 	}
-	char unresolved[256] = "";
-	for (int i = 0; i < pg->target.nhosts; i++) {
-		const struct obr_pg_host *h = &pg->target.hosts[i];
-		if (!h->lookup) {
-			if (add_entry(pg, h, NULL))
-				goto oom;
-			continue;
-		}
-		int before = pg->nentries;
-		for (struct lookup *l = pg->lookups; l; l = l->next)
-			for (int a = 0; l->host == i && !l->stale && a < l->naddrs; a++)
-				if (add_entry(pg, h, l->addrs[a]))
-					goto oom;
-		if (pg->nentries == before) {
-			size_t o = strlen(unresolved);
-			snprintf(unresolved + o, sizeof(unresolved) - o, "%s\"%s\"", o ? ", " : "", h->host);
-		}
-	}
-	drop_lookups(pg);
+	pg->nentries = n;
 	if (*unresolved)
 		obr_log_warn("%s connection: could not resolve host name %s%s", pg->name, unresolved,
 		             timed_out ? " (no answer within connect_timeout)" : "");
-	if (!pg->nentries) {
+	if (!n && !pg->target.passthrough) {
 		schedule_reconnect(pg, "no host name could be resolved");
 		return;
 	}
 	connect_entries(pg);
-	return;
-oom:
-	schedule_reconnect(pg, "out of memory");
 }
 
-static void on_resolved(int result, char type, int count, int ttl, void *addresses, void *arg)
+static void on_resolved(void *arg)
 {
-	struct lookup *l = arg;
-	l->req = NULL; /* libevent frees the request after this callback */
-	struct obr_pg *pg = l->pg;
-	if (l->stale) {
-		for (struct lookup **lp = &pg->lookups; *lp; lp = &(*lp)->next) {
-			if (*lp == l) {
-				*lp = l->next;
-				break;
-			}
-		}
-		free(l);
-		return;
-	}
-	l->answered = true;
-	for (int i = 0; result == DNS_ERR_NONE && i < count && l->naddrs < MAX_ADDRS; i++) {
-		const void *a = type == DNS_IPv4_A ? (const void *)((const struct in_addr *)addresses + i)
-		                                   : (const void *)((const struct in6_addr *)addresses + i);
-		if ((type == DNS_IPv4_A || type == DNS_IPv6_AAAA) &&
-		    inet_ntop(type == DNS_IPv4_A ? AF_INET : AF_INET6, a, l->addrs[l->naddrs], OBR_PG_ADDR_LEN))
-			l->naddrs++;
-	}
-	if (result != DNS_ERR_NONE && result != DNS_ERR_NOTEXIST && result != DNS_ERR_NODATA)
-		obr_log_debug("%s connection: lookup of \"%s\" failed: %s", pg->name, pg->target.hosts[l->host].host,
-		              evdns_err_to_string(result));
-	if (--pg->lookups_pending == 0)
-		lookups_done(pg, false);
-}
-
-static struct lookup *lookup_new(struct obr_pg *pg, int host)
-{
-	struct lookup *l = calloc(1, sizeof(*l));
-	if (!l)
-		return NULL;
-	l->host = host;
-	l->pg = pg;
-	l->next = pg->lookups;
-	pg->lookups = l;
-	return l;
-}
-
-static struct evdns_base *dns_base(struct obr_pg *pg)
-{
-	if (pg->dns)
-		return pg->dns;
-	/* tests point the relay at a local stand-in name server (there is no other way to
-	 * make a lookup slow on purpose without root); everyone else gets resolv.conf */
-	const char *conf = getenv("OBR_TEST_RESOLV_CONF");
-	pg->dns = evdns_base_new(pg->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE | (conf ? 0 : EVDNS_BASE_INITIALIZE_NAMESERVERS));
-	if (pg->dns && conf && evdns_base_resolv_conf_parse(pg->dns, DNS_OPTIONS_ALL, conf) != 0)
-		obr_log_warn("%s connection: could not read %s", pg->name, conf);
-	return pg->dns;
-}
-
-/* Resolves the host names of the connection string without blocking: the hosts file
- * first, as getaddrinfo would, then A and AAAA from the name servers of resolv.conf. */
-static void start_lookups(struct obr_pg *pg)
-{
-	pg->state = PG_RESOLVING;
-	arm_timeout(pg);
-	pg->lookups_pending = 1; /* held until every lookup is sent: answers may come at once */
-	for (int i = 0; i < pg->target.nhosts; i++) {
-		if (!pg->target.hosts[i].lookup)
-			continue;
-		struct lookup *l = lookup_new(pg, i);
-		if (!l)
-			goto fail;
-		l->naddrs = obr_pg_hosts_file_lookup(HOSTS_FILE, pg->target.hosts[i].host, l->addrs, MAX_ADDRS);
-		l->answered = true;
-		if (l->naddrs)
-			continue;
-		if (!dns_base(pg))
-			goto fail;
-		for (int v6 = 0; v6 < 2; v6++) {
-			const char *name = pg->target.hosts[i].host;
-			struct lookup *q = lookup_new(pg, i);
-			if (!q)
-				goto fail;
-			q->req = v6 ? evdns_base_resolve_ipv6(pg->dns, name, 0, on_resolved, q)
-			            : evdns_base_resolve_ipv4(pg->dns, name, 0, on_resolved, q);
-			if (!q->req)
-				goto fail;
-			pg->lookups_pending++;
-		}
-	}
-	if (--pg->lookups_pending == 0)
-		lookups_done(pg, false);
-	return;
-fail:
-	schedule_reconnect(pg, "could not start a host name lookup");
+	lookups_done(arg, false);
 }
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg)
@@ -645,23 +479,17 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 static void start_connect(struct obr_pg *pg)
 {
 	drop_entries(pg);
-	if (!pg->target.passthrough && obr_pg_target_needs_lookup(&pg->target)) {
-		start_lookups(pg);
+	int rc = pg->target.passthrough ? 1 : obr_pg_resolver_start(pg->resolver, &pg->target);
+	if (rc < 0) {
+		schedule_reconnect(pg, "could not start a host name lookup");
 		return;
 	}
-	/* nothing to resolve: the entries are the connection string's */
-	pg->entries = calloc((size_t)pg->target.nhosts + 1, sizeof(*pg->entries));
-	if (!pg->entries) {
-		schedule_reconnect(pg, "out of memory");
+	if (rc == 0) {
+		pg->state = PG_RESOLVING;
+		arm_timeout(pg);
 		return;
 	}
-	for (int i = 0; i < pg->target.nhosts; i++) {
-		if (add_entry(pg, &pg->target.hosts[i], NULL)) {
-			schedule_reconnect(pg, "out of memory");
-			return;
-		}
-	}
-	connect_entries(pg);
+	lookups_done(pg, false);
 }
 
 /* setup_sql: SET statement_timeout, the caller's setup, then a PREPARE per statement. */
@@ -704,11 +532,13 @@ struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const c
 	pg->io_fd = -1;
 	pg->retry = evtimer_new(base, on_retry, pg);
 	pg->timeout = evtimer_new(base, on_timeout, pg);
+	pg->resolver = obr_pg_resolver_new(base, name, on_resolved, pg);
 	char err[256];
 	int parsed = obr_pg_target_parse(conninfo, &pg->target, err, sizeof(err));
 	if (parsed)
 		obr_log_error("%s connection: DATABASE_URL: %s", name, err);
-	if (parsed || !pg->name || (setup_sql && !pg->caller_setup) || !pg->retry || !pg->timeout || build_setup(pg)) {
+	if (parsed || !pg->name || (setup_sql && !pg->caller_setup) || !pg->retry || !pg->timeout || !pg->resolver ||
+	    build_setup(pg)) {
 		obr_pg_free(pg);
 		return NULL;
 	}
@@ -801,14 +631,7 @@ void obr_pg_free(struct obr_pg *pg)
 		event_free(pg->timeout);
 	/* the owner is being torn down: statements still queued are dropped without callbacks */
 	fail_queue(pg, NULL);
-	/* the loop no longer runs: lookups in flight go with the resolver, no callbacks */
-	if (pg->dns)
-		evdns_base_free(pg->dns, 0);
-	while (pg->lookups) {
-		struct lookup *next = pg->lookups->next;
-		free(pg->lookups);
-		pg->lookups = next;
-	}
+	obr_pg_resolver_free(pg->resolver);
 	drop_entries(pg);
 	if (pg->conn)
 		PQfinish(pg->conn);
