@@ -18,6 +18,7 @@
 /* a session lost sooner than this after it was ready does not reset the backoff: a server
  * that takes connections but fails them (read-only after a failover) is not hammered */
 #define STABLE_MS 2000
+
 struct query {
 	struct query *next;
 	const char *prepared;       /* statement name when the caller's sql is a prepared one */
