@@ -175,7 +175,7 @@ def health_ok(r) -> bool:
 
 def test_first_host_black_holes_second_connects(db, relay, black_hole):
     """host=<black hole>,<server>: each connection gives the first up after connect_timeout
-    and connects to the second; the relay gets ready and delivers."""
+    and connects to the second: the relay gets ready."""
     hole = black_hole()
     cluster = db.cluster
     url = relay_role_url(db, f"{hole.host}:{hole.port},{cluster.host}:{cluster.port}",
