@@ -624,3 +624,77 @@ def test_a_failing_migration_fails_migrate_and_rolls_back(empty_db):
     db.execute("DROP TABLE outbox_lock")
     assert_ok(migrate(db))
     assert_schema_complete(db)
+
+
+def blocker_conn(db):
+    """A session that reads outbox in a transaction it keeps open: it holds ACCESS SHARE on
+    outbox, which every ALTER TABLE outbox waits for."""
+    conn = db.cluster.connect(db.name, autocommit=False, application_name="obr-test long transaction")
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM outbox")
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    return conn, pid
+
+
+def insert_crate_row(db):
+    """A writer of outbox (crate columns), given 20 s: without lock_timeout on the migration
+    it would wait behind the queued ALTER TABLE until the long transaction ends."""
+    conn = db.cluster.connect(db.name, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '20s'")
+            cur.execute("INSERT INTO outbox (idempotent_key, partition_key, destinations, payload)"
+                        " VALUES (%s, %s, '[]', 'x')", (str(uuid7()), str(uuid7())))
+    finally:
+        conn.close()
+
+
+def test_migrate_behind_a_long_transaction_does_not_hold_up_writers(empty_db, tmp_path):
+    """A crate database (migrate must ALTER outbox) with a long transaction on outbox: the
+    migration's lock waits are bounded by lock_timeout, so a writer gets through meanwhile;
+    migrate retries, names the blocking session, and succeeds once it is gone."""
+    db = empty_db
+    db.execute(CRATE_SQL.read_text())
+    blocker, blocker_pid = blocker_conn(db)
+    log = tmp_path / "migrate.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(require_relay()), "migrate"], env=relay_env(db.url),
+                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                                     " AND wait_event_type = 'Lock'", (db.name,)) > 0,
+                   20, "migrate to wait for a lock on outbox")
+        insert_crate_row(db)
+        wait_until(lambda: "retrying" in log.read_text() or proc.poll() is not None, 30,
+                   "migrate to give up its first attempt")
+        assert proc.poll() is None, "migrate ended while the long transaction was still open"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    proc.wait(timeout=120)
+    out = log.read_text()
+    assert proc.returncode == 0, out
+    assert re.search(r"a lock was not granted within lock_timeout \(2s\), attempt 1 of 10, retrying", out), out
+    assert f"held by: pid {blocker_pid} (user postgres, application \"obr-test long transaction\"" in out, out
+    assert_schema_complete(db)
+
+
+def test_migrate_gives_up_naming_the_blocker(empty_db):
+    """The long transaction outlasts every attempt (lock_timeout from the URL, 100 ms):
+    migrate fails with a message naming the session, and changes nothing."""
+    db = empty_db
+    db.execute(CRATE_SQL.read_text())
+    blocker, blocker_pid = blocker_conn(db)
+    try:
+        res = migrate(db.url + "?options=-c%20lock_timeout%3D100ms")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert re.search(r"gave up after 10 attempts: a lock on the outbox tables was not granted within"
+                     r" lock_timeout \(100ms\); held by: pid " + str(blocker_pid), out), out
+    assert "outbox (AccessShareLock)" in out, out
+    assert sorted(columns(db, "outbox")) == sorted(CRATE_OUTBOX_COLUMNS)
+    assert db.scalar("SELECT to_regclass('outbox_relay_schema_version') IS NULL")

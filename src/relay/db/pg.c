@@ -3,15 +3,21 @@
  */
 #include "db/pg.h"
 
+#include "db/pgaddr.h"
+#include "db/pgresolve.h"
 #include "util/log.h"
 #include "util/strbuf.h"
 
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 10000
+/* a session lost sooner than this after it was ready does not reset the backoff: a server
+ * that takes connections but fails them (read-only after a failover) is not hammered */
+#define STABLE_MS 2000
 
 struct query {
 	struct query *next;
@@ -24,34 +30,52 @@ struct query {
 	bool answered;              /* fn has been called (its owner may have freed arg): never again */
 };
 
-enum pg_state { PG_IDLE, PG_CONNECTING, PG_SETUP, PG_READY, PG_WAITING };
+enum pg_state { PG_IDLE, PG_RESOLVING, PG_CONNECTING, PG_SETUP, PG_READY, PG_WAITING };
 
 struct obr_pg {
 	struct event_base *base;
-	char *conninfo;
+	struct obr_pg_target target;
 	char *name;
-	char *setup_sql;            /* the caller's setup plus the PREPAREs */
+	char *caller_setup;
+	char *setup_sql;            /* SET statement_timeout, the caller's setup, the PREPAREs */
 	const struct obr_pg_statement *prepared;
+	int statement_timeout_ms;
 	struct obr_pg_callbacks cb;
 	void *arg;
 
 	PGconn *conn;
 	enum pg_state state;
-	struct event *io;          /* on PQsocket; re-created after every connect */
+	struct event *io;          /* on PQsocket; re-created whenever the socket changes */
 	short io_what;
+	int io_fd;
 	struct event *retry;       /* reconnect backoff timer */
 	struct event *send_failed; /* a send failed inside obr_pg_query: handled from the loop */
+	struct event *timeout;     /* connect_timeout of the current attempt */
 	int backoff_ms;
+	int64_t ready_since_ms;
 	uint64_t reconnects;
 	bool ever_connected;
 
+	struct obr_pg_resolver *resolver;
+	struct obr_pg_host *entries; /* the attempts of this connect, names resolved */
+	int nentries;
+	int first;                 /* entries before it timed out: libpq gets the rest */
+	int cur;                   /* the entry libpq is trying, -1: not known yet */
+
 	struct query *head, *tail; /* head is running when busy */
 	bool busy;
-	int pending;
 };
 
 static void on_io(evutil_socket_t fd, short what, void *arg);
 static void start_connect(struct obr_pg *pg);
+static void connect_entries(struct obr_pg *pg);
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void query_free(struct query *q)
 {
@@ -64,32 +88,54 @@ static void query_free(struct query *q)
 	free(q);
 }
 
+/* Watches PQsocket() for what (the event is kept while socket and events stay the same). */
 static void watch(struct obr_pg *pg, short what)
 {
-	if (pg->io && pg->io_what == what)
+	int fd = PQsocket(pg->conn);
+	if (pg->io && pg->io_what == what && pg->io_fd == fd)
 		return;
 	if (pg->io) {
 		event_free(pg->io);
 		pg->io = NULL;
 	}
-	int fd = PQsocket(pg->conn);
 	if (fd < 0)
 		return;
 	pg->io = event_new(pg->base, fd, (short)(what | EV_PERSIST), on_io, pg);
+	if (!pg->io)
+		return;
 	pg->io_what = what;
+	pg->io_fd = fd;
 	event_add(pg->io, NULL);
 }
 
-/* Fails every queued statement: the connection they were meant for is gone. */
+static void arm_timeout(struct obr_pg *pg)
+{
+	if (pg->target.connect_timeout_s <= 0)
+		return;
+	struct timeval tv = { pg->target.connect_timeout_s, 0 };
+	evtimer_add(pg->timeout, &tv);
+}
+
+static void drop_entries(struct obr_pg *pg)
+{
+	for (int i = 0; i < pg->nentries; i++)
+		obr_pg_host_clear(&pg->entries[i]);
+	free(pg->entries);
+	pg->entries = NULL;
+	pg->nentries = pg->first = 0;
+	pg->cur = -1;
+}
+
+/* Fails every queued statement: the connection they were meant for is gone. why NULL: drop
+ * them without callbacks (the owner is being torn down). */
 static void fail_queue(struct obr_pg *pg, const char *why)
 {
 	struct query *q = pg->head;
 	pg->head = pg->tail = NULL;
 	pg->busy = false;
-	pg->pending = 0;
 	while (q) {
 		struct query *next = q->next;
-		if (!q->answered)
+		if (!q->answered && why)
 			q->fn(q->arg, NULL, why);
 		query_free(q);
 		q = next;
@@ -99,10 +145,15 @@ static void fail_queue(struct obr_pg *pg, const char *why)
 static void schedule_reconnect(struct obr_pg *pg, const char *why)
 {
 	bool was_ready = pg->state == PG_READY || pg->state == PG_SETUP;
+	if (pg->state == PG_READY && mono_ms() - pg->ready_since_ms >= STABLE_MS)
+		pg->backoff_ms = BACKOFF_MIN_MS;
 	if (pg->io) {
 		event_free(pg->io);
 		pg->io = NULL;
 	}
+	evtimer_del(pg->timeout);
+	obr_pg_resolver_cancel(pg->resolver);
+	drop_entries(pg);
 	if (pg->conn) {
 		PQfinish(pg->conn);
 		pg->conn = NULL;
@@ -171,7 +222,9 @@ static void send_next(struct obr_pg *pg)
 static void setup_done(struct obr_pg *pg)
 {
 	pg->state = PG_READY;
-	pg->backoff_ms = BACKOFF_MIN_MS;
+	pg->ready_since_ms = mono_ms();
+	evtimer_del(pg->timeout);
+	drop_entries(pg);
 	if (pg->ever_connected)
 		obr_log_info("%s connection re-established", pg->name);
 	else
@@ -228,7 +281,6 @@ static void read_results(struct obr_pg *pg)
 			pg->head = q->next;
 			if (!pg->head)
 				pg->tail = NULL;
-			pg->pending--;
 			query_free(q);
 			send_next(pg);
 			continue;
@@ -254,14 +306,38 @@ static void read_results(struct obr_pg *pg)
 	deliver_notifications(pg);
 }
 
+/* Which entry is libpq trying? A new one gets its own connect_timeout. */
+static void track_attempt(struct obr_pg *pg)
+{
+	int i = obr_pg_host_find(pg->entries + pg->first, pg->nentries - pg->first, PQhost(pg->conn),
+	                         PQport(pg->conn), PQhostaddr(pg->conn));
+	if (i < 0 || pg->first + i == pg->cur)
+		return;
+	pg->cur = pg->first + i;
+	arm_timeout(pg);
+}
+
+/* The socket may be a new one after any step (libpq closed the last and tried the next
+ * address, often under the same descriptor number, which epoll no longer watches): the
+ * event is made anew every time. */
+static void rewatch(struct obr_pg *pg, short what)
+{
+	if (pg->io) {
+		event_free(pg->io);
+		pg->io = NULL;
+	}
+	track_attempt(pg);
+	watch(pg, what);
+}
+
 static void continue_connect(struct obr_pg *pg)
 {
 	switch (PQconnectPoll(pg->conn)) {
 	case PGRES_POLLING_READING:
-		watch(pg, EV_READ);
+		rewatch(pg, EV_READ);
 		return;
 	case PGRES_POLLING_WRITING:
-		watch(pg, EV_WRITE);
+		rewatch(pg, EV_WRITE);
 		return;
 	case PGRES_POLLING_FAILED:
 		conn_error(pg, "could not connect");
@@ -275,11 +351,8 @@ static void continue_connect(struct obr_pg *pg)
 		conn_error(pg, "could not set non-blocking mode");
 		return;
 	}
-	/* the socket may differ after connect (e.g. a second host tried); rewatch */
-	if (pg->io) {
-		event_free(pg->io);
-		pg->io = NULL;
-	}
+	/* the setup statements still run under the connect timer: a server that accepts and
+	 * then says nothing must not hold the connection in "connecting" */
 	if (pg->setup_sql) {
 		pg->state = PG_SETUP;
 		if (!PQsendQuery(pg->conn, pg->setup_sql)) {
@@ -287,8 +360,12 @@ static void continue_connect(struct obr_pg *pg)
 			return;
 		}
 		pg->busy = true;
-		PQflush(pg->conn);
-		watch(pg, EV_READ);
+		int f = PQflush(pg->conn);
+		if (f < 0) {
+			conn_error(pg, "could not send setup statement");
+			return;
+		}
+		watch(pg, f > 0 ? (EV_READ | EV_WRITE) : EV_READ);
 	} else {
 		setup_done(pg);
 	}
@@ -331,14 +408,16 @@ static void on_notice(void *arg, const PGresult *res)
 		obr_log_warn("%s connection: server says: %s", pg->name, msg);
 }
 
-static void start_connect(struct obr_pg *pg)
+/* Starts libpq on entries[first..nentries): numeric addresses only, so it never blocks. */
+static void connect_entries(struct obr_pg *pg)
 {
-	/* keepalives detect a half-open connection; application_name names us in pg_stat_activity */
-	const char *keys[] = { "dbname", "application_name", "keepalives", "keepalives_idle", "keepalives_interval",
-	                       "keepalives_count", "connect_timeout", NULL };
-	const char *vals[] = { pg->conninfo, pg->name, "1", "10", "5", "3", "10", NULL };
-
-	pg->conn = PQconnectStartParams(keys, vals, 1);
+	char **keys, **vals;
+	if (obr_pg_params_build(&pg->target, pg->entries + pg->first, pg->nentries - pg->first, pg->name, &keys, &vals)) {
+		schedule_reconnect(pg, "out of memory");
+		return;
+	}
+	pg->conn = PQconnectStartParams((const char *const *)keys, (const char *const *)vals, 0);
+	obr_pg_params_free(keys, vals);
 	if (!pg->conn) {
 		schedule_reconnect(pg, "out of memory");
 		return;
@@ -349,7 +428,107 @@ static void start_connect(struct obr_pg *pg)
 	}
 	PQsetNoticeReceiver(pg->conn, on_notice, pg);
 	pg->state = PG_CONNECTING;
-	watch(pg, EV_WRITE);
+	pg->cur = -1;
+	arm_timeout(pg); /* until track_attempt knows the entry; also covers a passthrough */
+	rewatch(pg, EV_WRITE);
+}
+
+/* The lookups are over (answered, or timed_out): connect to what they found. */
+static void lookups_done(struct obr_pg *pg, bool timed_out)
+{
+	evtimer_del(pg->timeout);
+	drop_entries(pg);
+	char unresolved[256];
+	int n = obr_pg_resolver_entries(pg->resolver, &pg->target, &pg->entries, unresolved, sizeof(unresolved));
+	if (n < 0) {
+		schedule_reconnect(pg, "out of memory");
+		return;
+	}
+	pg->nentries = n;
+	if (*unresolved)
+		obr_log_warn("%s connection: could not resolve host name %s%s", pg->name, unresolved,
+		             timed_out ? " (no answer within connect_timeout)" : "");
+	if (!n && !pg->target.passthrough) {
+		schedule_reconnect(pg, "no host name could be resolved");
+		return;
+	}
+	connect_entries(pg);
+}
+
+static void on_resolved(void *arg)
+{
+	lookups_done(arg, false);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct obr_pg *pg = arg;
+	if (pg->state == PG_RESOLVING) {
+		lookups_done(pg, true);
+		return;
+	}
+	char why[512];
+	if (pg->state != PG_CONNECTING) {
+		snprintf(why, sizeof(why), "the session setup did not finish within connect_timeout (%d s)",
+		         pg->target.connect_timeout_s);
+		schedule_reconnect(pg, why);
+		return;
+	}
+	/* libpq cannot be told to give up on one address: start it again after that one */
+	int next = (pg->cur < 0 ? pg->first : pg->cur) + 1;
+	snprintf(why, sizeof(why), "timeout expired after %d s connecting to host \"%s\" (%s) port %s",
+	         pg->target.connect_timeout_s, PQhost(pg->conn), PQhostaddr(pg->conn), PQport(pg->conn));
+	if (next >= pg->nentries) {
+		schedule_reconnect(pg, why);
+		return;
+	}
+	obr_log_warn("%s connection: %s, trying the next address", pg->name, why);
+	if (pg->io) {
+		event_free(pg->io);
+		pg->io = NULL;
+	}
+	PQfinish(pg->conn);
+	pg->conn = NULL;
+	pg->first = next;
+	connect_entries(pg);
+}
+
+static void start_connect(struct obr_pg *pg)
+{
+	drop_entries(pg);
+	int rc = pg->target.passthrough ? 1 : obr_pg_resolver_start(pg->resolver, &pg->target);
+	if (rc < 0) {
+		schedule_reconnect(pg, "could not start a host name lookup");
+		return;
+	}
+	if (rc == 0) {
+		pg->state = PG_RESOLVING;
+		arm_timeout(pg);
+		return;
+	}
+	lookups_done(pg, false);
+}
+
+/* setup_sql: SET statement_timeout, the caller's setup, then a PREPARE per statement. */
+static int build_setup(struct obr_pg *pg)
+{
+	struct obr_strbuf b;
+	obr_strbuf_init(&b, 1 << 20);
+	if (pg->statement_timeout_ms > 0)
+		obr_strbuf_printf(&b, "SET statement_timeout = %d; ", pg->statement_timeout_ms);
+	if (pg->caller_setup)
+		obr_strbuf_printf(&b, "%s; ", pg->caller_setup);
+	for (const struct obr_pg_statement *s = pg->prepared; s && s->name; s++)
+		obr_strbuf_printf(&b, "PREPARE %s AS %s; ", s->name, s->sql);
+	if (b.failed) {
+		obr_strbuf_free(&b);
+		return -1;
+	}
+	free(pg->setup_sql);
+	pg->setup_sql = b.len ? b.data : NULL;
+	if (!b.len)
+		obr_strbuf_free(&b);
+	return 0;
 }
 
 struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const char *name,
@@ -360,33 +539,39 @@ struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const c
 	if (!pg)
 		return NULL;
 	pg->base = base;
-	pg->conninfo = strdup(conninfo);
 	pg->name = strdup(name);
+	pg->caller_setup = setup_sql ? strdup(setup_sql) : NULL;
 	pg->prepared = prepared;
-	size_t len = setup_sql ? strlen(setup_sql) + 2 : 0;
-	for (const struct obr_pg_statement *s = prepared; s && s->name; s++)
-		len += strlen(s->name) + strlen(s->sql) + 16;
-	if (len) {
-		pg->setup_sql = malloc(len + 1);
-		if (pg->setup_sql) {
-			size_t o = 0;
-			pg->setup_sql[0] = '\0';
-			if (setup_sql)
-				o += (size_t)snprintf(pg->setup_sql + o, len + 1 - o, "%s; ", setup_sql);
-			for (const struct obr_pg_statement *s = prepared; s && s->name; s++)
-				o += (size_t)snprintf(pg->setup_sql + o, len + 1 - o, "PREPARE %s AS %s; ", s->name, s->sql);
-		}
-	}
 	pg->cb = *cb;
 	pg->arg = arg;
 	pg->backoff_ms = BACKOFF_MIN_MS;
+	pg->cur = -1;
+	pg->io_fd = -1;
 	pg->retry = evtimer_new(base, on_retry, pg);
 	pg->send_failed = evtimer_new(base, on_send_failed, pg);
-	if (!pg->conninfo || !pg->name || (len && !pg->setup_sql) || !pg->retry || !pg->send_failed) {
+	pg->timeout = evtimer_new(base, on_timeout, pg);
+	pg->resolver = obr_pg_resolver_new(base, name, on_resolved, pg);
+	char err[256];
+	int parsed = obr_pg_target_parse(conninfo, &pg->target, err, sizeof(err));
+	if (parsed)
+		obr_log_error("%s connection: DATABASE_URL: %s", name, err);
+	if (parsed || !pg->name || (setup_sql && !pg->caller_setup) || !pg->retry || !pg->send_failed || !pg->timeout ||
+	    !pg->resolver || build_setup(pg)) {
 		obr_pg_free(pg);
 		return NULL;
 	}
 	return pg;
+}
+
+int obr_pg_set_statement_timeout(struct obr_pg *pg, int ms)
+{
+	int old = pg->statement_timeout_ms;
+	pg->statement_timeout_ms = ms > 0 ? ms : 0;
+	if (build_setup(pg)) {
+		pg->statement_timeout_ms = old;
+		return -1;
+	}
+	return 0;
 }
 
 void obr_pg_start(struct obr_pg *pg)
@@ -425,7 +610,6 @@ int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *co
 	else
 		pg->head = q;
 	pg->tail = q;
-	pg->pending++;
 	send_next(pg);
 	return 0;
 }
@@ -435,9 +619,10 @@ bool obr_pg_is_up(const struct obr_pg *pg)
 	return pg->state == PG_READY;
 }
 
-int obr_pg_pending(const struct obr_pg *pg)
+const char *obr_pg_sqlstate(const PGresult *res)
 {
-	return pg->pending;
+	const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	return s ? s : "";
 }
 
 void obr_pg_reset(struct obr_pg *pg, const char *why)
@@ -462,12 +647,17 @@ void obr_pg_free(struct obr_pg *pg)
 		event_free(pg->retry);
 	if (pg->send_failed)
 		event_free(pg->send_failed);
-	/* statements still queued or running get their callback, so their owners free their state */
-	fail_queue(pg, "the connection was closed");
+	if (pg->timeout)
+		event_free(pg->timeout);
+	/* the owner is being torn down: statements still queued are dropped without callbacks */
+	fail_queue(pg, NULL);
+	obr_pg_resolver_free(pg->resolver);
+	drop_entries(pg);
 	if (pg->conn)
 		PQfinish(pg->conn);
-	free(pg->conninfo);
+	obr_pg_target_free(&pg->target);
 	free(pg->name);
+	free(pg->caller_setup);
 	free(pg->setup_sql);
 	free(pg);
 }

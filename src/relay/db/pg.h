@@ -4,7 +4,12 @@
  * Connects with PQconnectStartParams/PQconnectPoll, reconnects by itself with exponential
  * backoff and jitter, and runs queued statements one at a time with PQsendQueryParams
  * (unnamed statements only: it works through PgBouncer in transaction pooling mode).
- * Notifications are handed to a callback. Nothing here ever blocks the loop.
+ * Notifications are handed to a callback. Nothing here ever blocks the loop:
+ * - host names are resolved with evdns (the hosts file, then resolv.conf's name servers) and
+ *   libpq gets hostaddr= per address, host= kept for TLS verification and pg_hba (db/pgaddr.h);
+ * - every address tried gets connect_timeout (the connection string's, else 10 s; it also
+ *   bounds the lookups and the setup statements), then the next one is tried;
+ * - keepalives and tcp_user_timeout (30 s) are set unless the connection string sets them.
  */
 #ifndef OBR_PG_H
 #define OBR_PG_H
@@ -17,7 +22,8 @@ struct event_base;
 struct obr_pg;
 
 /* res is NULL when the connection was lost before the statement completed; err says why.
- * res is owned by the caller of the callback (pg.c clears it after the callback returns). */
+ * When the statement failed, err is the server's message and res the error result: its
+ * SQLSTATE is obr_pg_sqlstate(res). res is owned by pg.c (cleared after the callback). */
 typedef void (*obr_pg_result_fn)(void *arg, const PGresult *res, const char *err);
 
 struct obr_pg_callbacks {
@@ -41,17 +47,33 @@ struct obr_pg *obr_pg_new(struct event_base *base, const char *conninfo, const c
                           const struct obr_pg_callbacks *cb, void *arg);
 void obr_pg_start(struct obr_pg *pg);
 
+/* Runs SET statement_timeout = ms (0: the server's default) first in the setup of every
+ * session from the next connect on: call it before obr_pg_start. A statement that runs
+ * longer fails with SQLSTATE 57014. This is session state: through a transaction pooler set
+ * statement_timeout on the relay's role instead. Returns -1 when out of memory. */
+int obr_pg_set_statement_timeout(struct obr_pg *pg, int ms);
+
 /* Queues a statement; it runs when the connection is up and earlier ones are done. Values
  * are copied. Returns 0, or -1 when the connection is down (the callback is not called). */
 int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *const *values, obr_pg_result_fn fn,
                  void *arg);
 
 bool obr_pg_is_up(const struct obr_pg *pg);
-/* statements queued or running */
-int obr_pg_pending(const struct obr_pg *pg);
-/* Drops the connection (e.g. a health check timed out) and reconnects after backoff. */
+
+/* The SQLSTATE of a failed statement's result ("25006": read-only transaction, "57014":
+ * statement_timeout), or "" (res NULL: the connection was lost). */
+const char *obr_pg_sqlstate(const PGresult *res);
+
+/* Drops the connection (a health check timed out, the server is read-only after a failover
+ * and the address may move) and reconnects after backoff: queued statements get their
+ * callback with res NULL, disconnected() is called if the session was up. The backoff is
+ * exponential with jitter (100 ms doubling up to 10 s) and is cleared only by a session that
+ * stayed up for 2 s: a server that accepts connections but fails the owner's statements is
+ * retried ever more slowly, not in a loop. */
 void obr_pg_reset(struct obr_pg *pg, const char *why);
 uint64_t obr_pg_reconnects(const struct obr_pg *pg);
+/* Frees the connection without calling any of the owner's callbacks: statements still
+ * queued are dropped, their arg is not touched (the owner frees what it passed). */
 void obr_pg_free(struct obr_pg *pg);
 
 #endif
