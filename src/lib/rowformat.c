@@ -1,5 +1,5 @@
-/* validate.c: see validate.h. */
-#include "validate.h"
+/* rowformat.c: the row format, one definition for liboutbox and the relay (see rowformat.h). */
+#include "rowformat.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -77,7 +77,7 @@ outbox__check_http_url(const char *what, const char *url, size_t len, struct out
 }
 
 enum outbox_rc
-outbox__check_topic_arn(const char *arn, size_t len, struct outbox_error *err)
+outbox__check_topic_arn(const char *what, const char *arn, size_t len, struct outbox_error *err)
 {
 	/* arn : partition : service : region : account : name */
 	size_t field_start[6];
@@ -85,51 +85,56 @@ outbox__check_topic_arn(const char *arn, size_t len, struct outbox_error *err)
 	enum outbox_rc rc;
 
 	if (arn == NULL)
-		return outbox__fail(err, OUTBOX_E_INVALID, "topic_arn is NULL");
-	if ((rc = check_no_nul("topic_arn", arn, len, err)) != OUTBOX_OK)
+		return outbox__fail(err, OUTBOX_E_INVALID, "%s is NULL", what);
+	if ((rc = check_no_nul(what, arn, len, err)) != OUTBOX_OK)
 		return rc;
 	if (len == 0)
-		return outbox__fail(err, OUTBOX_E_INVALID, "topic_arn is empty");
+		return outbox__fail(err, OUTBOX_E_INVALID, "%s is empty", what);
 	if (len > OUTBOX_MAX_ARN)
 		return outbox__fail(err, OUTBOX_E_TOO_BIG,
-				    "topic_arn is %zu bytes long, over the limit of %d", len,
+				    "%s is %zu bytes long, over the limit of %d", what, len,
 				    OUTBOX_MAX_ARN);
 	for (size_t i = 0; i < len; i++)
 		if (!is_url_byte((unsigned char)arn[i]))
 			return outbox__fail(err, OUTBOX_E_INVALID,
-					    "topic_arn \"%.*s\" contains a space, control or non-ASCII character at byte %zu",
-					    (int)(i < QUOTE_MAX ? i : QUOTE_MAX), arn, i + 1);
+					    "%s \"%.*s\" contains a space, control or non-ASCII character at byte %zu",
+					    what, (int)(i < QUOTE_MAX ? i : QUOTE_MAX), arn, i + 1);
 	if (len < 4 || strncmp(arn, "arn:", 4) != 0)
-		return outbox__fail(err, OUTBOX_E_INVALID, "topic_arn \"%.*s\" does not start with arn:",
-				    QUOTE_MAX, arn);
+		return outbox__fail(err, OUTBOX_E_INVALID, "%s \"%.*s\" does not start with arn:",
+				    what, QUOTE_MAX, arn);
 	field_start[0] = 0;
 	for (size_t i = 0; i < len; i++) {
 		if (arn[i] == ':') {
 			if (fields == 6)
 				return outbox__fail(err, OUTBOX_E_INVALID,
-						    "topic_arn \"%.*s\" has more than 6 ':'-separated fields",
-						    QUOTE_MAX, arn);
+						    "%s \"%.*s\" has more than 6 ':'-separated fields",
+						    what, QUOTE_MAX, arn);
 			field_start[fields++] = i + 1;
 		}
 	}
 	if (fields != 6)
 		return outbox__fail(err, OUTBOX_E_INVALID,
-				    "topic_arn \"%.*s\" is not arn:PARTITION:sns:REGION:ACCOUNT:NAME",
-				    QUOTE_MAX, arn);
+				    "%s \"%.*s\" is not arn:PARTITION:sns:REGION:ACCOUNT:NAME",
+				    what, QUOTE_MAX, arn);
 	if (field_start[3] - field_start[2] != 4 || strncmp(arn + field_start[2], "sns:", 4) != 0)
 		return outbox__fail(err, OUTBOX_E_INVALID,
-				    "topic_arn \"%.*s\" is not an SNS ARN (third field is not sns)",
-				    QUOTE_MAX, arn);
+				    "%s \"%.*s\" is not an SNS ARN (third field is not sns)",
+				    what, QUOTE_MAX, arn);
 	for (size_t f = 1; f < 6; f++) {
 		size_t end = f + 1 < 6 ? field_start[f + 1] - 1 : len;
 
 		if (end == field_start[f])
 			return outbox__fail(err, OUTBOX_E_INVALID,
-					    "topic_arn \"%.*s\" has an empty field",
-					    QUOTE_MAX, arn);
+					    "%s \"%.*s\" has an empty field",
+					    what, QUOTE_MAX, arn);
 	}
 	return OUTBOX_OK;
 }
+
+/* The message's framing is the relay's: a row that set it could make the endpoint read the body
+ * as a different request, or wait for bytes that never come. */
+static const char *const relay_set_headers[] = { "Content-Length", "Transfer-Encoding", "Host",
+						 "Connection" };
 
 enum outbox_rc
 outbox__check_header_name(const char *name, size_t len, struct outbox_error *err)
@@ -152,6 +157,10 @@ outbox__check_header_name(const char *name, size_t len, struct outbox_error *err
 					    "header name \"%.*s\" has an invalid character (0x%02x) at byte %zu",
 					    (int)(i < QUOTE_MAX ? i : QUOTE_MAX), name,
 					    (unsigned)(unsigned char)name[i], i + 1);
+	for (size_t i = 0; i < sizeof(relay_set_headers) / sizeof(relay_set_headers[0]); i++)
+		if (strcasecmp(name, relay_set_headers[i]) == 0)
+			return outbox__fail(err, OUTBOX_E_INVALID,
+					    "header \"%s\" is set by the relay, not by rows", name);
 	return OUTBOX_OK;
 }
 
@@ -180,6 +189,67 @@ outbox__check_header_value(const char *name, const char *value, size_t len,
 					    "value of header \"%.*s\" has a control character (0x%02x) at byte %zu",
 					    QUOTE_MAX, name, (unsigned)c, i + 1);
 	}
+	return OUTBOX_OK;
+}
+
+const char *
+outbox__env_placeholder(const char *value, char name[OUTBOX__ENV_NAME_MAX + 1])
+{
+	size_t len = strlen(value);
+	size_t n;
+
+	if (len < 5 || strncmp(value, "{{", 2) != 0 || strcmp(value + len - 2, "}}") != 0)
+		return NULL;
+	n = len - 4;
+	if (n > OUTBOX__ENV_NAME_MAX)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		char c = value[2 + i];
+
+		if (!((c >= 'A' && c <= 'Z') || c == '_'))
+			return NULL;
+		name[i] = c;
+	}
+	name[n] = '\0';
+	return name;
+}
+
+/*
+ * What the relay itself reads from its environment (its settings, libpq's, the AWS
+ * credential chain's, libcurl's and OpenSSL's, systemd's), never a placeholder's value: a
+ * row could otherwise send the database password or the AWS keys to any URL. Only names of
+ * A-Z and _ can be placeholders, so names with digits need no entry.
+ */
+static const char *const refused_prefixes[] = { "PG", "AWS_", "OUTBOX_", "CURL_", "SSL_CERT_",
+						"OPENSSL_" };
+static const char *const refused_names[] = {
+	"DATABASE_URL", "LOCAL_ENDPOINT", "LOCAL_REGION", "NOTIFY_SOCKET", "WATCHDOG_PID",
+	"WATCHDOG_USEC", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSLKEYLOGFILE",
+};
+
+bool
+outbox__env_refused(const char *name)
+{
+	for (size_t i = 0; i < sizeof(refused_prefixes) / sizeof(refused_prefixes[0]); i++)
+		if (strncmp(name, refused_prefixes[i], strlen(refused_prefixes[i])) == 0)
+			return true;
+	for (size_t i = 0; i < sizeof(refused_names) / sizeof(refused_names[0]); i++)
+		if (strcmp(name, refused_names[i]) == 0)
+			return true;
+	return false;
+}
+
+enum outbox_rc
+outbox__check_placeholder(const char *what, const char *name, const char *value,
+			  struct outbox_error *err)
+{
+	char var[OUTBOX__ENV_NAME_MAX + 1];
+
+	if (outbox__env_placeholder(value, var) != NULL && outbox__env_refused(var))
+		return outbox__fail(err, OUTBOX_E_INVALID,
+				    "%s: header \"%.*s\" asks for {{%s}}, one of the relay's own "
+				    "settings and credentials, which are never sent",
+				    what, QUOTE_MAX, name, var);
 	return OUTBOX_OK;
 }
 
@@ -225,7 +295,8 @@ outbox__parse_json(const char *what, const char *text, json_object **out,
 }
 
 enum outbox_rc
-outbox__check_headers_object(const char *what, json_object *obj, struct outbox_error *err)
+outbox__check_headers_object(const char *what, json_object *obj, bool placeholders,
+			     enum outbox__rf_mode mode, struct outbox_error *err)
 {
 	const char *names[OUTBOX_MAX_HEADERS];
 	size_t n = 0;
@@ -243,6 +314,7 @@ outbox__check_headers_object(const char *what, json_object *obj, struct outbox_e
 	for (; !json_object_iter_equal(&it, &it_end); json_object_iter_next(&it)) {
 		const char *name = json_object_iter_peek_name(&it);
 		json_object *val = json_object_iter_peek_value(&it);
+		const char *value;
 
 		if ((rc = outbox__check_header_name(name, strlen(name), err)) != OUTBOX_OK)
 			return rc;
@@ -251,15 +323,19 @@ outbox__check_headers_object(const char *what, json_object *obj, struct outbox_e
 			return outbox__fail(err, OUTBOX_E_INVALID,
 					    "%s: value of \"%.*s\" is not a string", what, QUOTE_MAX,
 					    name);
-		rc = outbox__check_header_value(name, json_object_get_string(val),
-						(size_t)json_object_get_string_len(val), err);
+		value = json_object_get_string(val);
+		rc = outbox__check_header_value(name, value, (size_t)json_object_get_string_len(val),
+						err);
 		if (rc != OUTBOX_OK)
 			return rc;
-		for (size_t i = 0; i < n; i++)
-			if (strcasecmp(names[i], name) == 0)
-				return outbox__fail(err, OUTBOX_E_INVALID,
-						    "%s: header \"%.*s\" appears twice (names ignore case)",
-						    what, QUOTE_MAX, name);
+		if (placeholders && (rc = outbox__check_placeholder(what, name, value, err)) != OUTBOX_OK)
+			return rc;
+		if (mode == OUTBOX__RF_WRITE)
+			for (size_t i = 0; i < n; i++)
+				if (strcasecmp(names[i], name) == 0)
+					return outbox__fail(err, OUTBOX_E_INVALID,
+							    "%s: header \"%.*s\" appears twice (names ignore case)",
+							    what, QUOTE_MAX, name);
 		names[n++] = name;
 	}
 	return OUTBOX_OK;
@@ -283,48 +359,16 @@ check_string_member(const char *what, json_object *val, struct outbox_error *err
 	return OUTBOX_OK;
 }
 
-enum outbox_rc
-outbox__check_destination(json_object *dest, size_t index, struct outbox_error *err)
+static enum outbox_rc
+check_http_destination(json_object *dest, size_t index, json_object *url,
+		       enum outbox__rf_mode mode, struct outbox__dest_view *view,
+		       struct outbox_error *err)
 {
 	char what[64];
-	json_object *queue_url;
-	json_object *topic_arn;
-	json_object *url;
 	json_object *headers;
 	json_object *method;
-	int has_queue_url;
-	int has_topic_arn;
-	int has_url;
 	int present;
 	enum outbox_rc rc;
-
-	if (!json_object_is_type(dest, json_type_object))
-		return outbox__fail(err, OUTBOX_E_INVALID, "destinations[%zu] is not a JSON object",
-				    index);
-	queue_url = member(dest, "queue_url", &has_queue_url);
-	topic_arn = member(dest, "topic_arn", &has_topic_arn);
-	url = member(dest, "url", &has_url);
-	/* The crate would quietly pick the first kind that decodes; a mix is surely a mistake. */
-	if (has_queue_url + has_topic_arn + has_url != 1)
-		return outbox__fail(err, OUTBOX_E_INVALID,
-				    "destinations[%zu] must have exactly one of \"queue_url\" (SQS), "
-				    "\"topic_arn\" (SNS) or \"url\" (HTTP)",
-				    index);
-
-	if (has_queue_url) {
-		snprintf(what, sizeof(what), "destinations[%zu].queue_url", index);
-		if ((rc = check_string_member(what, queue_url, err)) != OUTBOX_OK)
-			return rc;
-		return outbox__check_http_url(what, json_object_get_string(queue_url),
-					      (size_t)json_object_get_string_len(queue_url), err);
-	}
-	if (has_topic_arn) {
-		snprintf(what, sizeof(what), "destinations[%zu].topic_arn", index);
-		if ((rc = check_string_member(what, topic_arn, err)) != OUTBOX_OK)
-			return rc;
-		return outbox__check_topic_arn(json_object_get_string(topic_arn),
-					       (size_t)json_object_get_string_len(topic_arn), err);
-	}
 
 	snprintf(what, sizeof(what), "destinations[%zu].url", index);
 	if ((rc = check_string_member(what, url, err)) != OUTBOX_OK)
@@ -336,9 +380,12 @@ outbox__check_destination(json_object *dest, size_t index, struct outbox_error *
 	headers = member(dest, "headers", &present);
 	if (headers != NULL) {
 		snprintf(what, sizeof(what), "destinations[%zu].headers", index);
-		if ((rc = outbox__check_headers_object(what, headers, err)) != OUTBOX_OK)
+		/* The relay fills {{NAME}} in these, and only these. */
+		rc = outbox__check_headers_object(what, headers, true, mode, err);
+		if (rc != OUTBOX_OK)
 			return rc;
 	}
+	view->method = OUTBOX_HTTP_POST;
 	method = member(dest, "method", &present);
 	if (method != NULL) {
 		const char *m;
@@ -347,12 +394,135 @@ outbox__check_destination(json_object *dest, size_t index, struct outbox_error *
 		if ((rc = check_string_member(what, method, err)) != OUTBOX_OK)
 			return rc;
 		m = json_object_get_string(method);
-		/* The relay, like the crate, sends anything but PUT and PATCH as POST. */
-		if (strcasecmp(m, "post") != 0 && strcasecmp(m, "put") != 0 &&
-		    strcasecmp(m, "patch") != 0)
+		/* The crate sends anything but PUT and PATCH as POST: GET would surprise. */
+		if (strcasecmp(m, "put") == 0)
+			view->method = OUTBOX_HTTP_PUT;
+		else if (strcasecmp(m, "patch") == 0)
+			view->method = OUTBOX_HTTP_PATCH;
+		else if (strcasecmp(m, "post") != 0)
 			return outbox__fail(err, OUTBOX_E_INVALID,
 					    "%s \"%.*s\" is not POST, PUT or PATCH", what, QUOTE_MAX,
 					    m);
+	}
+	view->kind = OUTBOX__DEST_HTTP;
+	view->target = json_object_get_string(url);
+	view->headers = headers;
+	return OUTBOX_OK;
+}
+
+enum outbox_rc
+outbox__check_destination(json_object *dest, size_t index, enum outbox__rf_mode mode,
+			  struct outbox__dest_view *view, struct outbox_error *err)
+{
+	static const char *const keys[] = { "queue_url", "topic_arn", "url" }; /* the crate's order */
+	struct outbox__dest_view scratch;
+	char what[64];
+	json_object *val[3];
+	int present[3];
+	int kinds;
+	enum outbox_rc rc;
+
+	if (view == NULL)
+		view = &scratch;
+	memset(view, 0, sizeof(*view));
+	if (!json_object_is_type(dest, json_type_object))
+		return outbox__fail(err, OUTBOX_E_INVALID, "destinations[%zu] is not a JSON object",
+				    index);
+	for (size_t k = 0; k < 3; k++)
+		val[k] = member(dest, keys[k], &present[k]);
+	kinds = present[0] + present[1] + present[2];
+	/* The crate reads a mix as the first kind that decodes; a writer that mixes is mistaken. */
+	if (kinds == 0 || (kinds > 1 && mode == OUTBOX__RF_WRITE))
+		return outbox__fail(err, OUTBOX_E_INVALID,
+				    "destinations[%zu] must have exactly one of \"queue_url\" (SQS), "
+				    "\"topic_arn\" (SNS) or \"url\" (HTTP)",
+				    index);
+	if (!present[0] && !present[1])
+		return check_http_destination(dest, index, val[2], mode, view, err);
+
+	snprintf(what, sizeof(what), "destinations[%zu].%s", index, present[0] ? keys[0] : keys[1]);
+	if ((rc = check_string_member(what, present[0] ? val[0] : val[1], err)) != OUTBOX_OK)
+		return rc;
+	view->target = json_object_get_string(present[0] ? val[0] : val[1]);
+	if (present[0]) {
+		view->kind = OUTBOX__DEST_SQS;
+		return outbox__check_http_url(what, view->target, strlen(view->target), err);
+	}
+	view->kind = OUTBOX__DEST_SNS;
+	return outbox__check_topic_arn(what, view->target, strlen(view->target), err);
+}
+
+/* Whether name (any case) is among the first n of names. */
+static bool
+seen(const char *const *names, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcasecmp(names[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* Adds obj's header names to names, each once (any case), x-idempotent-key never. */
+static size_t
+collect_names(json_object *obj, const char **names, size_t n)
+{
+	struct json_object_iterator it;
+	struct json_object_iterator end;
+
+	if (obj == NULL)
+		return n;
+	it = json_object_iter_begin(obj);
+	end = json_object_iter_end(obj);
+	for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
+		const char *name = json_object_iter_peek_name(&it);
+
+		if (strcasecmp(name, "x-idempotent-key") != 0 && !seen(names, n, name))
+			names[n++] = name;
+	}
+	return n;
+}
+
+enum outbox_rc
+outbox__check_row(json_object *destinations, json_object *headers, enum outbox__rf_mode mode,
+		  struct outbox_error *err)
+{
+	struct outbox__dest_view views[OUTBOX_MAX_DESTINATIONS];
+	const char *names[2 * OUTBOX_MAX_HEADERS];
+	size_t n;
+	enum outbox_rc rc;
+
+	if (!json_object_is_type(destinations, json_type_array))
+		return outbox__fail(err, OUTBOX_E_INVALID, "destinations is not a JSON array");
+	n = json_object_array_length(destinations);
+	/* The crate marks such a row delivered without a request: surely a writer's mistake. */
+	if (n == 0)
+		return outbox__fail(err, OUTBOX_E_INVALID,
+				    "destinations is an empty array: the row goes nowhere");
+	if (n > OUTBOX_MAX_DESTINATIONS)
+		return outbox__fail(err, OUTBOX_E_TOO_BIG,
+				    "destinations has %zu entries, over the limit of %d", n,
+				    OUTBOX_MAX_DESTINATIONS);
+	for (size_t i = 0; i < n; i++) {
+		rc = outbox__check_destination(json_object_array_get_idx(destinations, i), i, mode,
+					       &views[i], err);
+		if (rc != OUTBOX_OK)
+			return rc;
+	}
+	if (headers != NULL &&
+	    (rc = outbox__check_headers_object("headers", headers, false, mode, err)) != OUTBOX_OK)
+		return rc;
+	for (size_t i = 0; i < n; i++) {
+		size_t count;
+
+		if (views[i].kind != OUTBOX__DEST_HTTP)
+			continue; /* SQS and SNS: only the row's headers, already bounded */
+		/* What the relay sends: the destination's, the row's, then x-idempotent-key. */
+		count = collect_names(headers, names, collect_names(views[i].headers, names, 0)) + 1;
+		if (count > OUTBOX_MAX_HEADERS)
+			return outbox__fail(err, OUTBOX_E_TOO_BIG,
+					    "destinations[%zu] would be sent %zu headers (its own, the "
+					    "row's and x-idempotent-key), over the limit of %d",
+					    i, count, OUTBOX_MAX_HEADERS);
 	}
 	return OUTBOX_OK;
 }
