@@ -26,6 +26,13 @@ is_token_byte(unsigned char c)
 	return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
+/* For messages: "object", "string", "int", "null" ... */
+static const char *
+type_name(json_object *obj)
+{
+	return json_type_to_name(json_object_get_type(obj));
+}
+
 /* An embedded NUL can only come from JSON ("\u0000"); PostgreSQL's jsonb refuses it. */
 static enum outbox_rc
 check_no_nul(const char *what, const char *s, size_t len, struct outbox_error *err)
@@ -305,7 +312,8 @@ outbox__check_headers_object(const char *what, json_object *obj, bool placeholde
 	enum outbox_rc rc;
 
 	if (!json_object_is_type(obj, json_type_object))
-		return outbox__fail(err, OUTBOX_E_INVALID, "%s is not a JSON object", what);
+		return outbox__fail(err, OUTBOX_E_INVALID, "%s is not a JSON object but %s", what,
+				    type_name(obj));
 	if (json_object_object_length(obj) > OUTBOX_MAX_HEADERS)
 		return outbox__fail(err, OUTBOX_E_TOO_BIG, "%s has %d entries, over the limit of %d",
 				    what, json_object_object_length(obj), OUTBOX_MAX_HEADERS);
@@ -315,19 +323,20 @@ outbox__check_headers_object(const char *what, json_object *obj, bool placeholde
 		const char *name = json_object_iter_peek_name(&it);
 		json_object *val = json_object_iter_peek_value(&it);
 		const char *value;
+		struct outbox_error why;
 
-		if ((rc = outbox__check_header_name(name, strlen(name), err)) != OUTBOX_OK)
-			return rc;
+		if ((rc = outbox__check_header_name(name, strlen(name), &why)) != OUTBOX_OK)
+			return outbox__fail(err, rc, "%s: %s", what, why.message);
 		/* The crate decodes headers as a map of strings: anything else poisons the row. */
 		if (!json_object_is_type(val, json_type_string))
 			return outbox__fail(err, OUTBOX_E_INVALID,
-					    "%s: value of \"%.*s\" is not a string", what, QUOTE_MAX,
-					    name);
+					    "%s: value of \"%.*s\" is not a string but %s", what,
+					    QUOTE_MAX, name, type_name(val));
 		value = json_object_get_string(val);
 		rc = outbox__check_header_value(name, value, (size_t)json_object_get_string_len(val),
-						err);
+						&why);
 		if (rc != OUTBOX_OK)
-			return rc;
+			return outbox__fail(err, rc, "%s: %s", what, why.message);
 		if (placeholders && (rc = outbox__check_placeholder(what, name, value, err)) != OUTBOX_OK)
 			return rc;
 		if (mode == OUTBOX__RF_WRITE)
@@ -355,7 +364,8 @@ static enum outbox_rc
 check_string_member(const char *what, json_object *val, struct outbox_error *err)
 {
 	if (!json_object_is_type(val, json_type_string))
-		return outbox__fail(err, OUTBOX_E_INVALID, "%s is not a string", what);
+		return outbox__fail(err, OUTBOX_E_INVALID, "%s is not a string but %s", what,
+				    type_name(val));
 	return OUTBOX_OK;
 }
 
@@ -426,8 +436,9 @@ outbox__check_destination(json_object *dest, size_t index, enum outbox__rf_mode 
 		view = &scratch;
 	memset(view, 0, sizeof(*view));
 	if (!json_object_is_type(dest, json_type_object))
-		return outbox__fail(err, OUTBOX_E_INVALID, "destinations[%zu] is not a JSON object",
-				    index);
+		return outbox__fail(err, OUTBOX_E_INVALID,
+				    "destinations[%zu] is not a JSON object but %s", index,
+				    type_name(dest));
 	for (size_t k = 0; k < 3; k++)
 		val[k] = member(dest, keys[k], &present[k]);
 	kinds = present[0] + present[1] + present[2];
@@ -492,7 +503,8 @@ outbox__check_row(json_object *destinations, json_object *headers, enum outbox__
 	enum outbox_rc rc;
 
 	if (!json_object_is_type(destinations, json_type_array))
-		return outbox__fail(err, OUTBOX_E_INVALID, "destinations is not a JSON array");
+		return outbox__fail(err, OUTBOX_E_INVALID, "destinations is not a JSON array but %s",
+				    type_name(destinations));
 	n = json_object_array_length(destinations);
 	/* The crate marks such a row delivered without a request: surely a writer's mistake. */
 	if (n == 0)
