@@ -579,7 +579,7 @@ outbox__row_check(const struct outbox_row *row, size_t index, struct outbox_erro
 	enum outbox_rc rc;
 
 	/* The relay's rules, which the SQL helpers apply too: a row that breaks them is parked. */
-	rc = outbox__check_row(row->destinations, row->headers, OUTBOX__RF_WRITE, &why);
+	rc = outbox__check_row(row->destinations, row->headers, OUTBOX__RF_WRITE, NULL, &why);
 	if (rc != OUTBOX_OK)
 		return outbox__fail(err, rc, "rows[%zu]: %s", index, why.message);
 	return OUTBOX_OK;

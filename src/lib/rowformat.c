@@ -495,13 +495,15 @@ collect_names(json_object *obj, const char **names, size_t n)
 
 enum outbox_rc
 outbox__check_row(json_object *destinations, json_object *headers, enum outbox__rf_mode mode,
-		  struct outbox_error *err)
+		  struct outbox__dest_view views[OUTBOX_MAX_DESTINATIONS], struct outbox_error *err)
 {
-	struct outbox__dest_view views[OUTBOX_MAX_DESTINATIONS];
+	struct outbox__dest_view scratch[OUTBOX_MAX_DESTINATIONS];
 	const char *names[2 * OUTBOX_MAX_HEADERS];
 	size_t n;
 	enum outbox_rc rc;
 
+	if (views == NULL)
+		views = scratch;
 	if (!json_object_is_type(destinations, json_type_array))
 		return outbox__fail(err, OUTBOX_E_INVALID, "destinations is not a JSON array but %s",
 				    type_name(destinations));

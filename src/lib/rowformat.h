@@ -97,9 +97,12 @@ enum outbox_rc outbox__check_destination(json_object *dest, size_t index, enum o
  * A whole row's destinations and headers: an array of 1 to OUTBOX_MAX_DESTINATIONS valid
  * destinations (an empty array goes nowhere: a writer's bug, refused), the row's headers NULL
  * or a valid object, and no HTTP request of more than OUTBOX_MAX_HEADERS headers once the
- * destination's, the row's and x-idempotent-key are merged as the relay merges them.
+ * destination's, the row's and x-idempotent-key are merged as the relay merges them. views
+ * (may be NULL) receives the destinations as checked.
  */
 enum outbox_rc outbox__check_row(json_object *destinations, json_object *headers,
-				 enum outbox__rf_mode mode, struct outbox_error *err);
+				 enum outbox__rf_mode mode,
+				 struct outbox__dest_view views[OUTBOX_MAX_DESTINATIONS],
+				 struct outbox_error *err);
 
 #endif /* OUTBOX_ROWFORMAT_H */

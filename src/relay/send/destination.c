@@ -196,8 +196,9 @@ static int parse_sent(const char *sent, bool *sent_mask, int nmax)
 	return 0;
 }
 
-static int parse_destination(struct obr_destination *d, struct json_object *obj, int index,
-                             const char *(*getenv_fn)(const char *), char *err, size_t errlen)
+/* One destination of the plan, from its checked view. */
+static int plan_destination(struct obr_destination *d, const struct outbox__dest_view *view, int index,
+                            const char *(*getenv_fn)(const char *), char *err, size_t errlen)
 {
 	static const enum obr_dest_kind kinds[] = {
 		[OUTBOX__DEST_SQS] = OBR_DEST_SQS, [OUTBOX__DEST_SNS] = OBR_DEST_SNS, [OUTBOX__DEST_HTTP] = OBR_DEST_HTTP,
@@ -205,19 +206,12 @@ static int parse_destination(struct obr_destination *d, struct json_object *obj,
 	static const enum obr_http_method methods[] = {
 		[OUTBOX_HTTP_POST] = OBR_POST, [OUTBOX_HTTP_PUT] = OBR_PUT, [OUTBOX_HTTP_PATCH] = OBR_PATCH,
 	};
-	struct outbox__dest_view view;
-	struct outbox_error why;
 	char where[64];
 
 	d->index = index;
-	/* checked with the whole row already: this only reads the shape */
-	if (outbox__check_destination(obj, (size_t)index, OUTBOX__RF_READ, &view, &why) != OUTBOX_OK) {
-		snprintf(err, errlen, "%s", why.message);
-		return -1;
-	}
-	d->kind = kinds[view.kind];
-	d->method = methods[view.method];
-	d->target = strdup(view.target);
+	d->kind = kinds[view->kind];
+	d->method = methods[view->method];
+	d->target = strdup(view->target);
 	if (!d->target) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
@@ -225,7 +219,7 @@ static int parse_destination(struct obr_destination *d, struct json_object *obj,
 	if (d->kind != OBR_DEST_HTTP)
 		return 0;
 	snprintf(where, sizeof(where), "destinations[%d].headers", index);
-	return add_headers(d, view.headers, where, true, getenv_fn, err, errlen);
+	return add_headers(d, view->headers, where, true, getenv_fn, err, errlen);
 }
 
 int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char *destinations_json,
@@ -234,6 +228,7 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
 {
 	struct json_object *dests = NULL, *headers = NULL;
 	bool sent_mask[OBR_MAX_DESTINATIONS] = { false };
+	struct outbox__dest_view views[OBR_MAX_DESTINATIONS];
 	struct outbox_error why;
 	int rc = -1;
 
@@ -244,7 +239,7 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
 	/* the writer's rules, in read mode: what liboutbox and the SQL helpers refuse, is parked */
 	if (outbox__parse_json("destinations", destinations_json ? destinations_json : "null", &dests, &why) ||
 	    (headers_json && outbox__parse_json("headers", headers_json, &headers, &why)) ||
-	    outbox__check_row(dests, headers, OUTBOX__RF_READ, &why)) {
+	    outbox__check_row(dests, headers, OUTBOX__RF_READ, views, &why)) {
 		snprintf(err, errlen, "%s", why.message);
 		goto out;
 	}
@@ -257,7 +252,7 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
 
 	for (size_t i = 0; i < n; i++) {
 		struct obr_destination *d = &plan->dests[plan->ndests++];
-		if (parse_destination(d, json_object_array_get_idx(dests, i), (int)i, getenv_fn, err, errlen))
+		if (plan_destination(d, &views[i], (int)i, getenv_fn, err, errlen))
 			goto out;
 		d->already_sent = sent_mask[i];
 		/* the row's headers: after the destination's for HTTP (a name in both: the row's wins),
