@@ -11,6 +11,7 @@
 --   - an HTTP destination's header value {{NAME}} may not name the relay's own settings and
 --     credentials (outbox_header_env_refused): the relay would send them to the row's URL;
 --   - topic_arn is arn:PARTITION:sns:REGION:ACCOUNT:NAME, printable ASCII, at most 1024 bytes;
+--   - destinations and headers nest at most 32 arrays and objects (what the relay parses);
 --   - destinations = '[]' stays refused: a row that goes nowhere is a writer's bug (the relay
 --     parks one found in the table).
 -- Everything is CREATE OR REPLACE with 003's signatures: running this file twice is harmless.
@@ -27,6 +28,16 @@ $$;
 CREATE OR REPLACE FUNCTION outbox_sns_arn_ok(arn text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT arn ~ '^arn:[^:]+:sns:[^:]+:[^:]+:[^:]+$' AND arn ~ '^[!-~]+$' AND octet_length(arn) <= 1024
+$$;
+
+-- How many arrays and objects nest in j (a scalar: 0), as json-c counts against its limit.
+CREATE OR REPLACE FUNCTION outbox_jsonb_depth(j jsonb) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(j)
+           WHEN 'object' THEN 1 + coalesce((SELECT max(outbox_jsonb_depth(e.value)) FROM jsonb_each(j) AS e), 0)
+           WHEN 'array' THEN 1 + coalesce((SELECT max(outbox_jsonb_depth(e.value))
+                                           FROM jsonb_array_elements(j) AS e), 0)
+           ELSE 0 END
 $$;
 
 -- Raises unless headers is a headers object the relay sends as is. what names it in the
@@ -181,6 +192,10 @@ BEGIN
             coalesce(left(outbox_enqueue.destinations::text, 200), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'build it with jsonb_build_array(outbox_http_destination(...), ...)';
+    END IF;
+    IF outbox_jsonb_depth(outbox_enqueue.destinations) > 32 OR outbox_jsonb_depth(h) > 32 THEN
+        RAISE EXCEPTION 'outbox_enqueue: destinations or headers nest more than 32 arrays and objects (nesting too deep)'
+            USING ERRCODE = 'program_limit_exceeded';
     END IF;
     IF jsonb_array_length(outbox_enqueue.destinations) > 64 THEN
         RAISE EXCEPTION 'outbox_enqueue: more than 64 destinations in one row'

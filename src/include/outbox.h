@@ -116,7 +116,7 @@ OUTBOX_API OUTBOX_MUST_CHECK enum outbox_rc outbox_uuid_parse(const char *text, 
 #define OUTBOX_MAX_HEADER_VALUE 8192
 #define OUTBOX_MAX_HEADERS      64  /* per headers object, and per request once merged (below) */
 #define OUTBOX_MAX_DESTINATIONS 64  /* per row */
-#define OUTBOX_MAX_JSON_DEPTH   512 /* nesting accepted in JSON arguments */
+#define OUTBOX_MAX_JSON_DEPTH   512 /* nesting accepted in a JSON payload; 32 in destinations and headers */
 
 /*
  * One header, borrowed: both strings are copied by the function that takes them. The relay

@@ -340,7 +340,7 @@ http_json_row(struct outbox_row **out, const char *partition_key, const char *ur
 	if (out == NULL)
 		return outbox__fail(err, OUTBOX_E_INVALID, "out is NULL");
 	/* The crate takes a serde_json::Value, so its payload is always JSON; check ours is. */
-	if ((rc = outbox__parse_json("json_payload", json_payload, &parsed, err)) != OUTBOX_OK)
+	if ((rc = outbox__parse_json("json_payload", json_payload, OUTBOX_MAX_JSON_DEPTH, &parsed, err)) != OUTBOX_OK)
 		return rc;
 	json_object_put(parsed);
 	if ((rc = row_begin(&row, partition_key, json_payload, err)) != OUTBOX_OK)
@@ -463,7 +463,8 @@ outbox_row_new(struct outbox_row **out, const char *partition_key, const char *d
 	if (out == NULL)
 		return outbox__fail(err, OUTBOX_E_INVALID, "out is NULL");
 	if (destinations_json != NULL) {
-		rc = outbox__parse_json("destinations_json", destinations_json, &dests, err);
+		rc = outbox__parse_json("destinations_json", destinations_json, OUTBOX__ROW_JSON_DEPTH,
+					&dests, err);
 		if (rc != OUTBOX_OK)
 			return rc;
 		if (!json_object_is_type(dests, json_type_array)) {
@@ -485,7 +486,8 @@ outbox_row_new(struct outbox_row **out, const char *partition_key, const char *d
 	}
 	if (headers_json != NULL) {
 		/* JSON null is accepted as "no headers", like the column's SQL NULL. */
-		rc = outbox__parse_json("headers_json", headers_json, &hdrs, err);
+		rc = outbox__parse_json("headers_json", headers_json, OUTBOX__ROW_JSON_DEPTH, &hdrs,
+					err);
 		if (rc != OUTBOX_OK)
 			goto fail;
 		if (hdrs != NULL &&

@@ -261,7 +261,7 @@ outbox__check_placeholder(const char *what, const char *name, const char *value,
 }
 
 enum outbox_rc
-outbox__parse_json(const char *what, const char *text, json_object **out,
+outbox__parse_json(const char *what, const char *text, int depth, json_object **out,
 		   struct outbox_error *err)
 {
 	struct json_tokener *tok;
@@ -276,7 +276,7 @@ outbox__parse_json(const char *what, const char *text, json_object **out,
 	if (len >= OUTBOX_MAX_BATCH_BYTES)
 		return outbox__fail(err, OUTBOX_E_TOO_BIG,
 				    "%s is %zu bytes long, more than one insert can carry", what, len);
-	tok = json_tokener_new_ex(OUTBOX_MAX_JSON_DEPTH);
+	tok = json_tokener_new_ex(depth);
 	if (tok == NULL)
 		return outbox__fail(err, OUTBOX_E_NOMEM, "out of memory parsing %s", what);
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);

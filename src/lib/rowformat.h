@@ -75,11 +75,19 @@ enum outbox_rc outbox__check_placeholder(const char *what, const char *name, con
 					 struct outbox_error *err);
 
 /*
- * Parses text as exactly one JSON value (strict: no trailing text, comments or single quotes;
- * nesting up to OUTBOX_MAX_JSON_DEPTH). *out receives the owned value; JSON null gives NULL.
+ * Nesting a row's destinations or headers may have (json-c's default, what the relay always
+ * read): a row's JSON is small, and json-c clears a stack of this many levels per parse.
  */
-enum outbox_rc outbox__parse_json(const char *what, const char *text, json_object **out,
-				  struct outbox_error *err);
+#define OUTBOX__ROW_JSON_DEPTH 32
+
+/*
+ * Parses text as exactly one JSON value (strict: no trailing text, comments or single quotes;
+ * at most depth nested arrays and objects: OUTBOX_MAX_JSON_DEPTH for a payload,
+ * OUTBOX__ROW_JSON_DEPTH for destinations and headers). *out receives the owned value; JSON
+ * null gives NULL.
+ */
+enum outbox_rc outbox__parse_json(const char *what, const char *text, int depth,
+				  json_object **out, struct outbox_error *err);
 
 /*
  * A headers object (the row's, or an HTTP destination's when placeholders): every value a

@@ -237,8 +237,9 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
 		getenv_fn = process_env;
 
 	/* the writer's rules, in read mode: what liboutbox and the SQL helpers refuse, is parked */
-	if (outbox__parse_json("destinations", destinations_json ? destinations_json : "null", &dests, &why) ||
-	    (headers_json && outbox__parse_json("headers", headers_json, &headers, &why)) ||
+	if (outbox__parse_json("destinations", destinations_json ? destinations_json : "null", OUTBOX__ROW_JSON_DEPTH,
+	                       &dests, &why) ||
+	    (headers_json && outbox__parse_json("headers", headers_json, OUTBOX__ROW_JSON_DEPTH, &headers, &why)) ||
 	    outbox__check_row(dests, headers, OUTBOX__RF_READ, views, &why)) {
 		snprintf(err, errlen, "%s", why.message);
 		goto out;
