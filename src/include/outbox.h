@@ -116,17 +116,20 @@ OUTBOX_API OUTBOX_MUST_CHECK enum outbox_rc outbox_uuid_parse(const char *text, 
 #define OUTBOX_MAX_HEADER_VALUE 8192
 #define OUTBOX_MAX_HEADERS      64  /* per headers object, and per request once merged (below) */
 #define OUTBOX_MAX_DESTINATIONS 64  /* per row */
-#define OUTBOX_MAX_JSON_DEPTH   512 /* nesting accepted in JSON arguments */
+#define OUTBOX_MAX_JSON_DEPTH   512 /* nesting accepted in a JSON payload; 32 in destinations and headers */
 
 /*
  * One header, borrowed: both strings are copied by the function that takes them. The relay
  * sends an HTTP destination's headers, then the row's (a name in both: the row's value), then
  * x-idempotent-key; together at most OUTBOX_MAX_HEADERS, which outbox_insert checks. A header
- * named x-idempotent-key is ignored by the relay: the row's key is always sent.
+ * named x-idempotent-key is ignored by the relay: the row's key is always sent. Content-Length,
+ * Host, Transfer-Encoding and Connection are the relay's and refused. In an HTTP destination's
+ * headers a value "{{ENV_NAME}}" is filled by the relay from its environment, except for its
+ * own settings and credentials (DATABASE_URL, PG*, AWS_*, OUTBOX_*, ...), which are refused.
  */
 struct outbox_header {
 	const char *name;  /* an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~ */
-	const char *value; /* no control characters except TAB; "{{ENV_NAME}}" is filled by the relay */
+	const char *value; /* no control characters except TAB */
 };
 
 enum outbox_http_method {

@@ -16,7 +16,7 @@
 #include "error.h"
 #include "pgarray.h"
 #include "uuid7.h"
-#include "validate.h"
+#include "rowformat.h"
 
 /* Takes val (may be NULL: JSON null) in every case. */
 static enum outbox_rc
@@ -75,10 +75,11 @@ room_for_destination(const struct outbox_row *row, struct outbox_error *err)
 
 /*
  * Checks a caller's name/value array and, unless it is empty and no Content-Type is wanted,
- * turns it into a JSON object. *out is NULL (SQL or JSON null) for an empty array.
+ * turns it into a JSON object. *out is NULL (SQL or JSON null) for an empty array. dest: an
+ * HTTP destination's headers, whose {{NAME}} values the relay fills.
  */
 static enum outbox_rc
-headers_from_array(const struct outbox_header *headers, size_t n, int add_json_type,
+headers_from_array(const struct outbox_header *headers, size_t n, int dest, int add_json_type,
 		   json_object **out, struct outbox_error *err)
 {
 	json_object *obj;
@@ -102,6 +103,9 @@ headers_from_array(const struct outbox_header *headers, size_t n, int add_json_t
 		rc = outbox__check_header_value(name, headers[i].value, strlen(headers[i].value),
 						err);
 		if (rc != OUTBOX_OK)
+			return rc;
+		if (dest && (rc = outbox__check_placeholder("headers", name, headers[i].value, err)) !=
+				    OUTBOX_OK)
 			return rc;
 		/* A JSON object holds one value per name, and HTTP names ignore case. */
 		for (size_t j = 0; j < i; j++)
@@ -164,7 +168,7 @@ http_destination(const char *url, enum outbox_http_method method,
 	default:
 		return outbox__fail(err, OUTBOX_E_INVALID, "unknown HTTP method %d", (int)method);
 	}
-	if ((rc = headers_from_array(headers, n_headers, add_json_type, &hdrs, err)) != OUTBOX_OK)
+	if ((rc = headers_from_array(headers, n_headers, 1, add_json_type, &hdrs, err)) != OUTBOX_OK)
 		return rc;
 
 	dest = json_object_new_object();
@@ -309,7 +313,8 @@ outbox_row_add_sns(struct outbox_row *row, const char *topic_arn, struct outbox_
 		return outbox__fail(err, OUTBOX_E_INVALID, "row is NULL");
 	if ((rc = room_for_destination(row, err)) != OUTBOX_OK)
 		return rc;
-	rc = outbox__check_topic_arn(topic_arn, topic_arn == NULL ? 0 : strlen(topic_arn), err);
+	rc = outbox__check_topic_arn("topic_arn", topic_arn,
+				     topic_arn == NULL ? 0 : strlen(topic_arn), err);
 	if (rc != OUTBOX_OK)
 		return rc;
 	if ((rc = single_member_destination("topic_arn", topic_arn, &dest, err)) != OUTBOX_OK)
@@ -335,7 +340,7 @@ http_json_row(struct outbox_row **out, const char *partition_key, const char *ur
 	if (out == NULL)
 		return outbox__fail(err, OUTBOX_E_INVALID, "out is NULL");
 	/* The crate takes a serde_json::Value, so its payload is always JSON; check ours is. */
-	if ((rc = outbox__parse_json("json_payload", json_payload, &parsed, err)) != OUTBOX_OK)
+	if ((rc = outbox__parse_json("json_payload", json_payload, OUTBOX_MAX_JSON_DEPTH, &parsed, err)) != OUTBOX_OK)
 		return rc;
 	json_object_put(parsed);
 	if ((rc = row_begin(&row, partition_key, json_payload, err)) != OUTBOX_OK)
@@ -418,7 +423,7 @@ queue_row(struct outbox_row **out, const char *partition_key, enum extra_kind ki
 	else
 		rc = outbox_row_add_sns(row, target, err);
 	if (rc == OUTBOX_OK)
-		rc = headers_from_array(headers, n_headers, 0, &hdrs, err);
+		rc = headers_from_array(headers, n_headers, 0, 0, &hdrs, err);
 	if (rc != OUTBOX_OK) {
 		outbox_row_free(row);
 		return rc;
@@ -458,7 +463,8 @@ outbox_row_new(struct outbox_row **out, const char *partition_key, const char *d
 	if (out == NULL)
 		return outbox__fail(err, OUTBOX_E_INVALID, "out is NULL");
 	if (destinations_json != NULL) {
-		rc = outbox__parse_json("destinations_json", destinations_json, &dests, err);
+		rc = outbox__parse_json("destinations_json", destinations_json, OUTBOX__ROW_JSON_DEPTH,
+					&dests, err);
 		if (rc != OUTBOX_OK)
 			return rc;
 		if (!json_object_is_type(dests, json_type_array)) {
@@ -472,18 +478,21 @@ outbox_row_new(struct outbox_row **out, const char *partition_key, const char *d
 			goto fail;
 		}
 		for (size_t i = 0; i < json_object_array_length(dests); i++) {
-			rc = outbox__check_destination(json_object_array_get_idx(dests, i), i, err);
+			rc = outbox__check_destination(json_object_array_get_idx(dests, i), i,
+						       OUTBOX__RF_WRITE, NULL, err);
 			if (rc != OUTBOX_OK)
 				goto fail;
 		}
 	}
 	if (headers_json != NULL) {
 		/* JSON null is accepted as "no headers", like the column's SQL NULL. */
-		rc = outbox__parse_json("headers_json", headers_json, &hdrs, err);
+		rc = outbox__parse_json("headers_json", headers_json, OUTBOX__ROW_JSON_DEPTH, &hdrs,
+					err);
 		if (rc != OUTBOX_OK)
 			goto fail;
 		if (hdrs != NULL &&
-		    (rc = outbox__check_headers_object("headers_json", hdrs, err)) != OUTBOX_OK)
+		    (rc = outbox__check_headers_object("headers_json", hdrs, false, OUTBOX__RF_WRITE,
+						       err)) != OUTBOX_OK)
 			goto fail;
 	}
 	if ((rc = row_begin(&row, partition_key, payload, err)) != OUTBOX_OK)
@@ -565,58 +574,16 @@ outbox_row_set_header(struct outbox_row *row, const char *name, const char *valu
 	return OUTBOX_OK;
 }
 
-/* The headers the relay sends to one HTTP destination: its own, the row's, x-idempotent-key. */
-static size_t
-merged_header_count(json_object *dest_headers, json_object *row_headers)
-{
-	size_t n = 1; /* x-idempotent-key, always added; a header of that name is ignored */
-	struct json_object_iterator it;
-	struct json_object_iterator end;
-
-	if (dest_headers != NULL) {
-		it = json_object_iter_begin(dest_headers);
-		end = json_object_iter_end(dest_headers);
-		for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it))
-			if (strcasecmp(json_object_iter_peek_name(&it), "x-idempotent-key") != 0)
-				n++;
-	}
-	if (row_headers != NULL) {
-		it = json_object_iter_begin(row_headers);
-		end = json_object_iter_end(row_headers);
-		for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
-			const char *name = json_object_iter_peek_name(&it);
-
-			if (strcasecmp(name, "x-idempotent-key") != 0 &&
-			    (dest_headers == NULL || find_header(dest_headers, name) == NULL))
-				n++;
-		}
-	}
-	return n;
-}
-
 enum outbox_rc
 outbox__row_check(const struct outbox_row *row, size_t index, struct outbox_error *err)
 {
-	size_t n = json_object_array_length(row->destinations);
+	struct outbox_error why;
+	enum outbox_rc rc;
 
-	/* The SQL helpers refuse it too: a row with nowhere to go is a mistake. */
-	if (n == 0)
-		return outbox__fail(err, OUTBOX_E_INVALID, "rows[%zu] has no destination", index);
-	for (size_t i = 0; i < n; i++) {
-		json_object *dest = json_object_array_get_idx(row->destinations, i);
-		json_object *dest_headers = NULL;
-		size_t count;
-
-		if (!json_object_object_get_ex(dest, "url", NULL))
-			continue; /* SQS and SNS: only the row's headers, already bounded */
-		json_object_object_get_ex(dest, "headers", &dest_headers);
-		count = merged_header_count(dest_headers, row->headers);
-		if (count > OUTBOX_MAX_HEADERS)
-			return outbox__fail(err, OUTBOX_E_TOO_BIG,
-					    "rows[%zu]: destinations[%zu] would be sent %zu headers (its own, "
-					    "the row's and x-idempotent-key), over the limit of %d",
-					    index, i, count, OUTBOX_MAX_HEADERS);
-	}
+	/* The relay's rules, which the SQL helpers apply too: a row that breaks them is parked. */
+	rc = outbox__check_row(row->destinations, row->headers, OUTBOX__RF_WRITE, NULL, &why);
+	if (rc != OUTBOX_OK)
+		return outbox__fail(err, rc, "rows[%zu]: %s", index, why.message);
 	return OUTBOX_OK;
 }
 

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include "admin/admin.h"
+#include "send/destination.h"
 
 #include <libpq-fe.h>
 #include "util/log.h"
@@ -81,6 +82,8 @@ static const struct setting settings[] = {
 	  "verify HTTPS certificates and host names; false is for tests only and logs a warning at start" },
 	{ "OUTBOX_ALLOWED_HOSTS", "allowed-hosts", T_STRING, OFF(allowed_hosts), NULL, 0, 0, NULL,
 	  "comma-separated destination hosts the relay may call (*.example.com matches subdomains); rows for other hosts are parked; unset = any" },
+	{ "OUTBOX_HEADER_ENV", "header-env", T_STRING, OFF(header_env), NULL, 0, 0, NULL,
+	  "environment variables an HTTP destination's {{NAME}} header values may read: names and PREFIX_* patterns, separated by spaces or commas; rows asking for others are parked; unset = any; never the relay's own settings and credentials (DATABASE_URL, PG*, AWS_*, OUTBOX_*, LOCAL_ENDPOINT, LOCAL_REGION, proxy, CURL_*, SSL_CERT_*, OPENSSL_*, systemd's), whatever this says" },
 	{ "OUTBOX_DENY_PRIVATE_ADDRESSES", "deny-private-addresses", T_BOOL, OFF(deny_private_addresses), "false", 0, 0, NULL,
 	  "refuse to connect row destinations to loopback, private, link-local and unique-local addresses (checked after DNS); such rows are parked" },
 	{ "OUTBOX_CA_FILE", "ca-file", T_STRING, OFF(ca_file), NULL, 0, 0, NULL,
@@ -408,6 +411,8 @@ int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, c
 		         cfg->retry_max_ms, cfg->retry_base_ms);
 		goto fail;
 	}
+	if (cfg->header_env && obr_header_env_check(cfg->header_env, err, errlen))
+		goto fail;
 	for (const char *c = cfg->channel; *c; c++) {
 		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_')) {
 			snprintf(err, errlen, "invalid value for OUTBOX_CHANNEL: \"%s\" (use lower-case letters, digits and _)",

@@ -39,6 +39,7 @@ struct obr_config {
 	char *ca_file;
 	bool tls_verify;
 	char *allowed_hosts;           /* comma-separated host names, *.suffix wildcards; NULL = any */
+	char *header_env;              /* variables {{NAME}} header values may read; NULL = any not refused */
 	bool deny_private_addresses;
 	int log_level;                 /* enum obr_log_level */
 	int log_format;                /* enum obr_log_format */

@@ -1,9 +1,11 @@
 """Secrets never leave the relay: the database password, the AWS secret key and session token,
 and the values of {{ENV}} destination headers are absent from the relay's log (debug level),
 the outbox table's last_error, /metrics, and `outbox-relay status` (text and --json), after a
-run in which rows succeed and fail (so last_error is written) for HTTP, SQS and SNS."""
+run in which rows succeed and fail (so last_error is written) for HTTP, SQS and SNS; and a row
+cannot have them sent: {{DATABASE_URL}}, {{AWS_*}}, {{OUTBOX_*}} and the like are never filled."""
 
 import contextlib
+import json
 import secrets
 import urllib.error
 import urllib.request
@@ -171,3 +173,58 @@ def test_malformed_database_url_does_not_print_its_password(db, relay, run_relay
     leaks = [where for where, text in (("the relay log", r.log()), ("status", res.stdout + res.stderr))
              if password.split("%")[0] in text]
     assert not leaks, f"the password is printed in {leaks}: {r.log()[:300]!r}"
+
+
+def test_row_headers_never_fill_the_relays_own_variables(db, sink, relay):
+    """A relay holding real-looking secrets (a database password in DATABASE_URL, really used;
+    PGPASSWORD; AWS keys and a session token; OUTBOX_* settings) and OUTBOX_HEADER_ENV limiting
+    placeholders to API_TOKEN: rows whose HTTP destination headers ask for {{DATABASE_URL}},
+    {{PGPASSWORD}}, {{AWS_*}} or {{OUTBOX_*}} are parked with a last_error naming the variable,
+    the sink receives no request for them and none of the values anywhere, and neither the log
+    nor last_error holds one. A row asking for {{OTHER_TOKEN}} (set, but not allowed by
+    OUTBOX_HEADER_ENV) is parked naming it; an ordinary {{API_TOKEN}} is still filled."""
+    api, other = _secret("Api"), _secret("Other")
+    values = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+              "AWS_SECRET_ACCESS_KEY": _secret("AwsKey"), "AWS_SESSION_TOKEN": _secret("AwsToken"),
+              "OUTBOX_ALLOWED_HOSTS": f"{LOCALHOST},{_secret('Host').lower()}.internal"}
+    with password_role(db) as (role, password):
+        url = f"postgresql://{role}:{password}@{LOCALHOST}:{db.cluster.port}/{db.name}"
+        values.update(DATABASE_URL=url, PGPASSWORD=password)
+        r = relay(url, env=env(API_TOKEN=api, OTHER_TOKEN=other, OUTBOX_HEADER_ENV="API_TOKEN",
+                               **{k: v for k, v in values.items() if k != "DATABASE_URL"}))
+        asks = [*values, "OTHER_TOKEN"]
+        rows = insert(db, [{"destinations": [http_dest(sink.url(f"/leak/{var}"), {"X-Leak": f"{{{{{var}}}}}"})],
+                            "payload": var} for var in asks]
+                      + [{"destinations": [http_dest(sink.url("/ok"), {"X-Api-Token": "{{API_TOKEN}}"})],
+                          "payload": "ok"}])
+        by_payload = {row["payload"]: row["idempotent_key"] for row in rows}
+        wait_processed(db, [by_payload["ok"]], timeout=20)
+        wait_until(lambda: db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
+                                     " AND dead_at IS NOT NULL", (keys(rows),)) == len(asks),
+                   20, "every row asking for a refused variable parked")
+        table = {t["payload"]: t for t in db.query_dicts(
+            "SELECT payload, dead_at, attempts, last_error, processed_at FROM outbox")}
+        for var in values:
+            assert f"asks for {{{{{var}}}}}" in table[var]["last_error"], table[var]
+        assert "asks for {{OTHER_TOKEN}}, which OUTBOX_HEADER_ENV does not allow" in table["OTHER_TOKEN"]["last_error"]
+        assert all(table[var]["processed_at"] is None for var in asks)
+        (ok,) = sink.requests(path="/ok")
+        assert header_values(ok, "X-Api-Token") == [api]
+        received = sink.requests()
+        assert [x["path"] for x in received] == ["/ok"], [x["path"] for x in received]
+        texts = {"the sink's requests": json.dumps(received), "the relay log": r.log(),
+                 "last_error": "\n".join(t["last_error"] or "" for t in table.values())}
+        secret_values = {**{k: v for k, v in values.items() if k != "OUTBOX_ALLOWED_HOSTS"},
+                         "the host in OUTBOX_ALLOWED_HOSTS": values["OUTBOX_ALLOWED_HOSTS"].split(",")[1],
+                         "OTHER_TOKEN": other}
+        leaks = _leaks(texts, secret_values)
+        assert not leaks, "secrets leaked: " + "; ".join(leaks)
+        assert r.stop() == 0
+
+
+def test_header_env_naming_a_relay_secret_fails_at_start(db, run_relay):
+    """OUTBOX_HEADER_ENV cannot open the relay's own variables: the relay refuses to start,
+    naming the setting."""
+    res = run_relay("run", db=db, env=env(OUTBOX_HEADER_ENV="API_TOKEN AWS_*"), timeout=30)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "invalid value for OUTBOX_HEADER_ENV: AWS_* names the relay's own settings" in res.stderr, res.stderr

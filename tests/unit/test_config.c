@@ -27,6 +27,11 @@ static void test_defaults(void)
 	CHECK_INT_EQ(cfg.shutdown_grace_ms, 8000);
 	CHECK(!cfg.delete_on_success);
 	CHECK_STR_EQ(cfg.channel, "outbox");
+	CHECK_STR_EQ(cfg.header_env, NULL);
+	obr_config_free(&cfg);
+	const char *narrowed[] = { "DATABASE_URL=postgresql://x/y", "OUTBOX_HEADER_ENV=API_TOKEN PARTNER_*", NULL };
+	CHECK_INT_EQ(load(&cfg, narrowed, 0, NULL, err), 0);
+	CHECK_STR_EQ(cfg.header_env, "API_TOKEN PARTNER_*");
 	obr_config_free(&cfg);
 }
 
@@ -73,6 +78,9 @@ static void test_bad_values_name_the_setting(void)
 		{ "OUTBOX_CHANNEL=Bad-Name", "OUTBOX_CHANNEL" },
 		{ "OUTBOX_RETRY_MAX_MS=10", "OUTBOX_RETRY_MAX_MS" },
 		{ "OUTBOX_LEASEMS=1000", "unknown setting OUTBOX_LEASEMS" },
+		{ "OUTBOX_HEADER_ENV=API_TOKEN,AWS_*", "invalid value for OUTBOX_HEADER_ENV: AWS_* names the relay's own" },
+		{ "OUTBOX_HEADER_ENV=api_token", "invalid value for OUTBOX_HEADER_ENV: \"api_token\"" },
+		{ "OUTBOX_HEADER_ENV=", "OUTBOX_HEADER_ENV" },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		const char *env[] = { "DATABASE_URL=postgresql:///x", cases[i].var, NULL };

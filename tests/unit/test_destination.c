@@ -1,9 +1,11 @@
 /*
  * test_destination.c - parsing and validation of a row's destinations and headers
  * (src/relay/send/destination.c): every shape the crate writes, and every malformed one we park.
+ * The row-format cases are the table test_row.c runs against liboutbox (rowformat_cases.h).
  */
 #include "send/destination.h"
 #include "harness.h"
+#include "rowformat_cases.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +13,19 @@
 
 #define KEY "0190f5a2-7c1e-7a55-b3a5-3a9c1f0c2e11"
 
+/* The names fake_env was asked for, to show a refused variable is never even read. */
+static char asked[1024];
+
 static const char *fake_env(const char *name)
 {
+	strncat(asked, name, sizeof(asked) - strlen(asked) - 2);
+	strcat(asked, " ");
+	if (!strcmp(name, "DATABASE_URL"))
+		return "postgresql://relay:db-password@127.0.0.1/app";
+	if (!strcmp(name, "AWS_SECRET_ACCESS_KEY"))
+		return "aws-secret-value";
+	if (!strcmp(name, "API_TOKEN"))
+		return "api-token-value";
 	if (!strcmp(name, "X_TOKEN"))
 		return "secret-token";
 	if (!strcmp(name, "BAD_VALUE"))
@@ -128,58 +141,64 @@ static void test_sent_destinations(void)
 	obr_plan_clear(&plan);
 }
 
-static void test_empty_array_is_nothing_to_send(void)
+/* A row that goes nowhere is a writer's bug (the crate would mark it delivered): parked. */
+static void test_empty_array_is_parked(void)
 {
 	struct obr_plan plan;
 	char err[256];
-	CHECK_INT_EQ(obr_plan_parse(&plan, KEY, "[]", "null", NULL, fake_env, err, sizeof(err)), 0);
+	CHECK(obr_plan_parse(&plan, KEY, "[]", "null", NULL, fake_env, err, sizeof(err)) != 0);
+	CHECK(strstr(err, "destinations is an empty array: the row goes nowhere") != NULL);
 	CHECK_INT_EQ(plan.ndests, 0);
-	obr_plan_clear(&plan);
 }
 
-/* Each malformed row must be refused, with a message that names the problem. */
+/* The table liboutbox is tested against: the relay parks exactly the rows marked so, with the
+ * writers' reason, and sends the others. */
+static void test_shared_cases(void)
+{
+	json_object *cases = rf_cases_load();
+	size_t failed = 0;
+	CHECK(cases != NULL);
+	for (size_t i = 0; i < json_object_array_length(cases); i++) {
+		struct rf_case c;
+		struct obr_plan plan;
+		char err[512] = "";
+		if (!rf_case_get(cases, i, &c)) {
+			failed++;
+			continue;
+		}
+		int rc = obr_plan_parse(&plan, KEY, c.destinations, c.headers, NULL, fake_env, err, sizeof(err));
+		if (rc == 0)
+			obr_plan_clear(&plan);
+		if (c.parked ? rc == 0 || !strstr(err, c.refused) : rc != 0) {
+			fprintf(stderr, "case \"%s\": rc=%d \"%s\", expected %s%s\n", c.name, rc, err,
+			        c.parked ? "parking with " : "a plan", c.parked ? c.refused : "");
+			failed++;
+		}
+		CHECK_INT_EQ(plan.ndests, 0); /* cleared either way */
+	}
+	json_object_put(cases);
+	CHECK_INT_EQ(failed, 0);
+}
+
+/* What only the relay meets: text that is no JSON, and what a placeholder's variable holds. */
 static void test_malformed(void)
 {
 	static const struct {
 		const char *dests, *headers, *expect;
 	} cases[] = {
-		{ "{\"url\":\"http://h/\"}", NULL, "must be a JSON array" },
-		{ "not json", NULL, "must be a JSON array" },
-		{ "[1]", NULL, "destinations[0] must be an object" },
-		{ "[{\"uri\":\"http://h/\"}]", NULL, "none of queue_url, topic_arn or url" },
-		{ "[{\"url\":42}]", NULL, "destinations[0].url must be a non-empty string" },
-		{ "[{\"url\":\"\"}]", NULL, "non-empty string" },
-		{ "[{\"url\":\"ftp://h/\"}]", NULL, "must start with http:// or https://" },
-		{ "[{\"url\":\"http:///path\"}]", NULL, "has no host" },
-		{ "[{\"url\":\"http://user:pw@h/\"}]", NULL, "credentials" },
-		{ "[{\"url\":\"http://h/a b\"}]", NULL, "spaces" },
-		{ "[{\"url\":\"http://h/\",\"method\":\"GET\"}]", NULL, "method \"GET\" is not supported" },
-		{ "[{\"url\":\"http://h/\",\"method\":1}]", NULL, "method must be a string" },
-		{ "[{\"url\":\"http://h/\",\"headers\":[]}]", NULL, "destinations[0].headers must be a JSON object" },
-		{ "[{\"url\":\"http://h/\",\"headers\":{\"a\":1}}]", NULL, "value of \"a\" must be a string" },
-		{ "[{\"url\":\"http://h/\",\"headers\":{\"bad name\":\"v\"}}]", NULL, "invalid header name" },
-		{ "[{\"url\":\"http://h/\",\"headers\":{\"\":\"v\"}}]", NULL, "invalid header name" },
-		{ "[{\"url\":\"http://h/\",\"headers\":{\"x\":\"a\\r\\nInjected: 1\"}}]", NULL, "invalid value for header" },
-		{ "[{\"url\":\"http://h/\",\"headers\":{\"x\":\"{{BAD_VALUE}}\"}}]", NULL, "environment variable BAD_VALUE" },
-		{ "[{\"url\":\"http://h/\",\"headers\":{\"Content-Length\":\"0\"}}]", NULL, "header \"Content-Length\" is set by the relay" },
-		{ "[{\"url\":\"http://h/\"}]", "{\"transfer-encoding\":\"chunked\"}", "header \"transfer-encoding\" is set by the relay" },
-		{ "[{\"url\":\"http://h/\"}]", "{\"Host\":\"elsewhere\"}", "header \"Host\" is set by the relay" },
-		{ "[{\"url\":\"http://h/\",\"headers\":{\"connection\":\"close\"}}]", NULL, "header \"connection\" is set by the relay" },
-		{ "[{\"url\":\"http://h/\"}]", "[\"a\"]", "headers must be a JSON object" },
-		{ "[{\"url\":\"http://h/\"}]", "{\"a\":{\"b\":\"c\"}}", "value of \"a\" must be a string" },
+		{ "not json", NULL, "destinations is not valid JSON" },
+		{ NULL, NULL, "destinations is not a JSON array" },
 		{ "[{\"url\":\"http://h/\"}]", "{oops", "headers is not valid JSON" },
-		{ "[{\"queue_url\":\"\"}]", NULL, "queue_url must be a non-empty string" },
-		{ "[{\"queue_url\":\"sqs://q\"}]", NULL, "queue_url" },
-		{ "[{\"topic_arn\":\"topic\"}]", NULL, "is not an ARN" },
-		{ "[{\"topic_arn\":null}]", NULL, "topic_arn must be a non-empty string" },
+		{ "[{\"url\":\"http://h/\",\"headers\":{\"x\":\"{{BAD_VALUE}}\"}}]", NULL, "environment variable BAD_VALUE" },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct obr_plan plan;
 		char err[256] = "";
 		int rc = obr_plan_parse(&plan, KEY, cases[i].dests, cases[i].headers, NULL, fake_env, err, sizeof(err));
 		if (rc == 0 || !strstr(err, cases[i].expect)) {
-			fprintf(stderr, "case %zu (%s / %s): rc=%d err=\"%s\", expected \"%s\"\n", i, cases[i].dests,
-			        cases[i].headers ? cases[i].headers : "NULL", rc, err, cases[i].expect);
+			fprintf(stderr, "case %zu (%s / %s): rc=%d err=\"%s\", expected \"%s\"\n", i,
+			        cases[i].dests ? cases[i].dests : "NULL", cases[i].headers ? cases[i].headers : "NULL", rc,
+			        err, cases[i].expect);
 			if (rc == 0)
 				obr_plan_clear(&plan);
 		}
@@ -198,7 +217,102 @@ static void test_too_many_destinations(void)
 	struct obr_plan plan;
 	char err[256];
 	CHECK(obr_plan_parse(&plan, KEY, dests, NULL, NULL, fake_env, err, sizeof(err)) != 0);
-	CHECK(strstr(err, "too many destinations") != NULL);
+	CHECK(strstr(err, "destinations has 65 entries, over the limit of 64") != NULL);
+}
+
+/* {{DATABASE_URL}} and the like: parked with the variable's name; its value is never read. */
+static void test_relay_secrets_are_never_filled(void)
+{
+	static const char *const refused[] = {
+		"DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "PGPASSWORD",
+		"OUTBOX_HEADER_ENV", "LOCAL_ENDPOINT", "HTTPS_PROXY", "NO_PROXY", "CURL_CA_BUNDLE", "SSL_CERT_DIR",
+		"NOTIFY_SOCKET",
+	};
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		char dests[256], expect[128], err[256] = "";
+		struct obr_plan plan;
+		snprintf(dests, sizeof(dests), "[{\"url\":\"http://h/\",\"headers\":{\"Authorization\":\"{{%s}}\"}}]",
+		         refused[i]);
+		snprintf(expect, sizeof(expect), "header \"Authorization\" asks for {{%s}}", refused[i]);
+		asked[0] = '\0';
+		CHECK(obr_plan_parse(&plan, KEY, dests, NULL, NULL, fake_env, err, sizeof(err)) != 0);
+		if (!strstr(err, expect))
+			fprintf(stderr, "%s: \"%s\"\n", refused[i], err);
+		CHECK(strstr(err, expect) != NULL);
+		CHECK_STR_EQ(asked, "");
+		CHECK(!strstr(err, "password") && !strstr(err, "secret-value"));
+	}
+	/* the same name in the row's headers is plain text (never filled), as in the crate */
+	struct obr_plan plan;
+	char err[256];
+	asked[0] = '\0';
+	CHECK_INT_EQ(obr_plan_parse(&plan, KEY, "[{\"url\":\"http://h/\"}]", "{\"X-Row\":\"{{DATABASE_URL}}\"}", NULL,
+	                            fake_env, err, sizeof(err)), 0);
+	CHECK_STR_EQ(header(&plan.dests[0], "x-row"), "{{DATABASE_URL}}");
+	CHECK_STR_EQ(asked, "");
+	obr_plan_clear(&plan);
+}
+
+/* OUTBOX_HEADER_ENV narrows the placeholders further: names and PREFIX_* patterns. */
+static void test_header_env_setting(void)
+{
+	static const char spec[] = "API_TOKEN, X_*";
+	const char *dests = "[{\"url\":\"http://h/\",\"headers\":{\"A\":\"{{API_TOKEN}}\",\"B\":\"{{X_TOKEN}}\"}}]";
+	struct obr_plan plan;
+	char err[256] = "";
+
+	CHECK(obr_header_env_allowed("ANYTHING", NULL));
+	CHECK(obr_header_env_allowed("API_TOKEN", spec));
+	CHECK(obr_header_env_allowed("X_TOKEN", spec));
+	CHECK(obr_header_env_allowed("X_", spec));
+	CHECK(!obr_header_env_allowed("API_TOKENS", spec));
+	CHECK(!obr_header_env_allowed("API", spec));
+	CHECK(!obr_header_env_allowed("XTOKEN", spec));
+	CHECK(!obr_header_env_allowed("x_token", spec));
+
+	obr_header_env_use(spec);
+	asked[0] = '\0';
+	int rc = obr_plan_parse(&plan, KEY, dests, NULL, NULL, fake_env, err, sizeof(err));
+	if (rc == 0) {
+		CHECK_STR_EQ(header(&plan.dests[0], "a"), "api-token-value");
+		CHECK_STR_EQ(header(&plan.dests[0], "b"), "secret-token");
+		obr_plan_clear(&plan);
+	}
+	rc |= obr_plan_parse(&plan, KEY, "[{\"url\":\"http://h/\",\"headers\":{\"C\":\"{{BAD_VALUE}}\"}}]", NULL, NULL,
+	                     fake_env, err, sizeof(err)) == 0;
+	obr_header_env_use(NULL);
+	CHECK_INT_EQ(rc, 0);
+	CHECK(strstr(err, "header \"C\" asks for {{BAD_VALUE}}, which OUTBOX_HEADER_ENV does not allow") != NULL);
+	CHECK(strstr(asked, "BAD_VALUE") == NULL);
+}
+
+static void test_header_env_check(void)
+{
+	static const char *const good[] = { "API_TOKEN", "API_TOKEN X_*", "A,B_*, C", "MY_PG*" };
+	static const struct {
+		const char *spec, *expect;
+	} bad[] = {
+		{ "api_token", "\"api_token\" is neither a variable name of A-Z and _ nor such a prefix followed by *" },
+		{ "TOKEN2", "\"TOKEN2\" is neither" },
+		{ "*", "\"*\" is neither" },
+		{ "A*B", "\"A*B\" is neither" },
+		{ " , ", "lists no variable" },
+		{ "API_TOKEN DATABASE_URL", "DATABASE_URL names the relay's own settings or credentials" },
+		{ "AWS_*", "AWS_* names the relay's own" },
+		{ "PGPASSWORD", "PGPASSWORD names the relay's own" },
+		{ "OUTBOX_SECRET", "OUTBOX_SECRET names the relay's own" },
+	};
+	char err[256];
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		CHECK_INT_EQ(obr_header_env_check(good[i], err, sizeof(err)), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = '\0';
+		CHECK(obr_header_env_check(bad[i].spec, err, sizeof(err)) != 0);
+		if (!strstr(err, bad[i].expect))
+			fprintf(stderr, "\"%s\": \"%s\"\n", bad[i].spec, err);
+		CHECK(strstr(err, "invalid value for OUTBOX_HEADER_ENV") != NULL);
+		CHECK(strstr(err, bad[i].expect) != NULL);
+	}
 }
 
 static void test_host_allow_list(void)
@@ -229,9 +343,13 @@ int main(int argc, char **argv)
 		TEST(test_env_placeholder),
 		TEST(test_sqs_sns_and_crate_precedence),
 		TEST(test_sent_destinations),
-		TEST(test_empty_array_is_nothing_to_send),
+		TEST(test_empty_array_is_parked),
+		TEST(test_shared_cases),
 		TEST(test_malformed),
 		TEST(test_too_many_destinations),
+		TEST(test_relay_secrets_are_never_filled),
+		TEST(test_header_env_setting),
+		TEST(test_header_env_check),
 		TEST(test_host_allow_list),
 		TEST_END,
 	};

@@ -13,6 +13,8 @@
 #include "harness.h"
 #include "outbox.h"
 #include "pgarray.h"
+#include "row.h"
+#include "rowformat_cases.h"
 
 #define PK     "0190f5c5-7b1e-7c3a-9d2e-3f4a5b6c7d8e"
 #define URL    "https://example.com/hooks/order"
@@ -692,7 +694,7 @@ test_insert_arguments(void)
 	CHECK(strstr(err.message, "rows is NULL") != NULL);
 	CHECK_INT_EQ(outbox_row_new(&row, PK, NULL, NULL, "p", NULL), OUTBOX_OK);
 	CHECK_INT_EQ(outbox_insert(NULL, &row, 1, &err), OUTBOX_E_INVALID);
-	CHECK(strstr(err.message, "rows[0] has no destination") != NULL);
+	CHECK(strstr(err.message, "rows[0]: destinations is an empty array") != NULL);
 	CHECK_INT_EQ(outbox_row_add_sqs(row, QUEUE, NULL), OUTBOX_OK);
 	CHECK_INT_EQ(outbox_insert(NULL, &row, 1, &err), OUTBOX_E_INVALID);
 	CHECK(strstr(err.message, "conn is NULL") != NULL);
@@ -903,6 +905,87 @@ test_timestamps(void)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* the shared row-format cases (test_destination.c runs the same table against the relay)      */
+
+/* The row a case describes, built and checked for insert: OUTBOX_OK or the refusal. */
+static enum outbox_rc
+build_case(const struct rf_case *c, struct outbox_error *err)
+{
+	struct outbox_row *row = NULL;
+	enum outbox_rc rc = outbox_row_new(&row, PK, c->destinations, c->headers, "p", err);
+
+	if (rc == OUTBOX_OK)
+		rc = outbox__row_check(row, 0, err);
+	outbox_row_free(row);
+	return rc;
+}
+
+static void
+test_shared_cases(void)
+{
+	json_object *cases = rf_cases_load();
+	size_t failed = 0;
+
+	CHECK(cases != NULL);
+	for (size_t i = 0; i < json_object_array_length(cases); i++) {
+		struct rf_case c;
+		struct outbox_error err;
+		enum outbox_rc rc;
+
+		if (!rf_case_get(cases, i, &c)) {
+			failed++;
+			continue;
+		}
+		/* whatever the relay parks, the library refuses */
+		if (c.parked && c.refused == NULL) {
+			fprintf(stderr, "case \"%s\": parked by the relay but accepted by writers\n", c.name);
+			failed++;
+		}
+		err_reset(&err);
+		rc = build_case(&c, &err);
+		if (c.refused == NULL ? rc != OUTBOX_OK
+				      : rc == OUTBOX_OK || strstr(err.message, c.refused) == NULL) {
+			fprintf(stderr, "case \"%s\": rc=%d \"%s\", expected %s%s\n", c.name, (int)rc,
+				err.message, c.refused ? "a refusal with " : "success",
+				c.refused ? c.refused : "");
+			failed++;
+		}
+	}
+	json_object_put(cases);
+	CHECK_INT_EQ(failed, 0);
+}
+
+/* The builders apply the same header rules to the arrays they take. */
+static void
+test_builders_refuse_what_the_relay_parks(void)
+{
+	static const struct outbox_header length[] = { { "content-length", "0" } };
+	static const struct outbox_header host[] = { { "Host", "elsewhere" } };
+	static const struct outbox_header secret[] = { { "Authorization", "{{DATABASE_URL}}" } };
+	static const struct outbox_header aws[] = { { "X-Key", "{{AWS_ACCESS_KEY_ID}}" } };
+	static const struct outbox_header ordinary[] = { { "Authorization", "{{API_TOKEN}}" } };
+	struct outbox_row *row;
+	struct outbox_error err;
+
+	EXPECT_FAIL(outbox_row_http_post_json(&row, PK, URL, length, 1, "{}", &err),
+		    OUTBOX_E_INVALID, "header \"content-length\" is set by the relay");
+	EXPECT_FAIL(outbox_row_sqs(&row, PK, QUEUE, host, 1, "p", &err), OUTBOX_E_INVALID,
+		    "header \"Host\" is set by the relay");
+	EXPECT_FAIL(outbox_row_http_put_json(&row, PK, URL, secret, 1, "{}", &err), OUTBOX_E_INVALID,
+		    "asks for {{DATABASE_URL}}");
+	row = NULL;
+	CHECK_INT_EQ(outbox_row_new(&row, PK, NULL, NULL, "p", NULL), OUTBOX_OK);
+	err_reset(&err);
+	CHECK_INT_EQ(outbox_row_add_http(row, URL, OUTBOX_HTTP_POST, aws, 1, &err), OUTBOX_E_INVALID);
+	CHECK(strstr(err.message, "asks for {{AWS_ACCESS_KEY_ID}}") != NULL);
+	CHECK_INT_EQ(outbox_row_set_header(row, "Connection", "close", &err), OUTBOX_E_INVALID);
+	CHECK_INT_EQ(outbox_row_add_http(row, URL, OUTBOX_HTTP_POST, ordinary, 1, NULL), OUTBOX_OK);
+	/* the row's own headers are never filled: a placeholder there is only text */
+	CHECK_INT_EQ(outbox_row_set_header(row, "X-Row", "{{DATABASE_URL}}", NULL), OUTBOX_OK);
+	outbox_row_free(row);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* errors                                                                                     */
 
 static void
@@ -973,6 +1056,8 @@ main(int argc, char **argv)
 		TEST(test_array_literal_limit),
 		TEST(test_timestamps),
 		TEST(test_error_messages),
+		TEST(test_shared_cases),
+		TEST(test_builders_refuse_what_the_relay_parks),
 		TEST_END,
 	};
 

@@ -10,6 +10,7 @@
 #include "cli/usage.h"
 #include "engine/relay.h"
 #include "admin/sdnotify.h"
+#include "send/destination.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -78,6 +79,7 @@ static int run(int argc, char **argv)
 		return 2;
 	}
 	obr_log_configure((enum obr_log_level)cfg.log_level, (enum obr_log_format)cfg.log_format);
+	obr_header_env_use(cfg.header_env); /* checked by obr_config_load; lives as long as cfg */
 	if (cfg.log_file && obr_log_open_file(cfg.log_file)) {
 		fprintf(stderr, "outbox-relay: invalid value for OUTBOX_LOG_FILE: cannot open \"%s\": %s\n", cfg.log_file,
 		        strerror(errno));
@@ -143,6 +145,7 @@ out:
 	if (d.base)
 		event_base_free(d.base);
 	curl_global_cleanup();
+	obr_header_env_use(NULL);
 	obr_config_free(&cfg);
 	return rc;
 }

@@ -1,7 +1,10 @@
 /*
- * destination.c - parsing and validation of a row's destinations and headers.
+ * destination.c - a row's destinations and headers, checked by the row format liboutbox
+ * applies (rowformat.h, read mode), turned into what the relay sends.
  */
 #include "send/destination.h"
+
+#include "rowformat.h"
 
 #include <json-c/json.h>
 #include <stdio.h>
@@ -9,9 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_TARGET_LEN 8192
-#define MAX_HEADER_NAME 256
-#define MAX_HEADER_VALUE 8192
+/* OUTBOX_HEADER_ENV, set once at start (obr_header_env_use); NULL = every variable not refused. */
+static const char *header_env;
 
 const char *obr_dest_kind_name(enum obr_dest_kind kind)
 {
@@ -46,45 +48,6 @@ void obr_plan_clear(struct obr_plan *plan)
 	}
 	free(plan->dests);
 	memset(plan, 0, sizeof(*plan));
-}
-
-/* RFC 9110 token characters: what a header name may contain. */
-static bool is_token(const char *s)
-{
-	if (!*s)
-		return false;
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p <= 32 || *p >= 127 || strchr("()<>@,;:\\\"/[]?={}", *p))
-			return false;
-	}
-	return true;
-}
-
-static bool valid_header_value(const char *s)
-{
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-		if (*p == '\r' || *p == '\n' || (*p < 32 && *p != '\t') || *p == 127)
-			return false;
-	return true;
-}
-
-/* The crate's placeholder: the whole value is {{UPPER_SNAKE}} (regex ^\{\{[A-Z_]+}}$). */
-static const char *env_placeholder(const char *value, char *name, size_t cap)
-{
-	size_t len = strlen(value);
-	if (len < 5 || strncmp(value, "{{", 2) || strcmp(value + len - 2, "}}"))
-		return NULL;
-	size_t n = len - 4;
-	if (n >= cap)
-		return NULL;
-	for (size_t i = 0; i < n; i++) {
-		char c = value[2 + i];
-		if (!((c >= 'A' && c <= 'Z') || c == '_'))
-			return NULL;
-		name[i] = c;
-	}
-	name[n] = '\0';
-	return name;
 }
 
 /* Adds or replaces (case-insensitively) a header; a later source wins, a name is never sent twice. */
@@ -123,49 +86,36 @@ oom:
 	return -1;
 }
 
-/* Checks one headers object and adds its entries. where names it in messages. */
+/* Whether a header value may hold this variable's text (see obr_header_env_check). */
+static bool header_env_allowed(const char *name)
+{
+	return !outbox__env_refused(name) && obr_header_env_allowed(name, header_env);
+}
+
+/* Adds the entries of one headers object, already checked by outbox__check_row. where names it
+ * in messages; substitute: an HTTP destination's, whose {{NAME}} values are filled. */
 static int add_headers(struct obr_destination *d, struct json_object *obj, const char *where, bool substitute,
                        const char *(*getenv_fn)(const char *), char *err, size_t errlen)
 {
-	if (!obj || json_object_is_type(obj, json_type_null))
+	if (!obj)
 		return 0;
-	if (!json_object_is_type(obj, json_type_object)) {
-		snprintf(err, errlen, "%s must be a JSON object of strings, not %s", where,
-		         json_type_to_name(json_object_get_type(obj)));
-		return -1;
-	}
 	json_object_object_foreach(obj, name, val) {
-		if (!json_object_is_type(val, json_type_string)) {
-			snprintf(err, errlen, "%s: value of \"%.100s\" must be a string, not %s", where, name,
-			         json_type_to_name(json_object_get_type(val)));
-			return -1;
-		}
 		const char *value = json_object_get_string(val);
-		if (strlen(name) > MAX_HEADER_NAME || !is_token(name)) {
-			snprintf(err, errlen, "%s: invalid header name \"%.100s\"", where, name);
-			return -1;
-		}
-		if ((size_t)json_object_get_string_len(val) != strlen(value) || strlen(value) > MAX_HEADER_VALUE ||
-		    !valid_header_value(value)) {
-			snprintf(err, errlen, "%s: invalid value for header \"%.100s\" (control characters or too long)",
-			         where, name);
-			return -1;
-		}
 		if (!strcasecmp(name, "x-idempotent-key"))
 			continue; /* always the row's own key, set by the relay */
-		/* the message's framing is the relay's: a row that sets it could make the endpoint read
-		 * the body as a different request (or wait for bytes that never come) */
-		if (!strcasecmp(name, "content-length") || !strcasecmp(name, "transfer-encoding") ||
-		    !strcasecmp(name, "host") || !strcasecmp(name, "connection")) {
-			snprintf(err, errlen, "%s: header \"%s\" is set by the relay, not by rows", where, name);
-			return -1;
-		}
-		char env_name[128];
-		if (substitute && env_placeholder(value, env_name, sizeof(env_name))) {
+		char env_name[OUTBOX__ENV_NAME_MAX + 1];
+		if (substitute && outbox__env_placeholder(value, env_name)) {
+			/* the variable is named, never its value */
+			if (!header_env_allowed(env_name)) {
+				snprintf(err, errlen, "%s: header \"%.100s\" asks for {{%s}}, which OUTBOX_HEADER_ENV does not allow",
+				         where, name, env_name);
+				return -1;
+			}
 			const char *env = getenv_fn(env_name);
 			/* as the crate: an unset variable leaves the placeholder as it is */
 			if (env) {
-				if (strlen(env) > MAX_HEADER_VALUE || !valid_header_value(env)) {
+				struct outbox_error why;
+				if (outbox__check_header_value(name, env, strlen(env), &why) != OUTBOX_OK) {
 					snprintf(err, errlen,
 					         "%s: environment variable %s for header \"%.100s\" has control characters or is too long",
 					         where, env_name, name);
@@ -176,35 +126,6 @@ static int add_headers(struct obr_destination *d, struct json_object *obj, const
 		}
 		if (put_header(d, name, value, err, errlen))
 			return -1;
-	}
-	return 0;
-}
-
-static int check_http_url(const char *url, char *err, size_t errlen)
-{
-	const char *rest;
-	if (!strncasecmp(url, "http://", 7))
-		rest = url + 7;
-	else if (!strncasecmp(url, "https://", 8))
-		rest = url + 8;
-	else {
-		snprintf(err, errlen, "url \"%.200s\" must start with http:// or https://", url);
-		return -1;
-	}
-	size_t hostlen = strcspn(rest, "/?#");
-	if (hostlen == 0 || rest[0] == ':') {
-		snprintf(err, errlen, "url \"%.200s\" has no host", url);
-		return -1;
-	}
-	if (memchr(rest, '@', hostlen)) {
-		snprintf(err, errlen, "url \"%.200s\" must not carry credentials (user@host)", url);
-		return -1;
-	}
-	for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
-		if (*p <= 32 || *p >= 127) {
-			snprintf(err, errlen, "url \"%.200s\" contains spaces, control or non-ASCII characters", url);
-			return -1;
-		}
 	}
 	return 0;
 }
@@ -252,20 +173,6 @@ static const char *process_env(const char *name)
 	return getenv(name);
 }
 
-static const char *string_member(struct json_object *obj, const char *key, bool *present, bool *wrong_type)
-{
-	struct json_object *v;
-	*present = json_object_object_get_ex(obj, key, &v);
-	*wrong_type = false;
-	if (!*present)
-		return NULL;
-	if (!json_object_is_type(v, json_type_string)) {
-		*wrong_type = true;
-		return NULL;
-	}
-	return json_object_get_string(v);
-}
-
 static int parse_sent(const char *sent, bool *sent_mask, int nmax)
 {
 	if (!sent)
@@ -289,95 +196,30 @@ static int parse_sent(const char *sent, bool *sent_mask, int nmax)
 	return 0;
 }
 
-static int parse_destination(struct obr_destination *d, struct json_object *obj, int index,
-                             const char *(*getenv_fn)(const char *), char *err, size_t errlen)
+/* One destination of the plan, from its checked view. */
+static int plan_destination(struct obr_destination *d, const struct outbox__dest_view *view, int index,
+                            const char *(*getenv_fn)(const char *), char *err, size_t errlen)
 {
+	static const enum obr_dest_kind kinds[] = {
+		[OUTBOX__DEST_SQS] = OBR_DEST_SQS, [OUTBOX__DEST_SNS] = OBR_DEST_SNS, [OUTBOX__DEST_HTTP] = OBR_DEST_HTTP,
+	};
+	static const enum obr_http_method methods[] = {
+		[OUTBOX_HTTP_POST] = OBR_POST, [OUTBOX_HTTP_PUT] = OBR_PUT, [OUTBOX_HTTP_PATCH] = OBR_PATCH,
+	};
 	char where[64];
-	bool present, wrong;
-	const char *target;
 
 	d->index = index;
-	if (!json_object_is_type(obj, json_type_object)) {
-		snprintf(err, errlen, "destinations[%d] must be an object, not %s", index,
-		         json_type_to_name(json_object_get_type(obj)));
-		return -1;
-	}
-	static const struct { const char *key; enum obr_dest_kind kind; } shapes[] = {
-		{ "queue_url", OBR_DEST_SQS }, { "topic_arn", OBR_DEST_SNS }, { "url", OBR_DEST_HTTP },
-	};
-	for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
-		target = string_member(obj, shapes[s].key, &present, &wrong);
-		if (!present)
-			continue;
-		if (wrong || !target || !*target) {
-			snprintf(err, errlen, "destinations[%d].%s must be a non-empty string", index, shapes[s].key);
-			return -1;
-		}
-		if (strlen(target) > MAX_TARGET_LEN) {
-			snprintf(err, errlen, "destinations[%d].%s is longer than %d bytes", index, shapes[s].key, MAX_TARGET_LEN);
-			return -1;
-		}
-		d->kind = shapes[s].kind;
-		d->target = strdup(target);
-		if (!d->target) {
-			snprintf(err, errlen, "out of memory");
-			return -1;
-		}
-		break;
-	}
+	d->kind = kinds[view->kind];
+	d->method = methods[view->method];
+	d->target = strdup(view->target);
 	if (!d->target) {
-		snprintf(err, errlen, "destinations[%d] has none of queue_url, topic_arn or url", index);
+		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-
-	if (d->kind == OBR_DEST_SQS) {
-		if (check_http_url(d->target, err, errlen)) {
-			char inner[256];
-			snprintf(inner, sizeof(inner), "%s", err);
-			snprintf(err, errlen, "destinations[%d].queue_url: %s", index, inner);
-			return -1;
-		}
+	if (d->kind != OBR_DEST_HTTP)
 		return 0;
-	}
-	if (d->kind == OBR_DEST_SNS) {
-		if (strncmp(d->target, "arn:", 4) != 0 || !valid_header_value(d->target)) {
-			snprintf(err, errlen, "destinations[%d].topic_arn \"%.200s\" is not an ARN (arn:aws:sns:region:account:name)",
-			         index, d->target);
-			return -1;
-		}
-		return 0;
-	}
-
-	if (check_http_url(d->target, err, errlen)) {
-		char inner[300];
-		snprintf(inner, sizeof(inner), "%s", err);
-		snprintf(err, errlen, "destinations[%d]: %s", index, inner);
-		return -1;
-	}
-	struct json_object *m;
-	d->method = OBR_POST;
-	if (json_object_object_get_ex(obj, "method", &m) && !json_object_is_type(m, json_type_null)) {
-		const char *method = json_object_is_type(m, json_type_string) ? json_object_get_string(m) : NULL;
-		if (!method) {
-			snprintf(err, errlen, "destinations[%d].method must be a string or null", index);
-			return -1;
-		}
-		if (!strcasecmp(method, "post"))
-			d->method = OBR_POST;
-		else if (!strcasecmp(method, "put"))
-			d->method = OBR_PUT;
-		else if (!strcasecmp(method, "patch"))
-			d->method = OBR_PATCH;
-		else {
-			snprintf(err, errlen, "destinations[%d].method \"%.40s\" is not supported (POST, PUT or PATCH)", index,
-			         method);
-			return -1;
-		}
-	}
-	struct json_object *h = NULL;
-	json_object_object_get_ex(obj, "headers", &h);
 	snprintf(where, sizeof(where), "destinations[%d].headers", index);
-	return add_headers(d, h, where, true, getenv_fn, err, errlen);
+	return add_headers(d, view->headers, where, true, getenv_fn, err, errlen);
 }
 
 int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char *destinations_json,
@@ -386,47 +228,32 @@ int obr_plan_parse(struct obr_plan *plan, const char *idempotent_key, const char
 {
 	struct json_object *dests = NULL, *headers = NULL;
 	bool sent_mask[OBR_MAX_DESTINATIONS] = { false };
+	struct outbox__dest_view views[OBR_MAX_DESTINATIONS];
+	struct outbox_error why;
 	int rc = -1;
 
 	memset(plan, 0, sizeof(*plan));
 	if (!getenv_fn)
 		getenv_fn = process_env;
 
-	enum json_tokener_error jerr;
-	dests = json_tokener_parse_verbose(destinations_json ? destinations_json : "", &jerr);
-	if (!dests || !json_object_is_type(dests, json_type_array)) {
-		/* json-c returns NULL both for "null" and for a parse error */
-		snprintf(err, errlen, "destinations must be a JSON array, not %s",
-		         dests ? json_type_to_name(json_object_get_type(dests))
-		               : jerr == json_tokener_success ? "null" : "valid JSON");
+	/* the writer's rules, in read mode: what liboutbox and the SQL helpers refuse, is parked */
+	if (outbox__parse_json("destinations", destinations_json ? destinations_json : "null", OUTBOX__ROW_JSON_DEPTH,
+	                       &dests, &why) ||
+	    (headers_json && outbox__parse_json("headers", headers_json, OUTBOX__ROW_JSON_DEPTH, &headers, &why)) ||
+	    outbox__check_row(dests, headers, OUTBOX__RF_READ, views, &why)) {
+		snprintf(err, errlen, "%s", why.message);
 		goto out;
-	}
-	if (headers_json) {
-		headers = json_tokener_parse_verbose(headers_json, &jerr);
-		if (!headers && strcmp(headers_json, "null") != 0) {
-			snprintf(err, errlen, "headers is not valid JSON");
-			goto out;
-		}
-		if (headers && !json_object_is_type(headers, json_type_object)) {
-			snprintf(err, errlen, "headers must be a JSON object of strings, not %s",
-			         json_type_to_name(json_object_get_type(headers)));
-			goto out;
-		}
 	}
 	size_t n = json_object_array_length(dests);
-	if (n > OBR_MAX_DESTINATIONS) {
-		snprintf(err, errlen, "too many destinations (%zu, at most %d)", n, OBR_MAX_DESTINATIONS);
-		goto out;
-	}
 	parse_sent(sent_destinations, sent_mask, OBR_MAX_DESTINATIONS);
-	if (n && !(plan->dests = calloc(n, sizeof(*plan->dests)))) {
+	if (!(plan->dests = calloc(n, sizeof(*plan->dests)))) {
 		snprintf(err, errlen, "out of memory");
 		goto out;
 	}
 
 	for (size_t i = 0; i < n; i++) {
 		struct obr_destination *d = &plan->dests[plan->ndests++];
-		if (parse_destination(d, json_object_array_get_idx(dests, i), (int)i, getenv_fn, err, errlen))
+		if (plan_destination(d, &views[i], (int)i, getenv_fn, err, errlen))
 			goto out;
 		d->already_sent = sent_mask[i];
 		/* the row's headers: after the destination's for HTTP (a name in both: the row's wins),
@@ -443,4 +270,62 @@ out:
 	if (rc)
 		obr_plan_clear(plan);
 	return rc;
+}
+
+void obr_header_env_use(const char *spec)
+{
+	header_env = spec;
+}
+
+bool obr_header_env_allowed(const char *name, const char *spec)
+{
+	if (!spec)
+		return true;
+	size_t len = strlen(name);
+	for (const char *p = spec; *p;) {
+		p += strspn(p, ", ");
+		size_t n = strcspn(p, ", ");
+		if (n && p[n - 1] == '*') {
+			if (len >= n - 1 && !strncmp(name, p, n - 1))
+				return true;
+		} else if (n && n == len && !strncmp(name, p, n)) {
+			return true;
+		}
+		p += n;
+	}
+	return false;
+}
+
+int obr_header_env_check(const char *spec, char *err, size_t errlen)
+{
+	int entries = 0;
+	for (const char *p = spec; *p;) {
+		p += strspn(p, ", ");
+		size_t n = strcspn(p, ", ");
+		if (!n)
+			break;
+		size_t name = n - (p[n - 1] == '*');
+		/* a placeholder names only A-Z and _: any other entry could never match */
+		if (!name || name > OUTBOX__ENV_NAME_MAX || strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_") < name) {
+			snprintf(err, errlen,
+			         "invalid value for OUTBOX_HEADER_ENV: \"%.*s\" is neither a variable name of A-Z and _ nor such a prefix followed by *",
+			         (int)(n > 100 ? 100 : n), p);
+			return -1;
+		}
+		char entry[OUTBOX__ENV_NAME_MAX + 1];
+		snprintf(entry, sizeof(entry), "%.*s", (int)name, p);
+		if (outbox__env_refused(entry)) {
+			snprintf(err, errlen,
+			         "invalid value for OUTBOX_HEADER_ENV: %s%s names the relay's own settings or credentials, which are never sent",
+			         entry, p[n - 1] == '*' ? "*" : "");
+			return -1;
+		}
+		entries++;
+		p += n;
+	}
+	if (!entries) {
+		snprintf(err, errlen, "invalid value for OUTBOX_HEADER_ENV: it lists no variable (unset it to allow every one)");
+		return -1;
+	}
+	return 0;
 }

@@ -1,0 +1,108 @@
+"""One row format: the case table the unit tests run against liboutbox and the relay's parser
+(tests/cases/rowformat_cases.json) run against the SQL helpers of sql/006 and the running relay.
+Whatever the relay parks, the SQL helpers refuse; what they accept, the relay sends."""
+
+import json
+import os
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from conftest import body_bytes, uuid7, wait_until
+from relay_util import env, insert, keys
+
+CASES = json.loads((Path(os.environ.get("OBR_SOURCE_ROOT", Path(__file__).parents[2]))
+                    / "tests" / "cases" / "rowformat_cases.json").read_text())
+PLACEHOLDER_URL = "http://127.0.0.1:9/a"  # the HTTP URL the cases use; the sink's in the relay test
+
+
+def _enqueue(cur, case) -> str | None:
+    """None when outbox_enqueue accepts the case's row, else the error it raised."""
+    cur.execute("SAVEPOINT c")
+    try:
+        cur.execute("SELECT outbox_enqueue(%s::uuid, %s::jsonb, 'p', %s::jsonb)",
+                    (str(uuid7()), case["destinations"], case["headers"]))
+        cur.execute("RELEASE SAVEPOINT c")
+        return None
+    except psycopg2.Error as e:
+        cur.execute("ROLLBACK TO SAVEPOINT c")
+        return str(e).strip()
+
+
+def test_sql_helpers_refuse_what_liboutbox_refuses(db):
+    """outbox_enqueue refuses exactly the cases liboutbox refuses (every one the relay parks),
+    with an invalid_parameter_value or program_limit_exceeded error, and accepts the others."""
+    conn = db.conn(autocommit=False)
+    wrong = []
+    with conn.cursor() as cur:
+        for case in CASES:
+            got = _enqueue(cur, case)
+            if (got is None) != (case["refused"] is None):
+                wrong.append(f"{case['case']}: {'accepted' if got is None else got}")
+    conn.rollback()
+    assert not wrong, "outbox_enqueue disagrees with liboutbox:\n" + "\n".join(wrong)
+    assert any(c["refused"] is None for c in CASES) and any(c["relay"] == "parks" for c in CASES)
+
+
+def test_sql_builders_refuse_relay_headers_and_secrets(db):
+    """The destination builders apply the same rules: a header the relay sets itself, a
+    placeholder for one of the relay's own variables, an SNS ARN of another service."""
+    for sql, args, words in [
+        ("SELECT outbox_http_destination(%s, 'POST', %s::jsonb)",
+         (PLACEHOLDER_URL, '{"Content-Length":"0"}'), 'header "Content-Length" is set by the relay'),
+        ("SELECT outbox_http_destination(%s, 'POST', %s::jsonb)",
+         (PLACEHOLDER_URL, '{"Authorization":"{{DATABASE_URL}}"}'), "asks for {{DATABASE_URL}}"),
+        ("SELECT outbox_enqueue_http(%s::uuid, %s, 'p', headers => %s::jsonb)",
+         (str(uuid7()), PLACEHOLDER_URL, '{"X-Key":"{{AWS_SECRET_ACCESS_KEY}}"}'),
+         "asks for {{AWS_SECRET_ACCESS_KEY}}"),
+        ("SELECT outbox_enqueue_sqs(%s::uuid, 'https://sqs.eu-west-1.amazonaws.com/1/q', 'p', %s::jsonb)",
+         (str(uuid7()), '{"host":"x"}'), 'header "host" is set by the relay'),
+        ("SELECT outbox_sns_destination(%s)", ("arn:aws:sqs:us-east-1:000000000000:q",), "topic_arn must be"),
+        ("SELECT outbox_enqueue(%s::uuid, '[]', 'p')", (str(uuid7()),), "non-empty JSON array"),
+    ]:
+        with pytest.raises(psycopg2.Error, match=None) as e:
+            db.execute(sql, args)
+        assert words in str(e.value), (sql, str(e.value))
+    # an ordinary placeholder, and one in the row's own headers (never filled), are fine
+    db.execute("SELECT outbox_enqueue_http(%s::uuid, %s, 'p', headers => '{\"A\":\"{{API_TOKEN}}\"}')",
+               (str(uuid7()), PLACEHOLDER_URL))
+    db.execute("SELECT outbox_enqueue(%s::uuid, jsonb_build_array(outbox_http_destination(%s)), 'p',"
+               " '{\"X-Row\":\"{{DATABASE_URL}}\"}')", (str(uuid7()), PLACEHOLDER_URL))
+
+
+def test_relay_parks_what_writers_refuse(db, sink, relay):
+    """Rows of every case written straight into the table (as another writer could): the relay
+    parks those marked so with the writers' reason in last_error and sends them nothing, among
+    them destinations = '[]' (the crate would mark it delivered without a request); the HTTP
+    rows it reads are delivered."""
+    rows, expect = [], {}
+    for case in CASES:
+        dests = case["destinations"].replace(PLACEHOLDER_URL, sink.url("/case"))
+        if case["relay"] == "sends" and any(set(d) - {"url", "headers", "method"} or d["url"] != sink.url("/case")
+                                            for d in json.loads(dests)):
+            continue  # only requests to the sink here; SQS/SNS delivery is test_aws_delivery's
+        rows.append({"destinations_json": dests, "headers_json": case["headers"], "payload": case["case"]})
+    made = insert(db, rows)
+    for row in made:
+        expect[row["idempotent_key"]] = next(c for c in CASES if c["case"] == row["payload"])
+    relay(db, env=env(API_TOKEN="api-token"))
+    wait_until(lambda: db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
+                                 " AND (processed_at IS NOT NULL OR dead_at IS NOT NULL)",
+                                 (keys(made),)) == len(made), 30, "every row delivered or parked")
+    got = {str(r["idempotent_key"]): r for r in db.query_dicts(
+        "SELECT idempotent_key, payload, processed_at, dead_at, last_error FROM outbox")}
+    wrong = []
+    for key, case in expect.items():
+        r = got[key]
+        if case["relay"] == "parks":
+            if r["dead_at"] is None or case["refused"] not in (r["last_error"] or ""):
+                wrong.append(f"{case['case']}: expected parking with {case['refused']!r}, got {r}")
+        elif r["processed_at"] is None:
+            wrong.append(f"{case['case']}: expected delivery, got {r}")
+    assert not wrong, "\n".join(wrong)
+    sent = sink.requests(path="/case")
+    delivered = sum(1 for c in expect.values() if c["relay"] == "sends")
+    parked_payloads = {c["case"].encode() for c in expect.values() if c["relay"] == "parks"}
+    assert len(sent) >= delivered and not [x for x in sent if body_bytes(x) in parked_payloads]
+    assert any(c["destinations"] == "[]" for c in expect.values())
