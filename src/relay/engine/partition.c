@@ -92,6 +92,7 @@ void part_set_state(struct obr_relay *r, struct part *p, enum part_state to)
 	/* a current row exists exactly in DELIVERING and LOST; READY means rows to start */
 	assert((to == PS_DELIVERING || to == PS_LOST) == (p->current != NULL) || to == PS_ADVANCING);
 	assert(to != PS_READY || p->queue);
+	obr_log_debug("partition %s: %s -> %s", p->key, part_state_name(from), part_state_name(to));
 	list_remove(&r->parts.in[from], p);
 	list_append(&r->parts.in[to], p);
 	p->state = to;
