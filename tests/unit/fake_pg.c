@@ -165,16 +165,23 @@ void fake_pg_answer_more(struct obr_pg *pg, PGresult *res, const char *err)
 	PQclear(res);
 }
 
-void fake_pg_answer(struct obr_pg *pg, PGresult *res, const char *err)
+void fake_pg_finish(struct obr_pg *pg)
 {
 	struct fake_query *q = pg->head;
-	fake_pg_answer_more(pg, res, err);
-	if (!q || pg->head != q)
-		return; /* the callback dropped the connection */
+	if (!q)
+		return;
 	pg->head = q->next;
 	if (!pg->head)
 		pg->tail = NULL;
 	query_free(q);
+}
+
+void fake_pg_answer(struct obr_pg *pg, PGresult *res, const char *err)
+{
+	struct fake_query *q = pg->head;
+	fake_pg_answer_more(pg, res, err);
+	if (q && pg->head == q) /* unless the callback dropped the connection */
+		fake_pg_finish(pg);
 }
 
 void fake_pg_drop(struct obr_pg *pg, const char *why)

@@ -33,8 +33,11 @@ struct fake_query *fake_pg_head(struct obr_pg *pg);
 int fake_pg_count(struct obr_pg *pg);
 /* Answers the head with res (an error when err is set) and finishes it. res is cleared. */
 void fake_pg_answer(struct obr_pg *pg, PGresult *res, const char *err);
-/* Answers the head but does not finish it: a second answer may follow. res is cleared. */
+/* Answers the head but does not finish it (pg.c has not read its end yet): a second answer
+ * may follow. res is cleared. */
 void fake_pg_answer_more(struct obr_pg *pg, PGresult *res, const char *err);
+/* Finishes the head without another answer: pg.c read the statement's end. */
+void fake_pg_finish(struct obr_pg *pg);
 /* The connection is lost: statements not answered get (NULL, why), then disconnected(). */
 void fake_pg_drop(struct obr_pg *pg, const char *why);
 /* The next obr_pg_query on pg queues the statement, then loses the connection at once (as

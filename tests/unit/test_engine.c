@@ -393,8 +393,10 @@ static void test_results_connection_lost(void)
 
 /*
  * Issue 12 item 1: libpq returns the results statement's result, then the FATAL of a backend
- * terminated before the commit, for the same statement; pg.c called the callback for both.
- * The first answer freed the statement's batch: the second read it (heap-use-after-free).
+ * terminated before the commit, for the same statement; pg.c calls back for both. The first
+ * answer freed the statement's batch and the second read it (heap-use-after-free); and the
+ * result had not been committed, so acting on it started the next row of the partition
+ * before the previous one was recorded (order went back after the reconnect).
  */
 static void test_results_answered_twice(void)
 {
@@ -406,20 +408,67 @@ static void test_results_answered_twice(void)
 	settle(&e);
 	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
 	fake_pg_answer_more(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0); /* not final before the statement's end */
 	fake_pg_answer_more(e.work, fake_error_result(), "terminating connection due to administrator command");
 	settle(&e);
-	CHECK_INT_EQ(fake_send_count(), 1); /* the second answer changed nothing */
-	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
-	CHECK(!e.r->complete_paused);
 	fake_pg_drop(e.work, "server closed the connection unexpectedly");
 	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_DELIVERING); /* ROW_1's result still to be written */
 	fake_pg_connect(e.work);
-	fake_send_answer(0, true);
 	settle(&e);
 	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
-	CHECK_STR_EQ(param(e.work, 0), "{" ROW_2 "}");
-	fake_pg_answer(e.work, heads(), NULL);
+	CHECK_STR_EQ(param(e.work, 0), "{" ROW_1 "}"); /* written again */
+	CHECK_STR_EQ(param(e.work, 8), "{" PART_A "}");
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_2);
+	fake_pg_answer(e.work, res, NULL);
 	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	CHECK_INT_EQ(fake_send_started(), 2);
+	env_free(&e);
+}
+
+/* An error after the result, then the statement's end on a live connection (a commit that
+ * failed): the statement failed, whatever its result said. */
+static void test_error_after_result(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	fake_send_answer(0, true);
+	settle(&e);
+	fake_pg_answer_more(e.work, heads(), NULL);
+	fake_pg_answer_more(e.work, fake_error_result(), "could not serialize access");
+	fake_pg_finish(e.work);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0);
+	CHECK(e.r->complete_paused); /* refused: backing off, then written again */
+	CHECK_INT_EQ(e.r->marks.len, 1);
+	env_free(&e);
+}
+
+/* The result arrives before the statement's end is read: it is acted on once the end is in. */
+static void test_result_final_at_statement_end(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	fake_send_answer(0, true);
+	settle(&e);
+	fake_pg_answer_more(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0);
+	fake_pg_finish(e.work);
+	int64_t until = now_ms() + 10000;
+	while (fake_send_count() == 0 && now_ms() < until)
+		event_base_loop(e.base, EVLOOP_ONCE);
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
 	env_free(&e);
 }
 
@@ -523,6 +572,8 @@ int main(int argc, char **argv)
 		TEST(test_lost_in_renewal),
 		TEST(test_results_connection_lost),
 		TEST(test_results_answered_twice),
+		TEST(test_error_after_result),
+		TEST(test_result_final_at_statement_end),
 		TEST(test_lost_while_sending),
 		TEST(test_claim_connection_lost),
 		TEST(test_shutdown_with_rows_in_flight),

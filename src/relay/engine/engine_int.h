@@ -83,26 +83,31 @@ struct arrivals {
 };
 
 /*
- * A statement sent on a connection, and the argument its callback gets. pg.c may call a
- * callback more than once for one statement (libpq can return an error result after the
- * statement's result, e.g. when the backend is terminated before the commit), so a statement
- * is freed only when pg.c cannot name it any more: when a later statement on the same
- * connection is answered (pg.c runs them in order), or when the connection is lost (pg.c
- * has answered and dropped its whole queue before it says so).
+ * A statement sent on a connection, and the argument its callback gets. pg.c calls back once
+ * per result, and libpq can return a statement's result and then an error for the same
+ * statement (a backend terminated after the result but before the commit): the transaction
+ * did not commit. So the ledger keeps the first answer (a copy) and hands it to the engine's
+ * callback only when the statement has ended on a live connection (pg.c no longer has it);
+ * a later error replaces it, and a connection lost before the end makes it a lost statement
+ * (NULL result). A statement is freed only when pg.c cannot name it any more: when a later
+ * statement on the same connection was handed over, or when the connection was lost.
  */
 struct stmt {
 	struct stmt *next;
 	struct obr_relay *relay;
 	struct conn *conn;
-	bool answered;
-	struct vec marks;           /* results statement: struct mark * it writes (owned until answered) */
+	obr_pg_result_fn handler;   /* the engine's callback: called once, with the outcome */
+	bool answered;              /* pg.c called back */
+	bool handed_over;           /* handler called */
+	PGresult *res;              /* the answer, until the statement has ended */
+	char *err;
+	struct vec marks;           /* results statement: struct mark * it writes (owned until handed over) */
 };
-
 /* One statement connection and the statements sent on it, oldest first. */
 struct conn {
 	struct obr_pg *pg;
 	struct stmt *head, *tail;
-	bool running;               /* a statement is waiting for its answer */
+	bool running;               /* a statement has not been handed over yet */
 };
 
 struct obr_relay {
@@ -157,6 +162,7 @@ struct obr_relay {
 	struct event *marks_window_ev;
 	struct event *complete_retry_ev;
 	struct event *hard_stop_ev;
+	struct event *settle_ev;    /* a statement answered but not ended yet: look again soon */
 
 	struct obr_relay_stats stats;
 };
@@ -177,14 +183,14 @@ int relay_active(const struct obr_relay *r);    /* partitions with a current row
 void relay_check_ready(struct obr_relay *r);     /* logs and tells systemd once everything is up */
 bool relay_senders_idle(const struct obr_relay *r); /* no request in flight */
 
-/* statements (relay.c): send through the connection's ledger, answer at most once */
+/* statements (relay.c): send through the connection's ledger; the handler runs once */
 struct stmt *stmt_new(struct obr_relay *r, struct conn *c);
 /* Returns false when the statement could not be queued: then the caller frees s (stmt_free).
- * On true s belongs to the ledger: the callback may already have run. */
+ * On true s belongs to the ledger: fn may even have run already (connection lost at once). */
 bool stmt_send(struct stmt *s, const char *sql, int nparams, const char *const *params, obr_pg_result_fn fn);
 void stmt_free(struct stmt *s);
-/* The statement a callback's argument names, or NULL when it was answered before (the
- * repeated answer is logged and ignored) or the relay is being freed. */
+/* In a handler: the statement its argument names, or NULL when the relay is being freed
+ * (then the handler does nothing). */
 struct stmt *stmt_answer(void *arg, const char *err);
 
 /* ---- listen.c ---- */

@@ -155,12 +155,53 @@ void stmt_free(struct stmt *s)
 	for (size_t i = 0; i < s->marks.len; i++)
 		mark_free(s->marks.items[i]);
 	free(s->marks.items);
+	PQclear(s->res);
+	free(s->err);
 	free(s);
+}
+
+static void hand_over(struct stmt *s, const PGresult *res, const char *err)
+{
+	s->handed_over = true;
+	s->handler(s, res, err);
+}
+
+/* pg.c's callback for every statement of the ledger. */
+static void on_stmt_answer(void *arg, const PGresult *res, const char *err)
+{
+	struct stmt *s = arg;
+	if (s->answered) {
+		/* another result of the same statement: an error means it failed after all */
+		obr_log_warn("%s after the statement's result", err ? err : "another result");
+		if (err && !s->handed_over) {
+			free(s->err);
+			s->err = strdup(err);
+			if (!s->err) {
+				PQclear(s->res);
+				s->res = NULL; /* its outcome is unknown: as if the connection was lost */
+			}
+		}
+		return;
+	}
+	s->answered = true;
+	if (!res) {
+		hand_over(s, NULL, err); /* the connection was lost: pg.c is done with it */
+		return;
+	}
+	s->res = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+	s->err = err ? strdup(err) : NULL;
+	if (!s->res || (err && !s->err)) {
+		PQclear(s->res);
+		s->res = NULL;
+		obr_log_error("out of memory keeping a statement's result");
+	}
+	relay_kick(s->relay); /* handed over when the statement has ended (stmt_settle) */
 }
 
 bool stmt_send(struct stmt *s, const char *sql, int nparams, const char *const *params, obr_pg_result_fn fn)
 {
 	struct conn *c = s->conn;
+	s->handler = fn;
 	if (c->tail)
 		c->tail->next = s;
 	else
@@ -168,7 +209,7 @@ bool stmt_send(struct stmt *s, const char *sql, int nparams, const char *const *
 	c->tail = s;
 	/* before the query: a connection that fails at once answers inside obr_pg_query */
 	c->running = true;
-	if (obr_pg_query(c->pg, sql, nparams, params, fn, s) == 0)
+	if (obr_pg_query(c->pg, sql, nparams, params, on_stmt_answer, s) == 0)
 		return true;
 	c->running = false;
 	struct stmt **pp = &c->head, *prev = NULL;
@@ -185,14 +226,8 @@ struct stmt *stmt_answer(void *arg, const char *err)
 {
 	struct stmt *s = arg;
 	struct conn *c = s->conn;
-	if (s->answered) {
-		/* e.g. the statement's result, then the FATAL of a terminated backend before the commit */
-		obr_log_warn("ignoring a second answer to a statement: %s", err ? err : "another result");
-		return NULL;
-	}
-	s->answered = true;
 	c->running = false;
-	/* pg.c answers in order: whatever was sent before is done with */
+	/* pg.c runs statements in order: whatever was sent before is done with */
 	while (c->head != s) {
 		struct stmt *done = c->head;
 		c->head = done->next;
@@ -201,11 +236,35 @@ struct stmt *stmt_answer(void *arg, const char *err)
 	return s->relay->tearing_down ? NULL : s;
 }
 
-/* pg.c has answered every statement of the connection before it says it is lost. */
-static void stmt_forget_all(struct conn *c)
+/* Hands over the connection's answered statement once pg.c has finished it (read its end);
+ * until then the answer may still turn into an error. */
+static void stmt_settle(struct obr_relay *r, struct conn *c)
 {
+	struct stmt *s = c->tail;
+	if (!s || !s->answered || s->handed_over)
+		return;
+	if (obr_pg_pending(c->pg) > 0) {
+		relay_timer_ms(r->settle_ev, 1); /* its end is not read yet (rare: usually one packet) */
+		return;
+	}
+	PGresult *res = s->res;
+	s->res = NULL;
+	if (res)
+		hand_over(s, res, s->err);
+	else
+		hand_over(s, NULL, "out of memory");
+	PQclear(res);
+}
+
+/* The connection is lost: pg.c has answered every statement on it and forgotten them. A
+ * statement answered but not ended did not commit, as far as anyone knows. */
+static void stmt_forget_all(struct conn *c, const char *why)
+{
+	struct stmt *s = c->tail;
+	if (s && s->answered && !s->handed_over && !s->relay->tearing_down)
+		hand_over(s, NULL, why);
 	while (c->head) {
-		struct stmt *s = c->head;
+		s = c->head;
 		c->head = s->next;
 		stmt_free(s);
 	}
@@ -323,6 +382,8 @@ static void run_wants(struct obr_relay *r, const struct want *w, size_t n)
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
 	struct obr_relay *r = arg;
+	stmt_settle(r, &r->work);
+	stmt_settle(r, &r->claim);
 	deliver_dispatch(r);
 	if (!r->work.running && obr_pg_is_up(r->work.pg))
 		run_wants(r, work_wants, sizeof(work_wants) / sizeof(work_wants[0]));
@@ -445,7 +506,7 @@ static void on_work_disconnected(void *arg, const char *why)
 {
 	struct obr_relay *r = arg;
 	r->stats.reconnects++;
-	stmt_forget_all(&r->work);
+	stmt_forget_all(&r->work, why);
 	relay_forget_fetched_rows(r);
 }
 
@@ -453,7 +514,7 @@ static void on_claim_disconnected(void *arg, const char *why)
 {
 	struct obr_relay *r = arg;
 	r->stats.reconnects++;
-	stmt_forget_all(&r->claim);
+	stmt_forget_all(&r->claim, why);
 	relay_forget_fetched_rows(r);
 }
 
@@ -537,11 +598,12 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->claim_window_ev = evtimer_new(base, on_window, r);
 	r->marks_window_ev = evtimer_new(base, on_window, r);
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
+	r->settle_ev = evtimer_new(base, on_window, r);
 	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
+	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
@@ -662,8 +724,8 @@ void obr_relay_free(struct obr_relay *r)
 	obr_pg_free(r->listen_pg);
 	obr_pg_free(r->work.pg);
 	obr_pg_free(r->claim.pg);
-	stmt_forget_all(&r->work);
-	stmt_forget_all(&r->claim);
+	stmt_forget_all(&r->work, NULL);
+	stmt_forget_all(&r->claim, NULL);
 	if (r->aws)
 		obr_aws_abort_all(r->aws);
 	if (r->http)
@@ -676,7 +738,7 @@ void obr_relay_free(struct obr_relay *r)
 	obr_http_free(r->http);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev,
-		                r->complete_retry_ev, r->hard_stop_ev, r->claim_window_ev, r->marks_window_ev };
+		                r->complete_retry_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);
