@@ -391,6 +391,17 @@ static void test_results_connection_lost(void)
 	env_free(&e);
 }
 
+/* PART_A held with ROW_1 and ROW_2; ROW_1 delivered; its results statement is running. */
+static bool first_of_two_recording(struct env *e)
+{
+	const char *rows[] = { ROW_1, ROW_2 };
+	if (!env_start(e, "30000", "8000") || !claim_with_rows(e, PART_A, rows, 2))
+		return false;
+	fake_send_answer(0, true);
+	settle(e);
+	return head_is(e->work, OBR_SQL_COMPLETE);
+}
+
 /*
  * Issue 12 item 1: libpq returns the results statement's result, then the FATAL of a backend
  * terminated before the commit, for the same statement; pg.c calls back for both. The first
@@ -401,12 +412,7 @@ static void test_results_connection_lost(void)
 static void test_results_answered_twice(void)
 {
 	struct env e;
-	CHECK(env_start(&e, "30000", "8000"));
-	const char *rows[] = { ROW_1, ROW_2 };
-	CHECK(claim_with_rows(&e, PART_A, rows, 2));
-	fake_send_answer(0, true);
-	settle(&e);
-	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK(first_of_two_recording(&e));
 	fake_pg_answer_more(e.work, heads(), NULL);
 	settle(&e);
 	CHECK_INT_EQ(fake_send_count(), 0); /* not final before the statement's end */
@@ -436,11 +442,7 @@ static void test_results_answered_twice(void)
 static void test_error_after_result(void)
 {
 	struct env e;
-	CHECK(env_start(&e, "30000", "8000"));
-	const char *rows[] = { ROW_1, ROW_2 };
-	CHECK(claim_with_rows(&e, PART_A, rows, 2));
-	fake_send_answer(0, true);
-	settle(&e);
+	CHECK(first_of_two_recording(&e));
 	fake_pg_answer_more(e.work, heads(), NULL);
 	fake_pg_answer_more(e.work, fake_error_result(), "could not serialize access");
 	fake_pg_finish(e.work);
@@ -455,11 +457,7 @@ static void test_error_after_result(void)
 static void test_result_final_at_statement_end(void)
 {
 	struct env e;
-	CHECK(env_start(&e, "30000", "8000"));
-	const char *rows[] = { ROW_1, ROW_2 };
-	CHECK(claim_with_rows(&e, PART_A, rows, 2));
-	fake_send_answer(0, true);
-	settle(&e);
+	CHECK(first_of_two_recording(&e));
 	fake_pg_answer_more(e.work, heads(), NULL);
 	settle(&e);
 	CHECK_INT_EQ(fake_send_count(), 0);
