@@ -27,7 +27,7 @@ struct query {
 	char **values;
 	obr_pg_result_fn fn;
 	void *arg;
-	bool answered;              /* fn has been called (its owner may have freed arg): never again */
+	PGresult *res;              /* the answer, handed over when the statement has ended */
 };
 
 enum pg_state { PG_IDLE, PG_RESOLVING, PG_CONNECTING, PG_SETUP, PG_READY, PG_WAITING };
@@ -85,6 +85,7 @@ static void query_free(struct query *q)
 		free(q->values[i]);
 	free(q->values);
 	free(q->sql);
+	PQclear(q->res);
 	free(q);
 }
 
@@ -135,7 +136,7 @@ static void fail_queue(struct obr_pg *pg, const char *why)
 	pg->busy = false;
 	while (q) {
 		struct query *next = q->next;
-		if (!q->answered && why)
+		if (why)
 			q->fn(q->arg, NULL, why);
 		query_free(q);
 		q = next;
@@ -276,32 +277,40 @@ static void read_results(struct obr_pg *pg)
 			continue;
 		}
 		struct query *q = pg->head;
-		if (!res) {
-			pg->busy = false;
-			pg->head = q->next;
-			if (!pg->head)
-				pg->tail = NULL;
-			query_free(q);
-			send_next(pg);
+		if (res) {
+			/* keep the statement's answer until it has ended: a result can still be followed
+			 * by an error (a backend terminated before the commit at Sync), and then the
+			 * statement did not happen */
+			ExecStatusType st = PQresultStatus(res);
+			if (st == PGRES_FATAL_ERROR && PQstatus(pg->conn) == CONNECTION_BAD) {
+				PQclear(res);
+				conn_error(pg, "connection failed");
+				return;
+			}
+			if (!q->res || st == PGRES_FATAL_ERROR) {
+				PQclear(q->res);
+				q->res = res;
+			} else {
+				PQclear(res);
+			}
 			continue;
 		}
-		ExecStatusType st = PQresultStatus(res);
-		if (st == PGRES_FATAL_ERROR && PQstatus(pg->conn) == CONNECTION_BAD) {
-			PQclear(res);
-			conn_error(pg, "connection failed");
-			return;
-		}
-		/* the callback sees errors as results: it decides what an error means for its rows.
-		 * It runs once per statement: a statement can yield a second result (a terminated
-		 * backend's FATAL, then libpq's "server closed the connection"), and the owner may have
-		 * freed arg after the first. */
-		if (!q->answered) {
-			q->answered = true;
-			q->fn(q->arg, res, st == PGRES_FATAL_ERROR ? PQresultErrorMessage(res) : NULL);
-		}
-		PQclear(res);
+		/* the statement has ended: its owner hears of it once, with its outcome (an error is
+		 * a result too: the owner decides what it means for its rows) */
+		pg->busy = false;
+		pg->head = q->next;
+		if (!pg->head)
+			pg->tail = NULL;
+		const char *err = NULL;
+		if (!q->res)
+			err = "no result";
+		else if (PQresultStatus(q->res) == PGRES_FATAL_ERROR)
+			err = PQresultErrorMessage(q->res);
+		q->fn(q->arg, q->res, err);
+		query_free(q);
 		if (!pg->conn) /* the callback reset us */
 			return;
+		send_next(pg);
 	}
 	deliver_notifications(pg);
 }
@@ -612,6 +621,14 @@ int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *co
 	pg->tail = q;
 	send_next(pg);
 	return 0;
+}
+
+int obr_pg_pending(const struct obr_pg *pg)
+{
+	int n = 0;
+	for (const struct query *q = pg->head; q; q = q->next)
+		n++;
+	return n;
 }
 
 bool obr_pg_is_up(const struct obr_pg *pg)

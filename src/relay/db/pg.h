@@ -21,7 +21,9 @@
 struct event_base;
 struct obr_pg;
 
-/* res is NULL when the connection was lost before the statement completed; err says why.
+/* Called once per statement, when it has ended (libpq read its end): a result that a later
+ * error overtook (a backend terminated before the commit) is never handed over. res is NULL
+ * when the connection was lost before the statement ended; err says why.
  * When the statement failed, err is the server's message and res the error result: its
  * SQLSTATE is obr_pg_sqlstate(res). res is owned by pg.c (cleared after the callback). */
 typedef void (*obr_pg_result_fn)(void *arg, const PGresult *res, const char *err);
@@ -59,6 +61,8 @@ int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *co
                  void *arg);
 
 bool obr_pg_is_up(const struct obr_pg *pg);
+/* Statements queued or running. */
+int obr_pg_pending(const struct obr_pg *pg);
 
 /* The SQLSTATE of a failed statement's result ("25006": read-only transaction, "57014":
  * statement_timeout), or "" (res NULL: the connection was lost). */

@@ -1,0 +1,371 @@
+/*
+ * complete.c - the work connection's statements that move held partitions: results of
+ * delivered rows (which may advance their partitions in the same statement), advances (more
+ * rows, or release), lease renewals and the final release at shutdown.
+ */
+#include "engine/engine_int.h"
+
+#include "db/store.h"
+#include "util/log.h"
+#include "util/strbuf.h"
+
+#include <event2/event.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- results ---- */
+
+/* Puts marks of a statement that did not write them back in front of the waiting ones. */
+static void marks_return(struct obr_relay *r, struct vec *marks)
+{
+	for (size_t i = 0; i < marks->len; i++)
+		if (relay_vec_push(&r->marks, marks->items[i])) {
+			obr_log_error("out of memory keeping the result of row %s", ((struct mark *)marks->items[i])->key);
+			mark_free(marks->items[i]);
+		}
+	marks->len = 0;
+}
+
+/* The database refused the statement: back off, and write results one at a time so one bad
+ * result cannot hold back the others; a result that keeps failing alone is given up (its row
+ * stays pending and is delivered again). */
+static void complete_refused(struct obr_relay *r, struct vec *marks, const char *err)
+{
+	obr_log_error("could not record %zu delivery results, backing off %d ms: %s", marks->len, r->complete_backoff_ms,
+	              err);
+	bool alone = marks->len == 1;
+	for (size_t i = 0; i < marks->len; i++) {
+		struct mark *m = marks->items[i];
+		if (alone && ++m->failures >= COMPLETE_MAX_FAILURES) {
+			struct part *p = m->part;
+			obr_log_error("giving up recording the result of row %s partition %s; it will be delivered again", m->key,
+			              p->key);
+			delivery_free(p->current);
+			p->current = NULL;
+			part_drop_queue(p);
+			part_set_state(r, p, p->state == PS_LOST ? PS_IDLE : PS_ADVANCE_WANTED);
+			mark_free(m);
+			marks->items[i] = NULL;
+		}
+	}
+	size_t kept = 0;
+	for (size_t i = 0; i < marks->len; i++)
+		if (marks->items[i])
+			marks->items[kept++] = marks->items[i];
+	marks->len = kept;
+	marks_return(r, marks);
+	r->complete_isolate = true;
+	r->complete_paused = true;
+	relay_timer_ms(r->complete_retry_ev, r->complete_backoff_ms);
+	r->complete_backoff_ms = r->complete_backoff_ms * 2 > COMPLETE_BACKOFF_MAX_MS ? COMPLETE_BACKOFF_MAX_MS
+	                                                                          : r->complete_backoff_ms * 2;
+}
+
+/* Partitions still ADVANCING after their statement's result was taken were not in it: look again. */
+static void advancing_not_answered(struct obr_relay *r)
+{
+	struct part *p;
+	while ((p = part_first(&r->parts, PS_ADVANCING)))
+		part_set_state(r, p, PS_ADVANCE_WANTED);
+}
+
+static void on_complete_result(void *arg, const PGresult *res, const char *err)
+{
+	struct stmt *s = stmt_answer(arg, err);
+	if (!s)
+		return;
+	struct obr_relay *r = s->relay;
+	struct vec *marks = &s->marks;
+
+	if (!res) {
+		/* connection lost: keep the results, they go out after the reconnect */
+		relay_statement_error("complete", err);
+		marks_return(r, marks);
+		relay_kick(r);
+		return;
+	}
+	if (err) {
+		complete_refused(r, marks, err);
+		relay_kick(r);
+		return;
+	}
+	if (r->marks.len == 0) {
+		r->complete_isolate = false;
+		r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
+	}
+	for (size_t i = 0; i < marks->len; i++) {
+		struct mark *m = marks->items[i];
+		struct part *p = m->part;
+		struct delivery *d = p->current;
+		p->current = NULL;
+		delivery_free(d);
+		if (!m->success && !m->park)
+			part_drop_queue(p); /* the head waits for its retry; the advance releases the partition */
+		if (m->advance)
+			part_set_state(r, p, PS_ADVANCING); /* its fate is in the result */
+		else if (p->state == PS_LOST)
+			part_set_state(r, p, PS_IDLE);
+		else if (p->queue && !r->stopping)
+			part_set_state(r, p, PS_READY);
+		else
+			part_set_state(r, p, PS_ADVANCE_WANTED);
+	}
+	claim_take_heads(r, res, PS_ADVANCING, false);
+	advancing_not_answered(r);
+	for (size_t i = 0; i < marks->len; i++)
+		mark_free(marks->items[i]);
+	marks->len = 0;
+	deliver_dispatch(r);
+	relay_kick(r);
+}
+
+/* Results of delivered rows: they unblock their partitions (within the batch window, unless
+ * every row in flight has its result: then nothing more can come). */
+bool complete_wanted(struct obr_relay *r)
+{
+	return r->marks.len && !r->complete_paused;
+}
+
+static void send_complete(struct obr_relay *r, size_t limit)
+{
+	struct obr_strbuf done, keys, errs, delays, parks, sents, counted;
+	size_t nd = 0, nf = 0;
+	struct stmt *s = stmt_new(r, &r->work);
+	if (!s)
+		return;
+	obr_strbuf_init(&done, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&keys, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&errs, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&delays, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&parks, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&sents, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&counted, MAX_STATEMENT_BYTES);
+	struct obr_strbuf *all[] = { &done, &keys, &errs, &delays, &parks, &sents, &counted };
+	for (size_t i = 0; i < 7; i++)
+		obr_strbuf_puts(all[i], "{");
+
+	/* partitions these results leave with nothing fetched, and that had fewer rows than a
+	 * batch (so probably nothing more): advanced in the same statement, which saves a round
+	 * trip when rows arrive one at a time. A partition that had a full batch goes to the
+	 * advance statement, which fetches for many partitions at once and keeps these results
+	 * cheap while a backlog drains. Not after a retry (the row keeps its place as the head) */
+	struct obr_strbuf adv;
+	size_t na = 0;
+	obr_strbuf_init(&adv, MAX_STATEMENT_BYTES);
+	obr_strbuf_puts(&adv, "{");
+
+	size_t take = r->marks.len < limit ? r->marks.len : limit;
+	for (size_t i = 0; i < take; i++) {
+		struct mark *m = r->marks.items[i];
+		struct part *p = m->part;
+		m->advance = (m->success || m->park) && !p->queue && !p->fetched_full && !r->stopping &&
+		             p->state == PS_DELIVERING;
+		if (m->advance) {
+			obr_strbuf_array_sep(&adv, &na);
+			obr_strbuf_append(&adv, p->key, OBR_KEY_LEN);
+		}
+		if (m->success) {
+			obr_strbuf_array_sep(&done, &nd);
+			obr_strbuf_puts(&done, m->key);
+		} else {
+			size_t c = nf;
+			obr_strbuf_array_sep(&keys, &c);
+			obr_strbuf_puts(&keys, m->key);
+			c = nf;
+			obr_strbuf_array_sep(&errs, &c);
+			obr_strbuf_array_elem(&errs, m->error);
+			c = nf;
+			obr_strbuf_array_sep(&delays, &c);
+			obr_strbuf_printf(&delays, "%lld", (long long)m->delay_ms);
+			c = nf;
+			obr_strbuf_array_sep(&parks, &c);
+			obr_strbuf_puts(&parks, m->park ? "t" : "f");
+			c = nf;
+			obr_strbuf_array_sep(&sents, &c);
+			obr_strbuf_array_elem(&sents, m->sent);
+			obr_strbuf_array_sep(&counted, &nf);
+			obr_strbuf_puts(&counted, m->counted ? "t" : "f");
+		}
+		relay_vec_push(&s->marks, m);
+	}
+	bool failed = false;
+	for (size_t i = 0; i < 7; i++) {
+		obr_strbuf_puts(all[i], "}");
+		failed |= all[i]->failed;
+	}
+	obr_strbuf_puts(&adv, "}");
+	failed |= adv.failed;
+	if (!failed && s->marks.len == take) {
+		/* the statement owns its marks from here: its callback may run before stmt_send returns */
+		memmove(r->marks.items, r->marks.items + take, (r->marks.len - take) * sizeof(void *));
+		r->marks.len -= take;
+		const char *params[] = { done.data, keys.data, errs.data, delays.data, parks.data, sents.data,
+			                 counted.data, r->lock_id, adv.data, r->param.batch, r->param.lease };
+		if (!stmt_send(s, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 11, params,
+		               on_complete_result)) {
+			/* back in front, in their order */
+			memmove(r->marks.items + take, r->marks.items, r->marks.len * sizeof(void *));
+			memcpy(r->marks.items, s->marks.items, take * sizeof(void *));
+			r->marks.len += take;
+			s->marks.len = 0;
+			stmt_free(s);
+		}
+	} else {
+		s->marks.len = 0; /* still r->marks' */
+		stmt_free(s);
+	}
+	for (size_t i = 0; i < 7; i++)
+		obr_strbuf_free(all[i]);
+	obr_strbuf_free(&adv);
+}
+
+bool complete_send(struct obr_relay *r)
+{
+	if (!r->complete_isolate &&
+	    relay_gathering(r, &r->mark_arrivals, r->marks.len, (size_t)relay_active(r), r->marks_window_ev))
+		return true;
+	send_complete(r, r->complete_isolate ? 1 : r->marks.len);
+	return true;
+}
+
+/* ---- advances ---- */
+
+static void on_advance_result(void *arg, const PGresult *res, const char *err)
+{
+	struct stmt *s = stmt_answer(arg, err);
+	if (!s)
+		return;
+	struct obr_relay *r = s->relay;
+
+	if (res && !err)
+		claim_take_heads(r, res, PS_ADVANCING, false);
+	else
+		relay_statement_error("advance", err);
+	/* a failed statement: still ours as far as we know; look again */
+	advancing_not_answered(r);
+	deliver_dispatch(r);
+	relay_kick(r);
+}
+
+/* At shutdown nothing is fetched any more: the final release gives back every lease. */
+bool advance_drop_wanted(struct obr_relay *r)
+{
+	return r->stopping && part_count(&r->parts, PS_ADVANCE_WANTED);
+}
+
+bool advance_drop(struct obr_relay *r)
+{
+	struct part *p;
+	while ((p = part_first(&r->parts, PS_ADVANCE_WANTED)))
+		part_set_state(r, p, PS_IDLE);
+	return false;
+}
+
+/* Held partitions with nothing left: more rows, or release. */
+bool advance_wanted(struct obr_relay *r)
+{
+	return part_count(&r->parts, PS_ADVANCE_WANTED) > 0;
+}
+
+bool advance_send(struct obr_relay *r)
+{
+	size_t take = part_count(&r->parts, PS_ADVANCE_WANTED);
+	if (take > (size_t)r->cfg->claim_limit)
+		take = (size_t)r->cfg->claim_limit;
+	for (size_t i = 0; i < take; i++)
+		part_set_state(r, part_first(&r->parts, PS_ADVANCE_WANTED), PS_ADVANCING);
+	if (!claim_send_heads(r, &r->work, OBR_SQL_ADVANCE, PS_ADVANCING, on_advance_result))
+		advancing_not_answered(r);
+	return true;
+}
+
+/* ---- lease renewal ---- */
+
+static bool renewal_knows(const PGresult *res, const struct part *p)
+{
+	int n = PQntuples(res);
+	for (int i = 0; i < n; i++)
+		if (!strcmp(PQgetvalue(res, i, 0), p->key))
+			return true;
+	return false;
+}
+
+static void on_renew_result(void *arg, const PGresult *res, const char *err)
+{
+	struct stmt *s = stmt_answer(arg, err);
+	if (!s)
+		return;
+	struct obr_relay *r = s->relay;
+	if (!res || err) {
+		relay_statement_error("lease renewal", err);
+		relay_kick(r);
+		return;
+	}
+	/* every partition we believe held but is not in the result has been taken over (claims and
+	 * advances in flight are answered by their own statements) */
+	enum part_state held[] = { PS_READY, PS_DELIVERING, PS_ADVANCE_WANTED };
+	for (size_t k = 0; k < sizeof(held) / sizeof(held[0]); k++) {
+		struct part *p = part_first(&r->parts, held[k]), *next;
+		for (; p; p = next) {
+			next = p->next;
+			/* claimed on the claim connection after this renewal was sent: not in its result */
+			if (p->held_since > r->renew_seq || renewal_knows(res, p))
+				continue;
+			obr_log_warn("lease on partition %s expired and was taken over; its fetched rows are dropped", p->key);
+			part_drop_queue(p);
+			part_set_state(r, p, p->current ? PS_LOST : PS_IDLE);
+		}
+	}
+	relay_kick(r);
+}
+
+/* Lease renewal first, when due: a late renewal lets another instance send our rows. */
+bool renew_wanted(struct obr_relay *r)
+{
+	return r->renew_wanted && !r->stopping;
+}
+
+bool renew_send(struct obr_relay *r)
+{
+	r->renew_wanted = false;
+	struct stmt *s = stmt_new(r, &r->work);
+	const char *params[] = { r->lock_id, r->param.lease };
+	r->renew_seq = r->claim_seq;
+	if (!s || !stmt_send(s, OBR_SQL_RENEW, 2, params, on_renew_result))
+		stmt_free(s);
+	return true;
+}
+
+/* ---- shutdown ---- */
+
+static void on_release_all_result(void *arg, const PGresult *res, const char *err)
+{
+	struct stmt *s = stmt_answer(arg, err);
+	if (!s)
+		return;
+	struct obr_relay *r = s->relay;
+	if (!res || err)
+		obr_log_warn("could not release leases at shutdown (they expire by themselves): %s", err ? err : "connection lost");
+	else
+		obr_log_info("released %s leases", PQcmdTuples((PGresult *)(uintptr_t)res));
+	r->released_all = true;
+	event_base_loopbreak(r->base);
+}
+
+bool release_all_wanted(struct obr_relay *r)
+{
+	return r->stopping;
+}
+
+/* After the last claim: a lease it takes must not outlive the release. */
+bool release_all_send(struct obr_relay *r)
+{
+	if (!r->released_all && relay_active(r) == 0 && relay_senders_idle(r) && !r->claim.running) {
+		struct stmt *s = stmt_new(r, &r->work);
+		const char *params[] = { r->lock_id };
+		if (!s || !stmt_send(s, OBR_SQL_RELEASE_ALL, 1, params, on_release_all_result))
+			stmt_free(s);
+	}
+	return true;
+}

@@ -1,0 +1,264 @@
+/*
+ * deliver.c - starts the current row of READY partitions (one request per destination) and
+ * collects the answers into the row's result (a mark), which complete.c writes.
+ */
+#include "engine/engine_int.h"
+
+#include "send/aws.h"
+#include "send/destination.h"
+#include "send/http.h"
+#include "util/log.h"
+#include "util/strbuf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void delivery_free(struct delivery *d)
+{
+	if (!d)
+		return;
+	obr_plan_clear(&d->plan);
+	free(d->ok);
+	free(d->ctx);
+	row_free(d->row);
+	free(d);
+}
+
+void mark_free(struct mark *m)
+{
+	free(m->error);
+	free(m->sent);
+	free(m);
+}
+
+static int64_t retry_delay_ms(const struct obr_config *cfg, long attempts)
+{
+	/* base * 2^(attempts-1), capped, then "equal jitter": [delay/2, delay] */
+	int64_t delay = cfg->retry_base_ms;
+	for (long i = 1; i < attempts && delay < cfg->retry_max_ms; i++)
+		delay *= 2;
+	if (delay > cfg->retry_max_ms)
+		delay = cfg->retry_max_ms;
+	int64_t half = delay / 2;
+	return half + (half > 0 ? (int64_t)(random() % (half + 1)) : 0);
+}
+
+static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool park, bool counted,
+                     const char *error)
+{
+	struct mark *m = calloc(1, sizeof(*m));
+	if (!m) {
+		obr_log_error("out of memory recording the result of row %s", d->row->key);
+		return;
+	}
+	m->part = d->part;
+	memcpy(m->key, d->row->key, OBR_KEY_LEN + 1);
+	m->success = success;
+	m->park = park;
+	m->counted = counted;
+	if (!success) {
+		struct obr_strbuf sent;
+		size_t count = 0;
+		obr_strbuf_init(&sent, 4096);
+		obr_strbuf_puts(&sent, "{");
+		for (int i = 0; i < d->plan.ndests; i++) {
+			if (d->ok && d->ok[i]) {
+				obr_strbuf_array_sep(&sent, &count);
+				obr_strbuf_printf(&sent, "%d", d->plan.dests[i].index);
+			}
+		}
+		obr_strbuf_puts(&sent, "}");
+		m->sent = sent.failed ? strdup("{}") : strdup(sent.data);
+		obr_strbuf_free(&sent);
+		m->error = strdup(error ? error : "unknown error");
+		if (m->error)
+			obr_utf8_sanitize(m->error); /* answers and row data may be any bytes, cut anywhere */
+		m->delay_ms = park ? 0 : retry_delay_ms(r->cfg, d->row->attempts + 1);
+	}
+	relay_arrived(r, &r->mark_arrivals, r->marks.len == 0);
+	if (relay_vec_push(&r->marks, m)) {
+		free(m->sent);
+		free(m->error);
+		free(m);
+		obr_log_error("out of memory recording the result of row %s", d->row->key);
+		return;
+	}
+	d->finished = true;
+	relay_kick(r);
+}
+
+/* Host and path of a URL, for logs: the query string may carry secrets. */
+static void url_for_log(const char *url, char *out, size_t cap)
+{
+	size_t n = strcspn(url, "?#");
+	snprintf(out, cap, "%.*s", (int)(n < 200 ? n : 200), url);
+}
+
+static void record_latency(struct obr_relay *r, int64_t created_ms)
+{
+	double s = (double)(relay_realtime_ms() - created_ms) / 1000.0;
+	if (s < 0)
+		s = 0; /* clocks of client and relay differ */
+	r->stats.latency_count++;
+	r->stats.latency_sum += s;
+	for (int i = 0; i < OBR_LATENCY_BUCKETS; i++) {
+		if (s <= obr_latency_bounds[i]) {
+			r->stats.latency_buckets[i]++;
+			break;
+		}
+	}
+}
+
+static void finish_delivery(struct obr_relay *r, struct delivery *d)
+{
+	struct row *row = d->row;
+	if (!d->error[0]) {
+		r->stats.rows_delivered++;
+		record_latency(r, row->created_ms);
+		obr_log_debug("delivered row %s partition %s", row->key, d->part->key);
+		add_mark(r, d, true, false, true, NULL);
+		return;
+	}
+	obr_utf8_sanitize(d->error);
+	long attempts = row->attempts + 1;
+	bool park = attempts >= r->cfg->failure_limit || d->permanent;
+	if (park) {
+		for (int i = 0; i < d->plan.ndests; i++)
+			if (!d->ok[i]) {
+				r->stats.parked[d->plan.dests[i].kind]++;
+				break;
+			}
+		obr_log_warn("parking row %s partition %s after %ld attempts%s: %s", row->key, d->part->key, attempts,
+		         d->permanent ? " (permanent error)" : "", d->error);
+	} else {
+		obr_log_warn("delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
+		         d->part->key, attempts, (long)r->cfg->failure_limit, d->error);
+	}
+	add_mark(r, d, false, park, true, d->error);
+}
+
+static void on_http_done(void *arg, const struct obr_http_result *res);
+
+static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const char *why)
+{
+	r->stats.failed[d->plan.dests[i].kind]++;
+	if (d->error[0])
+		return; /* keep the first reason; the others are in the log */
+	const struct obr_destination *dest = &d->plan.dests[i];
+	char where[256];
+	url_for_log(dest->target, where, sizeof(where));
+	snprintf(d->error, sizeof(d->error), "destinations[%d] %s %s: %s", dest->index, obr_dest_kind_name(dest->kind),
+	         where, why);
+}
+
+static void start_delivery(struct obr_relay *r, struct part *p)
+{
+	struct row *row = p->queue;
+	p->queue = row->next;
+	if (!p->queue)
+		p->queue_tail = NULL;
+	row->next = NULL;
+
+	struct delivery *d = calloc(1, sizeof(*d));
+	if (!d) {
+		obr_log_error("out of memory delivering row %s", row->key);
+		row_free(row);
+		part_drop_queue(p); /* the advance fetches the head again */
+		part_set_state(r, p, PS_ADVANCE_WANTED);
+		return;
+	}
+	d->part = p;
+	d->row = row;
+	p->current = d;
+	part_set_state(r, p, PS_DELIVERING);
+
+	char err[512];
+	if (obr_plan_parse(&d->plan, row->key, row->destinations, row->headers, row->sent, NULL, err, sizeof(err))) {
+		obr_utf8_sanitize(err);
+		r->stats.parked_malformed++;
+		obr_log_warn("parking malformed row %s partition %s: %s", row->key, p->key, err);
+		add_mark(r, d, false, true, false, err);
+		return;
+	}
+	size_t nd = (size_t)(d->plan.ndests ? d->plan.ndests : 1);
+	d->ok = calloc(nd, sizeof(*d->ok));
+	d->ctx = calloc(nd, sizeof(*d->ctx));
+	if (!d->ok || !d->ctx) {
+		snprintf(d->error, sizeof(d->error), "out of memory");
+		finish_delivery(r, d);
+		return;
+	}
+	for (int i = 0; i < d->plan.ndests; i++) {
+		struct obr_destination *dest = &d->plan.dests[i];
+		if (dest->already_sent) {
+			d->ok[i] = true;
+			continue;
+		}
+		/* SQS requests go to the queue URL's host (signed): the allow-list covers them too */
+		if (dest->kind != OBR_DEST_SNS && !obr_host_allowed(dest->target, r->cfg->allowed_hosts)) {
+			dest_failed(r, d, i, "host is not in OUTBOX_ALLOWED_HOSTS");
+			d->permanent = true;
+			continue;
+		}
+		struct request_ctx *ctx = &d->ctx[i];
+		*ctx = (struct request_ctx){ r, d, i };
+		int rc;
+		if (dest->kind == OBR_DEST_HTTP)
+			rc = obr_http_send(r->http, dest->method, dest->target, dest->headers, dest->nheaders, row->payload,
+			                   row->payload_len, on_http_done, ctx);
+		else
+			rc = obr_aws_submit(r->aws, dest->kind, dest->target, row->key, p->key, dest->headers, dest->nheaders,
+			                    row->payload, row->payload_len, on_http_done, ctx);
+		if (rc) {
+			dest_failed(r, d, i, "could not start the request (out of memory)");
+			continue;
+		}
+		d->waiting++;
+	}
+	if (d->waiting == 0)
+		finish_delivery(r, d);
+}
+
+static void on_http_done(void *arg, const struct obr_http_result *res)
+{
+	struct request_ctx *ctx = arg;
+	struct obr_relay *r = ctx->relay;
+	struct delivery *d = ctx->delivery;
+	int i = ctx->dest;
+
+	if (res->ok) {
+		d->ok[i] = true;
+		r->stats.delivered[d->plan.dests[i].kind]++;
+	} else {
+		d->permanent |= res->permanent;
+		dest_failed(r, d, i, res->error);
+	}
+	if (--d->waiting == 0)
+		finish_delivery(r, d);
+}
+
+void deliver_dispatch(struct obr_relay *r)
+{
+	struct part *p;
+	while ((p = part_first(&r->parts, PS_READY)) && relay_active(r) < r->cfg->max_in_flight && !r->stopping &&
+	       !r->tearing_down)
+		start_delivery(r, p);
+}
+
+void deliver_abandon(struct obr_relay *r)
+{
+	/* the abandoned rows have no result to write */
+	enum part_state with_row[] = { PS_DELIVERING, PS_LOST };
+	for (size_t s = 0; s < sizeof(with_row) / sizeof(with_row[0]); s++) {
+		struct part *p = part_first(&r->parts, with_row[s]), *next;
+		for (; p; p = next) {
+			next = p->next;
+			if (p->current && !p->current->finished) {
+				delivery_free(p->current);
+				p->current = NULL;
+				part_set_state(r, p, PS_IDLE);
+			}
+		}
+	}
+}

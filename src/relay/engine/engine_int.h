@@ -1,0 +1,233 @@
+/*
+ * engine_int.h - what the engine's files share: struct obr_relay and the objects it owns.
+ * Not for use outside src/relay/engine (and its unit test).
+ *
+ * Data flow, one file per stage:
+ *   listen.c    notifications and the listen connection -> partitions to claim
+ *   claim.c     claim and scan statements; take_heads turns fetched rows into a queue
+ *   deliver.c   starts a row's requests, collects their answers into a result (a mark)
+ *   complete.c  results statements, advances, renewals, the final release
+ *   partition.c the partition table and THE gate for partition state (part_set_state)
+ *   relay.c     the loop: scheduler (kick/flush), timers, connections, shutdown, public API
+ */
+#ifndef OBR_ENGINE_INT_H
+#define OBR_ENGINE_INT_H
+
+#include "engine/partition.h"
+#include "engine/relay.h"
+#include "db/pg.h"
+#include "send/destination.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MAX_CLAIM_SET 65536          /* notified partitions remembered; beyond, a scan catches up */
+#define MAX_STATEMENT_BYTES (64u << 20)
+#define LISTEN_CHECK_TIMEOUT_MS 5000
+#define SAMPLE_MS 5000                 /* gauges for /metrics, at most this often, when scraped */
+#define COMPLETE_BACKOFF_MIN_MS 200    /* after a complete statement failed with an SQL error */
+#define COMPLETE_BACKOFF_MAX_MS 30000
+#define COMPLETE_MAX_FAILURES 3        /* a result that fails alone this often is given up */
+#define HARD_STOP_AFTER_GRACE_MS 2000  /* results that still cannot be written do not hold the exit */
+#define RETENTION_EVERY_MS 60000       /* a retention pass (at a poll tick); a full batch asks for the next at once */
+
+struct obr_http;
+struct obr_aws;
+struct event;
+struct event_base;
+
+struct request_ctx {
+	struct obr_relay *relay;
+	struct delivery *delivery;
+	int dest;
+};
+
+/* One row being delivered: its destinations' requests, then its result until committed. */
+struct delivery {
+	struct part *part;
+	struct row *row;
+	struct obr_plan plan;
+	int waiting;                /* requests still running */
+	bool *ok;                   /* per destination */
+	struct request_ctx *ctx;    /* per destination: what a request's callback needs */
+	char error[1024];           /* first failure */
+	bool permanent;             /* a destination said retrying cannot help */
+	bool finished;
+};
+
+/* A row's result waiting to be written by the next complete statement. */
+struct mark {
+	struct part *part;
+	char key[OBR_KEY_LEN + 1];
+	bool success;
+	bool park;
+	bool counted;               /* an attempt was made (malformed rows are parked without one) */
+	int64_t delay_ms;
+	char *error;
+	char *sent;                 /* int[] literal */
+	int failures;               /* complete statements that failed with this result in them */
+	bool advance;               /* the complete statement also advances its partition */
+};
+
+struct vec {
+	void **items;
+	size_t len, cap;
+};
+
+/* How often work of one kind arrives, for OUTBOX_BATCH_WINDOW_MS. */
+struct arrivals {
+	int64_t last_us;            /* monotonic: the latest arrival */
+	int64_t gap_us;             /* moving average of the time between arrivals */
+	int64_t waiting_since_us;   /* the oldest arrival not sent yet */
+};
+
+/*
+ * A statement sent on a connection, and the argument its callback gets. pg.c calls back once
+ * per result, and libpq can return a statement's result and then an error for the same
+ * statement (a backend terminated after the result but before the commit): the transaction
+ * did not commit. So the ledger keeps the first answer (a copy) and hands it to the engine's
+ * callback only when the statement has ended on a live connection (pg.c no longer has it);
+ * a later error replaces it, and a connection lost before the end makes it a lost statement
+ * (NULL result). A statement is freed only when pg.c cannot name it any more: when a later
+ * statement on the same connection was handed over, or when the connection was lost.
+ */
+struct stmt {
+	struct stmt *next;
+	struct obr_relay *relay;
+	struct conn *conn;
+	obr_pg_result_fn handler;   /* the engine's callback: called once, with the outcome */
+	bool answered;              /* pg.c called back */
+	bool handed_over;           /* handler called */
+	PGresult *res;              /* the answer, until the statement has ended */
+	char *err;
+	struct vec marks;           /* results statement: struct mark * it writes (owned until handed over) */
+};
+/* One statement connection and the statements sent on it, oldest first. */
+struct conn {
+	struct obr_pg *pg;
+	struct stmt *head, *tail;
+	bool running;               /* a statement has not been handed over yet */
+};
+
+struct obr_relay {
+	struct event_base *base;
+	const struct obr_config *cfg;
+	char lock_id[OBR_KEY_LEN + 1];
+	struct {                    /* statement parameters from the configuration, as text (the
+	                               settings they come from are not reloaded) */
+		char batch[24], lease[24], claim_limit[24], retention_ms[24], retention_batch[24];
+	} param;
+
+	struct obr_pg *listen_pg;   /* NULL in poll mode */
+	struct conn work;           /* results, advances, renewals, gauges, retention */
+	struct conn claim;          /* claims and scans: the path from a notification to a request
+	                               never waits behind the results of earlier rows */
+	struct obr_http *http;
+	struct obr_aws *aws;
+
+	struct part_table parts;    /* every known partition, and one list per state */
+	struct vec marks;           /* struct mark *, not sent yet */
+
+	bool scan_wanted;
+	bool renew_wanted;
+	bool sample_wanted;
+	bool retention_wanted;
+	bool tearing_down;          /* obr_relay_free: callbacks change nothing any more */
+	uint64_t claim_seq;         /* claim results taken so far */
+	uint64_t renew_seq;         /* claim_seq when the running renewal was sent */
+	bool listen_ready;
+	bool ready_logged;
+	bool first_scan_done;
+	bool stopping;
+	bool released_all;
+	bool listen_check_pending;
+	bool complete_isolate;      /* an SQL error: write results one per statement to find the bad one */
+	bool complete_paused;       /* backing off after an SQL error */
+	int complete_backoff_ms;
+
+	struct event *kick_ev;      /* one flush per loop turn */
+	struct event *poll_ev;
+	struct event *due_ev;
+	int64_t due_at_ms;          /* monotonic; 0 = not armed */
+	struct event *renew_ev;
+	struct event *listen_check_ev;
+	struct event *listen_check_timeout_ev;
+	struct event *grace_ev;
+	int64_t last_sample_ms;      /* monotonic: gauges are sampled when scraped, at most every SAMPLE_MS */
+	int64_t last_retention_ms;
+	struct arrivals claim_arrivals;   /* notified partitions to claim (batch window) */
+	struct arrivals mark_arrivals;    /* results to write (batch window) */
+	struct event *claim_window_ev;
+	struct event *marks_window_ev;
+	struct event *complete_retry_ev;
+	struct event *hard_stop_ev;
+	struct event *settle_ev;    /* a statement answered but not ended yet: look again soon */
+
+	struct obr_relay_stats stats;
+};
+
+/* ---- relay.c: the loop ---- */
+void relay_kick(struct obr_relay *r);           /* flush (and reap) at the end of this loop turn */
+int64_t relay_mono_us(void);
+int64_t relay_mono_ms(void);
+int64_t relay_realtime_ms(void);
+void relay_timer_ms(struct event *ev, int64_t ms);
+int relay_vec_push(struct vec *v, void *item);
+void relay_arrived(const struct obr_relay *r, struct arrivals *a, bool first_waiting);
+bool relay_gathering(struct obr_relay *r, const struct arrivals *a, size_t have, size_t enough, struct event *timer);
+void relay_arm_due(struct obr_relay *r, int64_t in_ms);
+void relay_statement_error(const char *what, const char *err);
+void relay_forget_fetched_rows(struct obr_relay *r);
+int relay_active(const struct obr_relay *r);    /* partitions with a current row */
+void relay_check_ready(struct obr_relay *r);     /* logs and tells systemd once everything is up */
+bool relay_senders_idle(const struct obr_relay *r); /* no request in flight */
+
+/* statements (relay.c): send through the connection's ledger; the handler runs once */
+struct stmt *stmt_new(struct obr_relay *r, struct conn *c);
+/* Returns false when the statement could not be queued: then the caller frees s (stmt_free).
+ * On true s belongs to the ledger: fn may even have run already (connection lost at once). */
+bool stmt_send(struct stmt *s, const char *sql, int nparams, const char *const *params, obr_pg_result_fn fn);
+void stmt_free(struct stmt *s);
+/* In a handler: the statement its argument names, or NULL when the relay is being freed
+ * (then the handler does nothing). */
+struct stmt *stmt_answer(void *arg, const char *err);
+
+/* ---- listen.c ---- */
+void listen_on_notify(void *arg, const char *channel, const char *payload);
+void listen_on_connected(void *arg);
+void listen_on_disconnected(void *arg, const char *why);
+void listen_check(struct obr_relay *r);
+void listen_on_check_timeout(struct obr_relay *r);
+bool listen_normalize_key(const char *in, char out[OBR_KEY_LEN + 1]);
+
+/* ---- claim.c ---- */
+void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: claim it */
+/* Takes a claim or advance result: rows per partition, in order, for partitions in state
+ * expect (others are not ours to change and are skipped). */
+void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state expect, bool from_claim);
+bool claim_send_heads(struct obr_relay *r, struct conn *c, const char *sql, enum part_state in, obr_pg_result_fn fn);
+bool claim_wanted(struct obr_relay *r);
+bool claim_send(struct obr_relay *r);
+bool claim_scan_wanted(struct obr_relay *r);
+bool claim_send_scan(struct obr_relay *r);
+
+/* ---- deliver.c ---- */
+void deliver_dispatch(struct obr_relay *r);      /* starts rows of READY partitions, within the limit */
+void deliver_abandon(struct obr_relay *r);       /* grace period over: forget unfinished rows */
+void delivery_free(struct delivery *d);
+void mark_free(struct mark *m);
+
+/* ---- complete.c ---- */
+bool complete_wanted(struct obr_relay *r);
+bool complete_send(struct obr_relay *r);
+bool advance_wanted(struct obr_relay *r);
+bool advance_send(struct obr_relay *r);
+bool advance_drop_wanted(struct obr_relay *r);
+bool advance_drop(struct obr_relay *r);
+bool renew_wanted(struct obr_relay *r);
+bool renew_send(struct obr_relay *r);
+bool release_all_wanted(struct obr_relay *r);
+bool release_all_send(struct obr_relay *r);
+
+#endif

@@ -1,0 +1,582 @@
+/*
+ * test_engine.c - the engine (src/relay/engine) without a server: a scripted PostgreSQL
+ * (fake_pg.c, in place of db/pg.c) and a fake sender (fake_send.c, in place of http/aws).
+ * Each test drives one relay through claims, deliveries, results, advances, lost leases,
+ * connections lost mid-statement and shutdown, and checks the statements it sends, the
+ * requests it starts and where its partitions are.
+ */
+#include "engine/engine_int.h"
+
+#include "db/store.h"
+#include "fake_pg.h"
+#include "fake_send.h"
+#include "harness.h"
+#include "util/log.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PART_A "0190a000-0000-7000-8000-00000000000a"
+#define PART_B "0190a000-0000-7000-8000-00000000000b"
+#define ROW_1 "0190a000-0000-7000-8000-000000000001"
+#define ROW_2 "0190a000-0000-7000-8000-000000000002"
+#define ROW_3 "0190a000-0000-7000-8000-000000000003"
+#define DESTS "[{\"url\":\"http://127.0.0.1:9/hook\"}]"
+
+struct env {
+	struct event_base *base;
+	struct obr_config cfg;
+	struct obr_relay *r;
+	struct obr_pg *work, *claim, *listen;
+};
+
+static const char *const heads_cols[] = { "partition", "lease", "key", "destinations", "headers", "payload",
+	                                  "attempts", "sent", "due", "due_in_ms", "created_ms" };
+
+static PGresult *heads(void)
+{
+	return fake_result(11, heads_cols);
+}
+
+/* One fetched row of a held partition (payload = the row's key, to see the order). */
+static void head_row(PGresult *res, const char *part, const char *key)
+{
+	const char *v[] = { part, "held", key, DESTS, NULL, key, "0", NULL, "t", "0", "0" };
+	fake_result_row(res, v);
+}
+
+/* A partition with no row left, in this lease state ("held", "released", "lost"). */
+static void head_none(PGresult *res, const char *part, const char *lease)
+{
+	const char *v[] = { part, lease, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL };
+	fake_result_row(res, v);
+}
+
+static PGresult *empty(int ncols)
+{
+	static const char *const names[] = { "a", "b", "c", "d" };
+	return fake_result(ncols, names);
+}
+
+/* Runs whatever the last steps made ready (kicks, callbacks), without waiting for timers. */
+static void settle(struct env *e)
+{
+	for (int i = 0; i < 20; i++)
+		event_base_loop(e->base, EVLOOP_NONBLOCK);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Runs the loop (timers too) until pg's running statement is sql, for at most 10 s. */
+static bool wait_for(struct env *e, struct obr_pg *pg, const char *sql)
+{
+	int64_t until = now_ms() + 10000;
+	while (now_ms() < until) {
+		struct fake_query *q = fake_pg_head(pg);
+		if (q && q->sql == sql)
+			return true;
+		struct timeval tv = { 0, 20000 };
+		event_base_loopexit(e->base, &tv);
+		event_base_dispatch(e->base);
+	}
+	return false;
+}
+
+static bool head_is(struct obr_pg *pg, const char *sql)
+{
+	struct fake_query *q = fake_pg_head(pg);
+	return q && q->sql == sql;
+}
+
+static const char *param(struct obr_pg *pg, int i)
+{
+	struct fake_query *q = fake_pg_head(pg);
+	return q && i < q->nparams ? q->params[i] : NULL;
+}
+
+static enum part_state state_of(struct env *e, const char *key)
+{
+	struct part *p = part_find(&e->r->parts, key);
+	return p ? p->state : PS_COUNT; /* PS_COUNT: not in the table (freed) */
+}
+
+/* A relay with its three connections up, its first scan and sample answered: idle. */
+static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
+{
+	char lease[64], grace[64];
+	snprintf(lease, sizeof(lease), "OUTBOX_LEASE_MS=%s", lease_ms);
+	snprintf(grace, sizeof(grace), "OUTBOX_SHUTDOWN_GRACE_MS=%s", grace_ms);
+	const char *envp[] = { "DATABASE_URL=postgresql://127.0.0.1/unit", "OUTBOX_BATCH_WINDOW_MS=0",
+		               "OUTBOX_POLL_INTERVAL_MS=3600000", "OUTBOX_RETENTION=0", lease, grace, NULL };
+	char err[512];
+	memset(e, 0, sizeof(*e));
+	fake_send_reset();
+	if (obr_config_load(&e->cfg, envp, 0, NULL, err, sizeof(err))) {
+		fprintf(stderr, "config: %s\n", err);
+		return false;
+	}
+	e->base = event_base_new();
+	e->r = obr_relay_new(e->base, &e->cfg);
+	if (!e->r || obr_relay_start(e->r))
+		return false;
+	e->work = fake_pg_find("outbox-relay work");
+	e->claim = fake_pg_find("outbox-relay claim");
+	e->listen = fake_pg_find("outbox-relay listen");
+	if (!e->work || !e->claim || !e->listen)
+		return false;
+	fake_pg_connect(e->listen);
+	fake_pg_connect(e->work);
+	fake_pg_connect(e->claim);
+	settle(e);
+	if (!head_is(e->work, OBR_SQL_SAMPLE) || !head_is(e->claim, OBR_SQL_SCAN))
+		return false;
+	fake_pg_answer(e->work, fake_error_result(), "not in this test");
+	fake_pg_answer(e->claim, empty(2), NULL);
+	settle(e);
+	return !fake_pg_head(e->work) && !fake_pg_head(e->claim);
+}
+
+static void env_free(struct env *e)
+{
+	obr_relay_free(e->r);
+	event_base_free(e->base);
+	obr_config_free(&e->cfg);
+	fake_send_reset();
+}
+
+/* Notifies part and answers its claim with these rows held. */
+static bool claim_with_rows(struct env *e, const char *part, const char *const *rows, int nrows)
+{
+	fake_pg_notify(e->listen, "outbox", part);
+	settle(e);
+	char want[64];
+	snprintf(want, sizeof(want), "{%s}", part);
+	if (!head_is(e->claim, OBR_SQL_CLAIM) || strcmp(param(e->claim, 1), want) != 0)
+		return false;
+	PGresult *res = heads();
+	for (int i = 0; i < nrows; i++)
+		head_row(res, part, rows[i]);
+	if (!nrows)
+		head_none(res, part, "held");
+	fake_pg_answer(e->claim, res, NULL);
+	settle(e);
+	return true;
+}
+
+/* ---- the gate ---- */
+
+static void test_state_table(void)
+{
+	CHECK_STR_EQ(part_state_name(PS_IDLE), "idle");
+	CHECK_STR_EQ(part_state_name(PS_ADVANCING), "advancing");
+	CHECK_STR_EQ(part_state_name(PS_COUNT), "invalid");
+	CHECK(part_transition_legal(PS_IDLE, PS_CLAIM_WANTED));
+	CHECK(part_transition_legal(PS_CLAIMING, PS_READY));
+	CHECK(part_transition_legal(PS_DELIVERING, PS_LOST));
+	CHECK(part_transition_legal(PS_LOST, PS_IDLE));
+	/* a partition is never delivered without a claim, nor claimed while held */
+	CHECK(!part_transition_legal(PS_IDLE, PS_READY));
+	CHECK(!part_transition_legal(PS_CLAIM_WANTED, PS_DELIVERING));
+	CHECK(!part_transition_legal(PS_READY, PS_CLAIMING));
+	CHECK(!part_transition_legal(PS_LOST, PS_READY));
+}
+
+/* An illegal change stops a debug build (the test builds have assertions on). */
+static void test_illegal_change_asserts(void)
+{
+#ifdef NDEBUG
+	return;
+#else
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		signal(SIGABRT, SIG_DFL);
+		if (!freopen("/dev/null", "w", stderr)) /* the expected assertion message */
+			_exit(2);
+		struct part *p = part_get(e.r, PART_A);
+		part_set_state(e.r, p, PS_DELIVERING); /* idle -> delivering: never */
+		_exit(0);
+	}
+	int status = 0;
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+	env_free(&e);
+#endif
+}
+
+/* ---- the data flow ---- */
+
+/* claim -> deliver -> result that advances in the same statement -> released -> freed */
+static void test_claim_deliver_complete_release(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 1));
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_DELIVERING);
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->target, "http://127.0.0.1:9/hook");
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_1);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->leases_held, 1);
+
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 0), "{" ROW_1 "}");   /* delivered */
+	CHECK_STR_EQ(param(e.work, 1), "{}");            /* failed */
+	CHECK_STR_EQ(param(e.work, 8), "{" PART_A "}");  /* advanced in the same statement */
+
+	PGresult *res = heads();
+	head_none(res, PART_A, "released");
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT); /* released and freed at the end of the turn */
+	CHECK_INT_EQ(obr_relay_stats(e.r)->leases_held, 0);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->rows_delivered, 1);
+	CHECK(!fake_pg_head(e.work) && !fake_pg_head(e.claim));
+	env_free(&e);
+}
+
+/* Rows of one partition go one at a time, in order; a failed row is retried as the head. */
+static void test_order_and_retry(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_1);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0); /* ROW_2 waits until ROW_1's result is committed */
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 8), "{}"); /* more rows fetched: no advance */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+
+	fake_send_answer(0, false);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 1), "{" ROW_2 "}");
+	CHECK_STR_EQ(param(e.work, 4), "{f}");   /* not parked */
+	CHECK_STR_EQ(param(e.work, 8), "{}");    /* a retry keeps its place: the advance looks */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_ADVANCE));
+	CHECK_STR_EQ(param(e.work, 1), "{" PART_A "}");
+	PGresult *res = heads();
+	head_none(res, PART_A, "released");
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT);
+	env_free(&e);
+}
+
+/* Notified while held: after the release the partition is claimed again (a fresh look). */
+static void test_release_with_fresh_look(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 1));
+	fake_pg_notify(e.listen, "outbox", PART_A); /* a new row committed while we deliver */
+	settle(&e);
+	CHECK(!fake_pg_head(e.claim));             /* not claimed twice */
+	fake_send_answer(0, true);
+	settle(&e);
+	PGresult *res = heads();
+	head_none(res, PART_A, "released");
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_CLAIM));
+	CHECK_STR_EQ(param(e.claim, 1), "{" PART_A "}");
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_CLAIMING);
+	fake_pg_answer(e.claim, heads(), NULL); /* another instance has it now */
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT);
+	env_free(&e);
+}
+
+/* An advance that finds the lease lost drops the partition and scans. */
+static void test_lost_in_advance(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	fake_send_answer(0, false); /* retry: the advance decides */
+	settle(&e);
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_ADVANCE));
+	PGresult *res = heads();
+	head_none(res, PART_A, "lost");
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT);
+	CHECK_INT_EQ(fake_send_count(), 0); /* ROW_2 was dropped with the lease */
+	CHECK(head_is(e.claim, OBR_SQL_SCAN));
+	env_free(&e);
+}
+
+/* A renewal that no longer lists a partition: its current row finishes, the rest is dropped. */
+static void test_lost_in_renewal(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "1000", "8000"));
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	CHECK(wait_for(&e, e.work, OBR_SQL_RENEW));
+	fake_pg_answer(e.work, empty(1), NULL); /* renewed nothing: taken over */
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_LOST);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 0), "{" ROW_1 "}");
+	CHECK_STR_EQ(param(e.work, 8), "{}"); /* no advance of a lost partition */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT);
+	CHECK_INT_EQ(fake_send_started(), 1); /* ROW_2 never sent */
+	env_free(&e);
+}
+
+/* ---- connections lost mid-statement ---- */
+
+/* The results statement's connection drops: the result is kept and written after the
+ * reconnect; the rows fetched behind it are forgotten and fetched again. */
+static void test_results_connection_lost(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1, ROW_2, ROW_3 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 3));
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	fake_pg_drop(e.work, "server closed the connection unexpectedly");
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_DELIVERING); /* its result is still to be written */
+
+	fake_pg_connect(e.work);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 0), "{" ROW_1 "}");
+	CHECK_STR_EQ(param(e.work, 8), "{" PART_A "}"); /* nothing fetched any more: advance */
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_2);
+	head_row(res, PART_A, ROW_3);
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	CHECK_INT_EQ(fake_send_started(), 2); /* ROW_2 and ROW_3 were not sent before the re-fetch */
+	env_free(&e);
+}
+
+/* PART_A held with ROW_1 and ROW_2; ROW_1 delivered; its results statement is running. */
+static bool first_of_two_recording(struct env *e)
+{
+	const char *rows[] = { ROW_1, ROW_2 };
+	if (!env_start(e, "30000", "8000") || !claim_with_rows(e, PART_A, rows, 2))
+		return false;
+	fake_send_answer(0, true);
+	settle(e);
+	return head_is(e->work, OBR_SQL_COMPLETE);
+}
+
+/*
+ * Issue 12 item 1: libpq returns the results statement's result, then the FATAL of a backend
+ * terminated before the commit, for the same statement; pg.c calls back for both. The first
+ * answer freed the statement's batch and the second read it (heap-use-after-free); and the
+ * result had not been committed, so acting on it started the next row of the partition
+ * before the previous one was recorded (order went back after the reconnect).
+ */
+static void test_results_answered_twice(void)
+{
+	struct env e;
+	CHECK(first_of_two_recording(&e));
+	fake_pg_answer_more(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0); /* not final before the statement's end */
+	fake_pg_answer_more(e.work, fake_error_result(), "terminating connection due to administrator command");
+	settle(&e);
+	fake_pg_drop(e.work, "server closed the connection unexpectedly");
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_DELIVERING); /* ROW_1's result still to be written */
+	fake_pg_connect(e.work);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 0), "{" ROW_1 "}"); /* written again */
+	CHECK_STR_EQ(param(e.work, 8), "{" PART_A "}");
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_2);
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	CHECK_INT_EQ(fake_send_started(), 2);
+	env_free(&e);
+}
+
+/* An error after the result, then the statement's end on a live connection (a commit that
+ * failed): the statement failed, whatever its result said. */
+static void test_error_after_result(void)
+{
+	struct env e;
+	CHECK(first_of_two_recording(&e));
+	fake_pg_answer_more(e.work, heads(), NULL);
+	fake_pg_answer_more(e.work, fake_error_result(), "could not serialize access");
+	fake_pg_finish(e.work);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0);
+	CHECK(e.r->complete_paused); /* refused: backing off, then written again */
+	CHECK_INT_EQ(e.r->marks.len, 1);
+	env_free(&e);
+}
+
+/* The result arrives before the statement's end is read: it is acted on once the end is in. */
+static void test_result_final_at_statement_end(void)
+{
+	struct env e;
+	CHECK(first_of_two_recording(&e));
+	fake_pg_answer_more(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0);
+	fake_pg_finish(e.work);
+	int64_t until = now_ms() + 10000;
+	while (fake_send_count() == 0 && now_ms() < until)
+		event_base_loop(e.base, EVLOOP_ONCE);
+	CHECK_INT_EQ(fake_send_count(), 1);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	env_free(&e);
+}
+
+/* A connection lost while the statement is being sent answers inside obr_pg_query: the
+ * statement is not counted as running afterwards, or the work connection would wait forever. */
+static void test_lost_while_sending(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 1));
+	fake_pg_fail_next_send(e.work);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(!fake_pg_head(e.work));
+	fake_pg_connect(e.work);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 0), "{" ROW_1 "}");
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	env_free(&e);
+}
+
+/* The claim connection drops mid-claim: the partitions are claimed again after the reconnect. */
+static void test_claim_connection_lost(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	fake_pg_notify(e.listen, "outbox", PART_A);
+	fake_pg_notify(e.listen, "outbox", PART_B);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_CLAIM));
+	CHECK_STR_EQ(param(e.claim, 1), "{" PART_A "," PART_B "}");
+	fake_pg_drop(e.claim, "server closed the connection unexpectedly");
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_CLAIM_WANTED);
+	fake_pg_connect(e.claim);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_CLAIM));
+	CHECK_STR_EQ(param(e.claim, 1), "{" PART_A "," PART_B "}");
+	fake_pg_answer(e.claim, heads(), NULL);
+	settle(&e);
+	env_free(&e);
+}
+
+/* ---- shutdown ---- */
+
+/* Rows in flight finish, their results are written, then every lease is released. */
+static void test_shutdown_with_rows_in_flight(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	obr_relay_shutdown(e.r);
+	fake_pg_notify(e.listen, "outbox", PART_B);
+	settle(&e);
+	CHECK(!fake_pg_head(e.claim)); /* nothing claimed any more */
+	CHECK(!fake_pg_head(e.work));  /* the release waits for the row in flight */
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 8), "{}");
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_started(), 1); /* ROW_2 is left for later */
+	CHECK(head_is(e.work, OBR_SQL_RELEASE_ALL));
+	fake_pg_answer(e.work, empty(1), NULL);
+	settle(&e);
+	CHECK(e.r->released_all);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT);
+	env_free(&e);
+}
+
+/* The grace period ends with a request in flight: it is abandoned, no result is written for
+ * it, and the leases are released. Freeing the relay with a statement queued is clean. */
+static void test_shutdown_grace_over(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "0"));
+	const char *rows[] = { ROW_1 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 1));
+	obr_relay_shutdown(e.r);
+	CHECK(wait_for(&e, e.work, OBR_SQL_RELEASE_ALL));
+	CHECK_INT_EQ(fake_send_aborted(), 1);
+	CHECK_INT_EQ(fake_pg_count(e.work), 1);
+	env_free(&e); /* with the release unanswered */
+}
+
+int main(int argc, char **argv)
+{
+	obr_log_configure(getenv("OBR_TEST_LOG") ? OBR_LOG_DEBUG : OBR_LOG_ERROR, OBR_LOG_TEXT);
+	static const struct test tests[] = {
+		TEST(test_state_table),
+		TEST(test_illegal_change_asserts),
+		TEST(test_claim_deliver_complete_release),
+		TEST(test_order_and_retry),
+		TEST(test_release_with_fresh_look),
+		TEST(test_lost_in_advance),
+		TEST(test_lost_in_renewal),
+		TEST(test_results_connection_lost),
+		TEST(test_results_answered_twice),
+		TEST(test_error_after_result),
+		TEST(test_result_final_at_statement_end),
+		TEST(test_lost_while_sending),
+		TEST(test_claim_connection_lost),
+		TEST(test_shutdown_with_rows_in_flight),
+		TEST(test_shutdown_grace_over),
+		TEST_END,
+	};
+	return run_tests(tests, argc, argv);
+}
