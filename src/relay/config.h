@@ -40,6 +40,7 @@ struct obr_config {
 	bool tls_verify;
 	char *allowed_hosts;           /* comma-separated host names, *.suffix wildcards; NULL = any */
 	bool deny_private_addresses;
+	char *http_proxy;              /* OUTBOX_HTTP_PROXY for destination requests; NULL = none */
 	int log_level;                 /* enum obr_log_level */
 	int log_format;                /* enum obr_log_format */
 	char *listen_addr;             /* /health, /ready, /metrics endpoint; NULL = disabled */

@@ -14,9 +14,8 @@
  */
 #include "engine/relay.h"
 
-#include "send/aws.h"
 #include "send/destination.h"
-#include "send/http.h"
+#include "send/sender.h"
 #include "util/log.h"
 #include "db/pg.h"
 #include "admin/sdnotify.h"
@@ -138,8 +137,7 @@ struct obr_relay {
 	struct obr_pg *work_pg;     /* results, advances, renewals, gauges, retention */
 	struct obr_pg *claim_pg;    /* claims and scans: the path from a notification to a request
 	                               never waits behind the results of earlier rows */
-	struct obr_http *http;
-	struct obr_aws *aws;
+	struct obr_sender *sender;  /* HTTP, SQS and SNS destinations */
 
 	struct part **buckets;
 	size_t nbuckets, nparts;
@@ -554,11 +552,13 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 	add_mark(r, d, false, park, true, d->error);
 }
 
-static void on_http_done(void *arg, const struct obr_http_result *res);
+static void on_sent(void *arg, const struct obr_send_result *res);
 
-static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const char *why)
+static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const struct obr_send_result *res)
 {
 	r->stats.failed[d->plan.dests[i].kind]++;
+	d->permanent |= res->status == OBR_SEND_PERMANENT;
+	const char *why = res->message;
 	if (d->error[0])
 		return; /* keep the first reason; the others are in the log */
 	const struct obr_destination *dest = &d->plan.dests[i];
@@ -609,23 +609,13 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 			d->ok[i] = true;
 			continue;
 		}
-		/* SQS requests go to the queue URL's host (signed): the allow-list covers them too */
-		if (dest->kind != OBR_DEST_SNS && !obr_host_allowed(dest->target, r->cfg->allowed_hosts)) {
-			dest_failed(r, d, i, "host is not in OUTBOX_ALLOWED_HOSTS");
-			d->permanent = true;
-			continue;
-		}
 		struct request_ctx *ctx = &d->ctx[i];
 		*ctx = (struct request_ctx){ r, d, i };
-		int rc;
-		if (dest->kind == OBR_DEST_HTTP)
-			rc = obr_http_send(r->http, dest->method, dest->target, dest->headers, dest->nheaders, row->payload,
-			                   row->payload_len, on_http_done, ctx);
-		else
-			rc = obr_aws_submit(r->aws, dest->kind, dest->target, row->key, p->key, dest->headers, dest->nheaders,
-			                    row->payload, row->payload_len, on_http_done, ctx);
-		if (rc) {
-			dest_failed(r, d, i, "could not start the request (out of memory)");
+		struct obr_send_request req = { .dest = dest, .idempotent_key = row->key, .partition_key = p->key,
+		                                .payload = row->payload, .payload_len = row->payload_len };
+		struct obr_send_result refused;
+		if (obr_sender_submit(r->sender, &req, on_sent, ctx, &refused)) {
+			dest_failed(r, d, i, &refused); /* e.g. OUTBOX_ALLOWED_HOSTS */
 			continue;
 		}
 		d->waiting++;
@@ -634,19 +624,18 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 		finish_delivery(r, d);
 }
 
-static void on_http_done(void *arg, const struct obr_http_result *res)
+static void on_sent(void *arg, const struct obr_send_result *res)
 {
 	struct request_ctx *ctx = arg;
 	struct obr_relay *r = ctx->relay;
 	struct delivery *d = ctx->delivery;
 	int i = ctx->dest;
 
-	if (res->ok) {
+	if (res->status == OBR_SEND_OK) {
 		d->ok[i] = true;
 		r->stats.delivered[d->plan.dests[i].kind]++;
 	} else {
-		d->permanent |= res->permanent;
-		dest_failed(r, d, i, res->error);
+		dest_failed(r, d, i, res);
 	}
 	if (--d->waiting == 0)
 		finish_delivery(r, d);
@@ -1279,7 +1268,7 @@ static void flush(struct obr_relay *r)
 
 	if (r->stopping) {
 		/* after the last claim: a lease it takes must not outlive the release */
-		if (!r->released_all && r->active == 0 && obr_http_in_flight(r->http) == 0 && !r->claim_running) {
+		if (!r->released_all && r->active == 0 && obr_sender_in_flight(r->sender) == 0 && !r->claim_running) {
 			const char *params[] = { r->lock_id };
 			if (obr_pg_query(r->work_pg, OBR_SQL_RELEASE_ALL, 1, params, on_release_all_result, r) == 0)
 				r->statement_running = true;
@@ -1539,11 +1528,10 @@ static void maybe_finish_shutdown(struct obr_relay *r)
 static void on_grace(evutil_socket_t fd, short what, void *arg)
 {
 	struct obr_relay *r = arg;
-	int n = obr_http_in_flight(r->http) + obr_aws_in_flight(r->aws);
+	int n = obr_sender_in_flight(r->sender);
 	if (n > 0)
 		obr_log_warn("shutdown grace period over: abandoning %d requests in flight (their rows will be sent again)", n);
-	obr_aws_abort_all(r->aws);
-	obr_http_abort_all(r->http);
+	obr_sender_abort_all(r->sender);
 	/* the abandoned rows have no result to write */
 	for (size_t b = 0; b < r->nbuckets; b++) {
 		for (struct part *p = r->buckets[b]; p; p = p->hash_next) {
@@ -1601,17 +1589,18 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 
 	r->nbuckets = 1024;
 	r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
-	struct obr_http_options hopt = { .timeout_ms = (long)cfg->http_timeout_ms,
+	struct obr_send_options sopt = { .timeout_ms = (long)cfg->http_timeout_ms,
 		                         .ca_file = cfg->ca_file,
 		                         .tls_verify = cfg->tls_verify,
-		                         .deny_private = cfg->deny_private_addresses };
+		                         .deny_private = cfg->deny_private_addresses,
+		                         .allowed_hosts = cfg->allowed_hosts,
+		                         .proxy = cfg->http_proxy };
 	if (!cfg->tls_verify)
 		obr_log_warn("OUTBOX_TLS_VERIFY is off: HTTPS certificates and host names are not checked");
-	r->http = obr_http_new(base, &hopt);
-	char aws_err[256];
-	r->aws = r->http ? obr_aws_new(base, r->http, aws_err, sizeof(aws_err)) : NULL;
-	if (r->http && !r->aws) {
-		obr_log_error("%s", aws_err);
+	char send_err[256];
+	r->sender = obr_senders_new(base, &sopt, send_err, sizeof(send_err));
+	if (!r->sender) {
+		obr_log_error("%s", send_err);
 		goto fail;
 	}
 	r->kick_ev = event_new(base, -1, 0, on_kick, r);
@@ -1630,7 +1619,7 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
 	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->claim_window_ev || !r->marks_window_ev || !r->buckets ||
-	    !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
@@ -1718,7 +1707,7 @@ const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 		r->sample_wanted = true;
 		kick(r);
 	}
-	r->stats.in_flight_requests = obr_http_in_flight(r->http);
+	r->stats.in_flight_requests = obr_sender_in_flight(r->sender);
 	r->stats.leases_held = r->held;
 	return &r->stats;
 }
@@ -1751,10 +1740,7 @@ void obr_relay_free(struct obr_relay *r)
 	obr_pg_free(r->listen_pg);
 	obr_pg_free(r->work_pg);
 	obr_pg_free(r->claim_pg);
-	if (r->aws)
-		obr_aws_abort_all(r->aws);
-	if (r->http)
-		obr_http_abort_all(r->http);
+	obr_sender_abort_all(r->sender);
 	for (size_t b = 0; r->buckets && b < r->nbuckets; b++) {
 		struct part *p = r->buckets[b];
 		while (p) {
@@ -1772,8 +1758,7 @@ void obr_relay_free(struct obr_relay *r)
 	free(r->claim_set.items);
 	free(r->advance_set.items);
 	free(r->buckets);
-	obr_aws_free(r->aws);
-	obr_http_free(r->http);
+	obr_sender_free(r->sender);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev,
 		                r->complete_retry_ev, r->hard_stop_ev, r->claim_window_ev, r->marks_window_ev };
