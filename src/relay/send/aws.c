@@ -238,17 +238,16 @@ static void report(struct amsg *m, const struct obr_aws_entry_result *r)
 	m->done(m->arg, &res);
 }
 
-/* Puts a message back under its target, to go in a batch of its own. */
-static void requeue_alone(struct obr_aws *aws, struct amsg *m)
+/* Queues a message under its target; NULL when there is none (the message then fails). */
+static struct target *enqueue(struct obr_aws *aws, struct amsg *m)
 {
 	char err[OBR_AWS_ERROR_MAX];
 	bool permanent;
-	m->alone = true;
 	m->next = NULL;
 	struct target *t = target_get(aws, m->kind, m->target, err, sizeof(err), &permanent);
 	if (!t) {
 		fail_later(aws, m, err, permanent);
-		return;
+		return NULL;
 	}
 	if (t->tail)
 		t->tail->next = m;
@@ -257,7 +256,15 @@ static void requeue_alone(struct obr_aws *aws, struct amsg *m)
 	t->tail = m;
 	t->count++;
 	aws->queued++;
-	schedule_flush(aws);
+	return t;
+}
+
+/* Puts a message back under its target, to go in a batch of its own. */
+static void requeue_alone(struct obr_aws *aws, struct amsg *m)
+{
+	m->alone = true;
+	if (enqueue(aws, m))
+		schedule_flush(aws);
 }
 
 static void batch_unlink(struct obr_aws *aws, struct batch *b)
@@ -521,7 +528,6 @@ static int aws_submit(void *self, const struct obr_send_request *req, obr_send_d
 	};
 
 	char err[OBR_AWS_ERROR_MAX];
-	bool permanent;
 	if (aws->queued >= MAX_WAITING) {
 		snprintf(err, sizeof(err), "more than %d SQS/SNS messages are waiting to be sent", MAX_WAITING);
 		fail_later(aws, m, err, false);
@@ -531,18 +537,9 @@ static int aws_submit(void *self, const struct obr_send_request *req, obr_send_d
 		fail_later(aws, m, err, true);
 		return 0;
 	}
-	struct target *t = target_get(aws, kind, target, err, sizeof(err), &permanent);
-	if (!t) {
-		fail_later(aws, m, err, permanent);
+	struct target *t = enqueue(aws, m);
+	if (!t)
 		return 0;
-	}
-	if (t->tail)
-		t->tail->next = m;
-	else
-		t->head = m;
-	t->tail = m;
-	t->count++;
-	aws->queued++;
 	if (t->count >= OBR_AWS_MAX_BATCH) {
 		/* a full batch goes at once when credentials are at hand; otherwise with the flush */
 		const struct obr_aws_creds *creds = NULL;
