@@ -549,7 +549,7 @@ static void test_permission_and_key_errors_retried(void)
 }
 
 /* A batch refused as a whole may be one entry's fault (then each is sent alone) only for a
- * client error that is not about throttling, credentials or permissions. */
+ * client error that is not about throttling, credentials, permissions or the target. */
 static void test_failure_may_be_one_entry(void)
 {
 	CHECK(obr_aws_failure_may_be_one_entry(400, "InvalidParameterValue"));
@@ -564,6 +564,8 @@ static void test_failure_may_be_one_entry(void)
 	CHECK(!obr_aws_failure_may_be_one_entry(403, "InvalidClientTokenId"));
 	CHECK(!obr_aws_failure_may_be_one_entry(403, "AccessDenied"));
 	CHECK(!obr_aws_failure_may_be_one_entry(400, "KMS.DisabledException"));
+	CHECK(!obr_aws_failure_may_be_one_entry(400, "AWS.SimpleQueueService.NonExistentQueue"));
+	CHECK(!obr_aws_failure_may_be_one_entry(404, "NotFound"));
 }
 
 /* Without an endpoint override signed requests go only to https:// AWS hosts. */

@@ -543,12 +543,20 @@ void obr_aws_request_failure(enum obr_dest_kind kind, long status, const char *b
 	out->permanent = status == 413;
 }
 
+/* About the queue or topic itself: every entry would get the same answer alone. */
+static const char *const target_codes[] = {
+	"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "NonExistentQueue", "NotFound",
+	"NotFoundException", "ResourceNotFoundException", "InvalidAddress", "InvalidSecurity", "OptInRequired",
+	"EndpointDisabled", "UnsupportedOperation", "InvalidAction", NULL,
+};
+
 bool obr_aws_failure_may_be_one_entry(long status, const char *code)
 {
-	if (status < 400 || status >= 500 || status == 429)
-		return false; /* no answer, throttled or the service's fault: nothing points at an entry */
-	if (code && (code_in(code, retryable_codes) || code_in(code, credential_codes) || propagating(code)))
-		return false; /* about the request or the caller, the same for every entry */
+	if (status < 400 || status >= 500 || status == 404 || status == 429)
+		return false; /* no answer, no such target, throttled or the service's fault */
+	if (code && (code_in(code, retryable_codes) || code_in(code, credential_codes) || propagating(code) ||
+	             code_in(code, target_codes)))
+		return false; /* about the request, the caller or the target: the same for every entry */
 	return true;
 }
 

@@ -78,8 +78,9 @@ void obr_aws_request_failure(enum obr_dest_kind kind, long status, const char *b
 bool obr_aws_code_is_permanent(const char *code);
 bool obr_aws_code_is_credential(const char *code);
 /* Whether a batch request refused as a whole (status, the error code or "") may be the fault
- * of one entry: a client error that is not about throttling, credentials or permissions. The
- * batch's messages are then sent again one per request before any of them is blamed. */
+ * of one entry: a client error that is not about throttling, credentials, permissions or the
+ * queue or topic itself (one that does not exist, say). The batch's messages are then sent
+ * again one per request before any of them is blamed. */
 bool obr_aws_failure_may_be_one_entry(long status, const char *code);
 
 /* ---- encoding helpers (obr_utf8_valid is in strbuf.h) ---- */
