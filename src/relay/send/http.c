@@ -337,21 +337,24 @@ static int resolve_host(struct request *r, const char *url)
 {
 	CURLU *u = curl_url();
 	char *host = NULL;
-	int rc = -1;
-	if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+	if (!u)
+		return -1;
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+		snprintf(r->errbuf, sizeof(r->errbuf), "the URL has no host that can be checked");
+		event_active(r->refuse_ev, EV_TIMEOUT, 0);
+	} else {
 		size_t n = strlen(host);
 		if (n >= 2 && host[0] == '[' && host[n - 1] == ']') { /* IPv6 literal */
 			memmove(host, host + 1, n - 2);
 			host[n - 2] = '\0';
 		}
 		struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+		/* NULL: answered at once (a literal, the hosts file) or failed; on_resolved ran */
 		r->dns = evdns_getaddrinfo(r->http->dns, host, NULL, &hints, on_resolved, r);
-		rc = 0; /* NULL: answered at once (a literal, the hosts file) or failed, on_resolved ran */
 	}
 	curl_free(host);
 	curl_url_cleanup(u);
-	return rc;
+	return 0;
 }
 
 int obr_http_start(struct obr_http *http, const struct obr_http_request *req, obr_http_done_fn done, void *arg)
