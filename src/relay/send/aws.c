@@ -2,13 +2,14 @@
  * aws.c - SQS and SNS delivery: messages grouped per queue or topic, sent in batches of up to
  * 10 once credentials are at hand, each message answered with its own entry's result.
  *
- * Flow: obr_aws_submit checks the message (what the service would refuse for it alone fails it
- * at once, permanently), queues it under its target and makes the flush event active, so
- * everything submitted in one loop turn goes out together; a target that reaches 10 messages
- * goes out at once. The flush asks the credential chain (aws_credentials.c): ready -> batches
- * are built (aws_protocol.c) and started on the shared curl multi; pending -> the messages wait
- * (the chain calls back); failed -> they fail, retryably. Callbacks always run from an event,
- * never inside obr_aws_submit.
+ * Flow: submit (the sender interface, sender.h) checks the message (what the service would
+ * refuse for it alone fails it at once, permanently), queues it under its target and makes the
+ * flush event active, so everything submitted in one loop turn goes out together; a target that
+ * reaches 10 messages goes out at once. The flush asks the credential chain
+ * (aws_credentials.c): ready -> batches are built (aws_protocol.c) and started on the shared
+ * curl multi; pending -> the messages wait (the chain calls back); failed -> they fail,
+ * retryably. A batch refused as a whole goes again one message per batch. Callbacks always run
+ * from an event, never inside submit.
  */
 #include "send/aws.h"
 
