@@ -88,6 +88,8 @@ static const struct setting settings[] = {
 	  "refuse to connect row destinations to loopback, private, link-local and unique-local addresses (checked after DNS); such rows are parked" },
 	{ "OUTBOX_CA_FILE", "ca-file", T_STRING, OFF(ca_file), NULL, 0, 0, NULL,
 	  "extra CA bundle (PEM) for HTTPS destinations; the system store is used otherwise" },
+	{ "OUTBOX_HTTP_PROXY", "http-proxy", T_STRING, OFF(http_proxy), NULL, 0, 0, NULL,
+	  "proxy for destination requests (HTTP, SQS, SNS): http://, https://, socks5:// or socks5h://host:port; unset = no proxy (HTTPS_PROXY, ALL_PROXY and NO_PROXY in the environment are ignored); AWS credential endpoints never use it" },
 	{ "OUTBOX_LOG_LEVEL", "log-level", T_ENUM, OFF(log_level), "info", 0, 0, level_choices,
 	  "error, warning, info or debug (reloaded from the config file on SIGHUP)", true },
 	{ "OUTBOX_LOG_FORMAT", "log-format", T_ENUM, OFF(log_format), "text", 0, 0, format_choices,
@@ -324,6 +326,25 @@ static int load_file(struct obr_config *cfg, const char *path, bool reload, char
 	return rc;
 }
 
+/* scheme://[user:password@]host[:port][/]: the message never quotes the value (credentials) */
+static int check_proxy(const char *url, char *err, size_t errlen)
+{
+	static const char *const schemes[] = { "http://", "https://", "socks5://", "socks5h://", NULL };
+	const char *rest = NULL;
+	for (const char *const *sc = schemes; *sc && !rest; sc++)
+		if (!strncasecmp(url, *sc, strlen(*sc)))
+			rest = url + strlen(*sc);
+	bool ok = rest && *rest && *rest != '/' && *rest != ':';
+	for (const unsigned char *p = (const unsigned char *)url; ok && *p; p++)
+		ok = *p > 32 && *p < 127;
+	if (!ok) {
+		snprintf(err, errlen, "invalid value for OUTBOX_HTTP_PROXY: use http://, https://, socks5:// or "
+		                      "socks5h:// followed by host:port");
+		return -1;
+	}
+	return 0;
+}
+
 int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, const char *const *argv,
                     char *err, size_t errlen)
 {
@@ -412,6 +433,8 @@ int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, c
 		goto fail;
 	}
 	if (cfg->header_env && obr_header_env_check(cfg->header_env, err, errlen))
+		goto fail;
+	if (cfg->http_proxy && check_proxy(cfg->http_proxy, err, errlen))
 		goto fail;
 	for (const char *c = cfg->channel; *c; c++) {
 		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_')) {

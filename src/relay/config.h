@@ -41,6 +41,7 @@ struct obr_config {
 	char *allowed_hosts;           /* comma-separated host names, *.suffix wildcards; NULL = any */
 	char *header_env;              /* variables {{NAME}} header values may read; NULL = any not refused */
 	bool deny_private_addresses;
+	char *http_proxy;              /* OUTBOX_HTTP_PROXY for destination requests; NULL = none */
 	int log_level;                 /* enum obr_log_level */
 	int log_format;                /* enum obr_log_format */
 	char *listen_addr;             /* /health, /ready, /metrics endpoint; NULL = disabled */

@@ -25,7 +25,7 @@ import pytest
 from conftest import LOCALHOST, PortLock
 from relay_util import insert, keys, wait_processed
 from test_aws_delivery import (KEY_ID, SECRET, aws_env, make_verifier,  # noqa: F401 (fixtures)
-                               receive_all, sns, sqs, standin, verifier, wait_row)
+                               forward_to, receive_all, sns, sqs, standin, verifier, wait_row)
 
 
 def iso(seconds_from_now: float) -> str:
@@ -503,7 +503,8 @@ def test_secrets_never_logged_or_stored(db, relay, fauxqs, verifier, standin, tm
 def test_deny_private_addresses_applies_to_queue_urls_not_to_configured_endpoints(db, relay, fauxqs, verifier,
                                                                                    standin):
     """With OUTBOX_DENY_PRIVATE_ADDRESSES=true a queue URL from a row that points at a private
-    address is refused (and parked) before connecting; endpoints the operator configured
+    address is refused (and parked) before connecting (without an endpoint override it is not
+    an https:// AWS host either, which is refused first); endpoints the operator configured
     (AWS_ENDPOINT_URL_*) and credential sources are not row data and still work."""
     issuer = Issuer(verifier, "ASIADENY")
     creds = standin(container_handler(issuer, None))
@@ -512,7 +513,7 @@ def test_deny_private_addresses_applies_to_queue_urls_not_to_configured_endpoint
     r1 = relay(db, env=aws_env(None, OUTBOX_DENY_PRIVATE_ADDRESSES="true"))
     (row,) = insert(db, [{"destinations": [sqs(private_q)], "payload": "x"}])
     got = wait_row(db, row["idempotent_key"], lambda x: x["dead_at"] is not None, "the row parked")
-    assert "SQS request failed: refused to connect to 127.0.0.1" in got["last_error"], got["last_error"]
+    assert "not an AWS endpoint" in got["last_error"], got["last_error"]
     assert got["attempts"] == 1
     r1.stop()
 
@@ -525,3 +526,28 @@ def test_deny_private_addresses_applies_to_queue_urls_not_to_configured_endpoint
     wait_processed(db, keys(rows))
     receive_all(fauxqs, q["QueueUrl"], 2)
     assert issuer.count == 1
+
+
+# ---- OUTBOX_HTTP_PROXY ------------------------------------------------------------------------
+
+
+def test_credential_requests_never_use_the_proxy(db, relay, fauxqs, verifier, standin):
+    """OUTBOX_HTTP_PROXY carries SQS/SNS requests, never credential requests: the container
+    endpoint is asked directly, the proxy sees only the signed SQS request."""
+    issuer = Issuer(verifier, "ASIAPROXY")
+    creds = standin(container_handler(issuer, None))
+
+    def forward_proxy(method, path, headers, body):
+        u = urllib.parse.urlsplit(path)  # a proxy gets the absolute URL
+        return forward_to(f"{u.scheme}://{u.netloc}", method, u.path or "/", headers, body)
+
+    proxy = standin(forward_proxy)
+    q = fauxqs.create_queue(fauxqs.unique("proxied"))
+    relay(db, env=aws_env(verifier.endpoint, **no_static_keys(
+        OUTBOX_HTTP_PROXY=proxy.url, AWS_CONTAINER_CREDENTIALS_FULL_URI=creds.url + "/v1/credentials")))
+    (row,) = insert(db, [{"destinations": [sqs(q["QueueUrl"])], "payload": "through the proxy"}])
+    wait_processed(db, [row["idempotent_key"]])
+    receive_all(fauxqs, q["QueueUrl"], 1)
+    assert issuer.count == 1 and creds.count("GET", "/v1/credentials") == 1
+    seen = [r["path"] for r in proxy.requests]
+    assert seen and all(p.startswith(verifier.endpoint) for p in seen), seen

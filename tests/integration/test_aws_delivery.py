@@ -593,6 +593,107 @@ def test_rows_sqs_and_sns_would_refuse_are_parked_before_sending(db, relay, faux
     assert sum(r["entries"] or 0 for r in recs) == 1, recs
 
 
+class WholeRequestRefusal:
+    """A proxy to fauxqs that refuses a whole batch request (HTTP 400, as SQS and SNS do when a
+    request is invalid) whenever it carries the marked payload, and forwards everything else.
+    (fauxqs 1.9.2 fails entries one by one, and what it refuses for a whole request the relay
+    checks before sending, so the refusal is made here.) .batches: entries per batch request."""
+
+    MARK = "refuse-the-whole-request"
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.batches: list[int] = []
+
+    def __call__(self, method, path, headers, body):
+        ct = headers.get("content-type", "")
+        if "x-amz-json-1.0" in ct and headers.get("x-amz-target") == "AmazonSQS.SendMessageBatch":
+            req = json.loads(body)
+            self.batches.append(len(req["Entries"]))
+            if any(self.MARK in e["MessageBody"] for e in req["Entries"]):
+                return 400, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(
+                    {"__type": "com.amazonaws.sqs#InvalidParameterValue", "message": "an entry is invalid"})
+        if "x-www-form-urlencoded" in ct:
+            form = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+            if ("Action", "PublishBatch") in form:
+                self.batches.append(sum(1 for k, _ in form if re.fullmatch(r"PublishBatchRequestEntries\.member\.\d+\.Id", k)))
+                if any(self.MARK in v for k, v in form if k.endswith(".Message")):
+                    return 400, {"Content-Type": "text/xml"}, (
+                        "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidParameter</Code>"
+                        "<Message>an entry is invalid</Message></Error><RequestId>1</RequestId></ErrorResponse>")
+        return forward_to(self.upstream, method, path, headers, body)
+
+
+@pytest.mark.parametrize("kind", ["sqs", "sns"])
+def test_batch_refused_as_a_whole_blames_only_the_bad_row(db, relay, fauxqs, standin, kind):
+    """A batch request refused as a whole (400) for one entry's sake: each message is sent
+    again alone, so only the row at fault is parked; the rows of other partitions that shared
+    its batch are delivered after one attempt."""
+    refusal = WholeRequestRefusal(fauxqs.endpoint)
+    proxy = standin(refusal)
+    q, dest = queue_destination(fauxqs, kind, "whole")
+    payloads = ["ok-0", "ok-1", f"bad {WholeRequestRefusal.MARK}", "ok-3", "ok-4"]
+    rows = insert(db, [{"destinations": [dest], "payload": p} for p in payloads])
+    relay(db, env=aws_env(proxy.url))
+    bad = rows[2]["idempotent_key"]
+    good = [r["idempotent_key"] for i, r in enumerate(rows) if i != 2]
+    got = wait_processed(db, good)
+    assert all(got[k]["attempts"] == 1 and got[k]["dead_at"] is None for k in good), got
+    parked = wait_dead(db, [bad])[bad]
+    assert parked["attempts"] == 1 and parked["processed_at"] is None
+    assert ("SQS InvalidParameterValue" if kind == "sqs" else "SNS InvalidParameter") in parked["last_error"]
+    assert refusal.batches[0] > 1, f"the rows did not share a request: {refusal.batches}"
+    msgs = by_attr_key(receive_all(fauxqs, q["QueueUrl"], 4))
+    assert set(msgs) == set(good)
+
+
+@pytest.mark.parametrize("kind,status,code", [
+    ("sqs", 400, "AccessDenied"),
+    ("sqs", 400, "KMS.DisabledException"),
+    ("sns", 403, "AuthorizationError"),
+])
+def test_permission_and_key_errors_are_retried(db, relay, fauxqs, standin, kind, status, code):
+    """IAM and KMS changes take a while to propagate: AccessDenied, AuthorizationError and KMS
+    errors are retried with the normal backoff (here they clear on the second attempt) instead
+    of parking the row at once."""
+    answered: list[int] = []
+
+    def handler(method, path, headers, body):
+        if not answered:
+            answered.append(status)
+            if kind == "sqs":
+                return status, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(
+                    {"__type": f"com.amazonaws.sqs#{code}", "message": "not yet"})
+            return status, {"Content-Type": "text/xml"}, (
+                f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>not yet</Message>"
+                "</Error><RequestId>1</RequestId></ErrorResponse>")
+        return forward_to(fauxqs.endpoint, method, path, headers, body)
+
+    proxy = standin(handler)
+    q, dest = queue_destination(fauxqs, kind, "perm")
+    (row,) = insert(db, [{"destinations": [dest], "payload": "x"}])
+    relay(db, env=aws_env(proxy.url, OUTBOX_RETRY_BASE_MS=300, OUTBOX_RETRY_MAX_MS=300))
+    k = row["idempotent_key"]
+    got = wait_processed(db, [k])[k]
+    assert got["attempts"] == 2 and got["dead_at"] is None, got
+    assert code in got["last_error"], got["last_error"]
+    receive_all(fauxqs, q["QueueUrl"], 1)
+
+
+def test_queue_url_on_a_non_aws_host_is_refused_without_an_override(db, relay, sink):
+    """Without an endpoint override, signed SQS requests (access key id, session token) go only
+    to https:// AWS hosts: a queue URL elsewhere, or over plain http://, is parked with the
+    reason, and nothing reaches its host."""
+    relay(db, env=aws_env(None))
+    rows = insert(db, [{"destinations": [sqs(sink.url("/000000000000/collect"))], "payload": "x"},
+                       {"destinations": [sqs("http://sqs.us-east-1.amazonaws.com/000000000000/q")], "payload": "y"}])
+    got = wait_dead(db, keys(rows))
+    for r in got.values():
+        assert r["attempts"] == 1 and r["processed_at"] is None, r
+        assert "not an AWS endpoint" in r["last_error"] and "AWS_ENDPOINT_URL_SQS" in r["last_error"], r
+    assert sink.count() == 0
+
+
 # ---- regions and endpoints ---------------------------------------------------------------------
 
 

@@ -95,3 +95,56 @@ def test_tls_verify_off_works_and_warns(db, relay, tls_server):
     assert "OUTBOX_TLS_VERIFY is off" in r.log()
     db.insert_http_rows(url + "/insecure", 1)
     wait_until(lambda: hits == ["/insecure"], 10, "the HTTPS request")
+
+
+# ---- proxies: only the operator's, never the environment's ------------------------------------
+
+
+def test_environment_proxy_is_not_used(db, make_sink, relay):
+    """HTTPS_PROXY, HTTP_PROXY, ALL_PROXY in the relay's environment (where a row's request
+    would leave through a host nobody checked) are ignored: requests go to the destination."""
+    dest, proxy = make_sink(), make_sink()
+    p = proxy.url("/").rstrip("/")
+    relay(db, env=env(http_proxy=p, HTTP_PROXY=p, HTTPS_PROXY=p, https_proxy=p, ALL_PROXY=p, all_proxy=p,
+                      NO_PROXY="", no_proxy=""))
+    row = db.insert_http_rows(dest.url("/direct"), 1)[0]
+    wait_until(lambda: db.scalar("SELECT processed_at IS NOT NULL FROM outbox WHERE idempotent_key = %s",
+                                 (row.idempotent_key,)), 10, "the row processed")
+    assert [q["path"] for q in dest.requests()] == ["/direct"]
+    assert proxy.count() == 0
+
+
+def test_configured_proxy_is_used_for_http_destinations(db, make_sink, relay):
+    """OUTBOX_HTTP_PROXY carries destination requests (the proxy connects to the host)."""
+    proxy = make_sink()
+    relay(db, env=env(OUTBOX_HTTP_PROXY=proxy.url("/").rstrip("/")))
+    # 192.0.2.1 (TEST-NET-1) is never connected to: the proxy, on 127.0.0.1, answers for it
+    row = db.insert_http_rows("http://192.0.2.1/through-the-proxy", 1)[0]
+    (rec,) = proxy.wait_for_count(1)
+    assert rec["path"] == "/through-the-proxy" and rec["uri"].startswith("http://192.0.2.1/"), rec
+    wait_until(lambda: db.scalar("SELECT processed_at IS NOT NULL FROM outbox WHERE idempotent_key = %s",
+                                 (row.idempotent_key,)), 10, "the row processed")
+
+
+def test_private_address_check_applies_to_the_destination_through_a_proxy(db, make_sink, relay):
+    """With a proxy curl connects to the proxy (the operator's, allowed on loopback): the
+    destination's host is resolved and checked by the relay itself, literal or name."""
+    proxy = make_sink()
+    relay(db, env=env(OUTBOX_HTTP_PROXY=proxy.url("/").rstrip("/"), OUTBOX_DENY_PRIVATE_ADDRESSES="true"))
+    public = db.insert_http_rows("http://192.0.2.1/public", 1)[0]
+    literal = db.insert_http_rows("http://127.0.0.1:9/private-literal", 1)[0]
+    name = db.insert_http_rows("http://localhost:9/private-name", 1)[0]
+    for row in (literal, name):
+        wait_until(lambda: _parked(db, row.idempotent_key)["dead_at"] is not None, 10, "the private row parked")
+        err = _parked(db, row.idempotent_key)["last_error"]
+        assert "OUTBOX_DENY_PRIVATE_ADDRESSES" in err and ("127.0.0.1" in err or "::1" in err), err
+    wait_until(lambda: db.scalar("SELECT processed_at IS NOT NULL FROM outbox WHERE idempotent_key = %s",
+                                 (public.idempotent_key,)), 10, "the public row processed")
+    assert [q["path"] for q in proxy.requests()] == ["/public"]
+
+
+def test_bad_proxy_setting_stops_the_relay(db, relay):
+    r = relay(db, env=env(OUTBOX_HTTP_PROXY="ftp://user:hunter2@proxy:21"), ready=False)
+    assert r.wait(20) != 0
+    log = r.log()
+    assert "OUTBOX_HTTP_PROXY" in log and "hunter2" not in log

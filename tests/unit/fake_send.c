@@ -1,11 +1,10 @@
 /*
- * fake_send.c - see fake_send.h. Implements the parts of send/http.h and send/aws.h the
- * engine calls.
+ * fake_send.c - see fake_send.h. The sender the engine gets from obr_senders_new
+ * (send/sender.h): it records requests and answers them when the test says.
  */
 #include "fake_send.h"
 
-#include "send/aws.h"
-#include "send/http.h"
+#include "send/sender.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,33 +14,12 @@
 
 struct pending {
 	struct fake_request req;
-	obr_http_done_fn done;
+	obr_send_done_fn done;
 	void *arg;
 };
 
 static struct pending pending[MAX_REQUESTS];
 static int npending, nstarted, naborted;
-
-struct obr_http {
-	int unused;
-};
-
-struct obr_aws {
-	int unused;
-};
-
-static int record(const char *target, const char *body, size_t body_len, obr_http_done_fn done, void *arg)
-{
-	if (npending == MAX_REQUESTS)
-		return -1;
-	struct pending *p = &pending[npending++];
-	p->req.target = strdup(target);
-	p->req.body = strndup(body, body_len);
-	p->req.id = ++nstarted;
-	p->done = done;
-	p->arg = arg;
-	return 0;
-}
 
 static void drop(int i)
 {
@@ -51,24 +29,30 @@ static void drop(int i)
 	npending--;
 }
 
-struct obr_http *obr_http_new(struct event_base *base, const struct obr_http_options *opt)
+static int fake_submit(void *self, const struct obr_send_request *req, obr_send_done_fn done, void *arg,
+                       struct obr_send_result *refused)
 {
-	return calloc(1, sizeof(struct obr_http));
+	if (npending == MAX_REQUESTS) {
+		refused->status = OBR_SEND_RETRY;
+		refused->retry_after_ms = -1;
+		snprintf(refused->message, sizeof(refused->message), "too many requests in the fake sender");
+		return -1;
+	}
+	struct pending *p = &pending[npending++];
+	p->req.target = strdup(req->dest->target);
+	p->req.body = strndup(req->payload, req->payload_len);
+	p->req.id = ++nstarted;
+	p->done = done;
+	p->arg = arg;
+	return 0;
 }
 
-int obr_http_send(struct obr_http *http, enum obr_http_method method, const char *url,
-                  const struct obr_header *headers, int nheaders, const char *body, size_t body_len,
-                  obr_http_done_fn done, void *arg)
-{
-	return record(url, body, body_len, done, arg);
-}
-
-int obr_http_in_flight(const struct obr_http *http)
+static int fake_in_flight(const void *self)
 {
 	return npending;
 }
 
-void obr_http_abort_all(struct obr_http *http)
+static void fake_abort_all(void *self)
 {
 	while (npending) {
 		naborted++;
@@ -76,35 +60,23 @@ void obr_http_abort_all(struct obr_http *http)
 	}
 }
 
-void obr_http_free(struct obr_http *http)
+static void fake_free(void *self)
 {
-	free(http);
+	free(self);
 }
 
-struct obr_aws *obr_aws_new(struct event_base *base, struct obr_http *http, char *err, size_t errlen)
-{
-	return calloc(1, sizeof(struct obr_aws));
-}
+static const struct obr_sender_ops fake_ops = { fake_submit, fake_in_flight, fake_abort_all, fake_free };
 
-int obr_aws_submit(struct obr_aws *aws, enum obr_dest_kind kind, const char *target, const char *idempotent_key,
-                   const char *partition_key, const struct obr_header *attrs, int nattrs, const char *payload,
-                   size_t payload_len, obr_http_done_fn done, void *arg)
+/* In place of send/sender.c's: the engine gets the fake. */
+struct obr_sender *obr_senders_new(struct event_base *base, const struct obr_send_options *opt, char *err,
+                                   size_t errlen)
 {
-	return record(target, payload, payload_len, done, arg);
-}
-
-int obr_aws_in_flight(const struct obr_aws *aws)
-{
-	return 0; /* every request is counted by the fake obr_http */
-}
-
-void obr_aws_abort_all(struct obr_aws *aws)
-{
-}
-
-void obr_aws_free(struct obr_aws *aws)
-{
-	free(aws);
+	struct obr_sender *s = calloc(1, sizeof(*s));
+	if (s) {
+		s->ops = &fake_ops;
+		s->self = s;
+	}
+	return s;
 }
 
 int fake_send_count(void)
@@ -130,9 +102,9 @@ const struct fake_request *fake_send_get(int i)
 void fake_send_answer(int i, bool ok)
 {
 	struct pending p = pending[i];
-	struct obr_http_result res = { .status = ok ? 200 : 503, .ok = ok };
+	struct obr_send_result res = { .status = ok ? OBR_SEND_OK : OBR_SEND_RETRY, .retry_after_ms = -1 };
 	if (!ok)
-		snprintf(res.error, sizeof(res.error), "HTTP 503");
+		snprintf(res.message, sizeof(res.message), "HTTP 503");
 	pending[i].req.target = NULL;
 	pending[i].req.body = NULL;
 	drop(i);
@@ -143,6 +115,6 @@ void fake_send_answer(int i, bool ok)
 
 void fake_send_reset(void)
 {
-	obr_http_abort_all(NULL);
+	fake_abort_all(NULL);
 	nstarted = naborted = 0;
 }

@@ -500,7 +500,7 @@ static void test_request_failures(void)
 	                "<Message>User is not authorized</Message></Error><RequestId>1</RequestId></ErrorResponse>";
 	obr_aws_request_failure(OBR_DEST_SNS, 403, x, strlen(x), "", &r);
 	CHECK_STR_EQ(r.error, "SNS AuthorizationError: User is not authorized");
-	CHECK(r.permanent);
+	CHECK(!r.permanent); /* IAM changes take a while: retried until the failure limit */
 
 	const char *h = "<html>\r\n<body>Service Unavailable</body></html>";
 	obr_aws_request_failure(OBR_DEST_SNS, 503, h, strlen(h), "", &r);
@@ -513,7 +513,6 @@ static void test_request_failures(void)
 
 static void test_error_codes(void)
 {
-	CHECK(obr_aws_code_is_permanent("AccessDenied"));
 	CHECK(obr_aws_code_is_permanent("AWS.SimpleQueueService.NonExistentQueue"));
 	CHECK(obr_aws_code_is_permanent("InvalidParameterValue"));
 	CHECK(!obr_aws_code_is_permanent("ServiceUnavailable"));
@@ -523,6 +522,84 @@ static void test_error_codes(void)
 	CHECK(obr_aws_code_is_credential("InvalidClientTokenId"));
 	CHECK(obr_aws_code_is_credential("SignatureDoesNotMatch"));
 	CHECK(!obr_aws_code_is_credential("AccessDenied"));
+}
+
+/* IAM and KMS changes propagate slowly: permissions and key errors are retried (normal
+ * backoff) until the failure limit, whatever the fault says. */
+static void test_permission_and_key_errors_retried(void)
+{
+	static const char *const codes[] = { "AccessDenied", "AccessDeniedException", "AuthorizationError",
+		                             "KMS.DisabledException", "KMS.AccessDeniedException", "KMS.NotFoundException",
+		                             "KmsAccessDenied", "KMSInvalidStateException", NULL };
+	for (const char *const *c = codes; *c; c++) {
+		CHECK(!obr_aws_code_is_permanent(*c));
+		char body[300];
+		struct obr_aws_entry_result r[1];
+		snprintf(body, sizeof(body), "{\"Failed\":[{\"Id\":\"0\",\"SenderFault\":true,\"Code\":\"%s\"}]}", *c);
+		CHECK_INT_EQ(obr_aws_parse_sqs_batch(body, strlen(body), 1, r), 0);
+		CHECK(!r[0].ok && !r[0].permanent);
+		snprintf(body, sizeof(body), "{\"__type\":\"com.amazonaws.sqs#%s\",\"message\":\"no\"}", *c);
+		obr_aws_request_failure(OBR_DEST_SQS, 400, body, strlen(body), "", &r[0]);
+		CHECK(!r[0].permanent);
+	}
+	struct obr_aws_entry_result r[1];
+	const char *b = "{\"Failed\":[{\"Id\":\"0\",\"SenderFault\":true,\"Code\":\"InvalidMessageContents\"}]}";
+	CHECK_INT_EQ(obr_aws_parse_sqs_batch(b, strlen(b), 1, r), 0);
+	CHECK(r[0].permanent); /* a message's own fault still parks it */
+}
+
+/* A batch refused as a whole may be one entry's fault (then each is sent alone) only for a
+ * client error that is not about throttling, credentials, permissions or the target. */
+static void test_failure_may_be_one_entry(void)
+{
+	CHECK(obr_aws_failure_may_be_one_entry(400, "InvalidParameterValue"));
+	CHECK(obr_aws_failure_may_be_one_entry(400, "InvalidMessageContents"));
+	CHECK(obr_aws_failure_may_be_one_entry(413, ""));
+	CHECK(obr_aws_failure_may_be_one_entry(400, "SomethingNew"));
+	CHECK(!obr_aws_failure_may_be_one_entry(0, ""));          /* no answer */
+	CHECK(!obr_aws_failure_may_be_one_entry(500, "InternalError"));
+	CHECK(!obr_aws_failure_may_be_one_entry(503, ""));
+	CHECK(!obr_aws_failure_may_be_one_entry(429, ""));
+	CHECK(!obr_aws_failure_may_be_one_entry(400, "ThrottlingException"));
+	CHECK(!obr_aws_failure_may_be_one_entry(403, "InvalidClientTokenId"));
+	CHECK(!obr_aws_failure_may_be_one_entry(403, "AccessDenied"));
+	CHECK(!obr_aws_failure_may_be_one_entry(400, "KMS.DisabledException"));
+	CHECK(!obr_aws_failure_may_be_one_entry(400, "AWS.SimpleQueueService.NonExistentQueue"));
+	CHECK(!obr_aws_failure_may_be_one_entry(404, "NotFound"));
+}
+
+/* Without an endpoint override signed requests go only to https:// AWS hosts. */
+static void test_trusted_url(void)
+{
+	CHECK(obr_aws_trusted_url("https://sqs.eu-west-1.amazonaws.com/"));
+	CHECK(obr_aws_trusted_url("https://sqs.cn-north-1.amazonaws.com.cn/"));
+	CHECK(obr_aws_trusted_url("HTTPS://SQS.US-EAST-1.AMAZONAWS.COM/"));
+	CHECK(obr_aws_trusted_url("https://vpce-1a2b.sqs.us-east-1.vpce.amazonaws.com/"));
+	CHECK(obr_aws_trusted_url("https://sqs.eu-west-1.amazonaws.com:443/"));
+	CHECK(!obr_aws_trusted_url("http://sqs.eu-west-1.amazonaws.com/"));       /* clear text */
+	CHECK(!obr_aws_trusted_url("https://127.0.0.1:4566/"));
+	CHECK(!obr_aws_trusted_url("https://evil.example/"));
+	CHECK(!obr_aws_trusted_url("https://amazonaws.com/"));                    /* no bare domain */
+	CHECK(!obr_aws_trusted_url("https://evilamazonaws.com/"));
+	CHECK(!obr_aws_trusted_url("https://sqs.amazonaws.com.evil.example/"));
+	CHECK(!obr_aws_trusted_url("https://evil.example@sqs.us-east-1.amazonaws.com/")); /* userinfo */
+	CHECK(!obr_aws_trusted_url("https://sqs.us-east-1.amazonaws.com\\@evil.example/"));
+	CHECK(!obr_aws_trusted_url("https://[::1]/"));
+
+	/* what a row's queue URL becomes without an override: its own host */
+	struct obr_aws_config cfg;
+	char err[200], url[300];
+	static const char *const none[] = { NULL };
+	CHECK_INT_EQ(load(&cfg, none, err, sizeof(err)), 0);
+	CHECK_INT_EQ(obr_aws_request_url(&cfg, OBR_DEST_SQS, "http://127.0.0.1:9/000000000000/q", "us-east-1", url,
+	                                 sizeof(url)), 0);
+	CHECK(!obr_aws_trusted_url(url));
+	CHECK_INT_EQ(obr_aws_request_url(&cfg, OBR_DEST_SQS, "https://sqs.eu-west-1.amazonaws.com/1/q", "eu-west-1", url,
+	                                 sizeof(url)), 0);
+	CHECK(obr_aws_trusted_url(url));
+	CHECK_INT_EQ(obr_aws_request_url(&cfg, OBR_DEST_SNS, "arn:aws:sns:eu-west-1:1:t", "eu-west-1", url, sizeof(url)), 0);
+	CHECK(obr_aws_trusted_url(url));
+	obr_aws_config_clear(&cfg);
 }
 
 /* ---- XML and encoders ---- */
@@ -608,6 +685,9 @@ int main(int argc, char **argv)
 		TEST(test_parse_sns_batch),
 		TEST(test_request_failures),
 		TEST(test_error_codes),
+		TEST(test_permission_and_key_errors_retried),
+		TEST(test_failure_may_be_one_entry),
+		TEST(test_trusted_url),
 		TEST(test_xml_scanner),
 		TEST(test_utf8_and_characters),
 		TEST(test_encoders),

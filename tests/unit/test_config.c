@@ -157,6 +157,40 @@ static void test_bad_database_url_is_refused_without_quoting_it(void)
 	}
 }
 
+/* OUTBOX_HTTP_PROXY: a proxy URL, never quoted back (it may carry a password). */
+static void test_http_proxy(void)
+{
+	const char *good[] = { "http://proxy:3128", "https://u:p@proxy.example:443", "socks5h://127.0.0.1:1080" };
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		char var[128];
+		snprintf(var, sizeof(var), "OUTBOX_HTTP_PROXY=%s", good[i]);
+		const char *env[] = { "DATABASE_URL=postgresql:///x", var, NULL };
+		struct obr_config cfg;
+		char err[512] = "";
+		CHECK_INT_EQ(load(&cfg, env, 0, NULL, err), 0);
+		CHECK_STR_EQ(cfg.http_proxy, good[i]);
+		obr_config_free(&cfg);
+	}
+	const char *bad[] = { "ftp://u:s3cret@proxy:21", "proxy:3128", "http://", "http://:3128", "http://pro xy:1",
+		              "http:///path" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char var[128];
+		snprintf(var, sizeof(var), "OUTBOX_HTTP_PROXY=%s", bad[i]);
+		const char *env[] = { "DATABASE_URL=postgresql:///x", var, NULL };
+		struct obr_config cfg;
+		char err[512] = "";
+		CHECK(load(&cfg, env, 0, NULL, err) != 0);
+		CHECK(strstr(err, "OUTBOX_HTTP_PROXY") != NULL);
+		CHECK(strstr(err, "s3cret") == NULL);
+	}
+	const char *unset[] = { "DATABASE_URL=postgresql:///x", NULL };
+	struct obr_config cfg;
+	char err[512] = "";
+	CHECK_INT_EQ(load(&cfg, unset, 0, NULL, err), 0);
+	CHECK(cfg.http_proxy == NULL);
+	obr_config_free(&cfg);
+}
+
 static void test_database_required(void)
 {
 	const char *env[] = { "PATH=/bin", NULL };
@@ -177,6 +211,7 @@ int main(int argc, char **argv)
 		TEST(test_durations),
 		TEST(test_bad_database_url_is_refused_without_quoting_it),
 		TEST(test_database_required),
+		TEST(test_http_proxy),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);

@@ -4,9 +4,8 @@
  */
 #include "engine/engine_int.h"
 
-#include "send/aws.h"
 #include "send/destination.h"
-#include "send/http.h"
+#include "send/sender.h"
 #include "util/log.h"
 #include "util/strbuf.h"
 
@@ -138,11 +137,13 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 	add_mark(r, d, false, park, true, d->error);
 }
 
-static void on_http_done(void *arg, const struct obr_http_result *res);
+static void on_sent(void *arg, const struct obr_send_result *res);
 
-static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const char *why)
+static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const struct obr_send_result *res)
 {
 	r->stats.failed[d->plan.dests[i].kind]++;
+	d->permanent |= res->status == OBR_SEND_PERMANENT;
+	const char *why = res->message;
 	if (d->error[0])
 		return; /* keep the first reason; the others are in the log */
 	const struct obr_destination *dest = &d->plan.dests[i];
@@ -195,23 +196,13 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 			d->ok[i] = true;
 			continue;
 		}
-		/* SQS requests go to the queue URL's host (signed): the allow-list covers them too */
-		if (dest->kind != OBR_DEST_SNS && !obr_host_allowed(dest->target, r->cfg->allowed_hosts)) {
-			dest_failed(r, d, i, "host is not in OUTBOX_ALLOWED_HOSTS");
-			d->permanent = true;
-			continue;
-		}
 		struct request_ctx *ctx = &d->ctx[i];
 		*ctx = (struct request_ctx){ r, d, i };
-		int rc;
-		if (dest->kind == OBR_DEST_HTTP)
-			rc = obr_http_send(r->http, dest->method, dest->target, dest->headers, dest->nheaders, row->payload,
-			                   row->payload_len, on_http_done, ctx);
-		else
-			rc = obr_aws_submit(r->aws, dest->kind, dest->target, row->key, p->key, dest->headers, dest->nheaders,
-			                    row->payload, row->payload_len, on_http_done, ctx);
-		if (rc) {
-			dest_failed(r, d, i, "could not start the request (out of memory)");
+		struct obr_send_request req = { .dest = dest, .idempotent_key = row->key, .partition_key = p->key,
+		                                .payload = row->payload, .payload_len = row->payload_len };
+		struct obr_send_result refused;
+		if (obr_sender_submit(r->sender, &req, on_sent, ctx, &refused)) {
+			dest_failed(r, d, i, &refused); /* e.g. OUTBOX_ALLOWED_HOSTS */
 			continue;
 		}
 		d->waiting++;
@@ -220,19 +211,18 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 		finish_delivery(r, d);
 }
 
-static void on_http_done(void *arg, const struct obr_http_result *res)
+static void on_sent(void *arg, const struct obr_send_result *res)
 {
 	struct request_ctx *ctx = arg;
 	struct obr_relay *r = ctx->relay;
 	struct delivery *d = ctx->delivery;
 	int i = ctx->dest;
 
-	if (res->ok) {
+	if (res->status == OBR_SEND_OK) {
 		d->ok[i] = true;
 		r->stats.delivered[d->plan.dests[i].kind]++;
 	} else {
-		d->permanent |= res->permanent;
-		dest_failed(r, d, i, res->error);
+		dest_failed(r, d, i, res);
 	}
 	if (--d->waiting == 0)
 		finish_delivery(r, d);

@@ -32,8 +32,7 @@
 #define HARD_STOP_AFTER_GRACE_MS 2000  /* results that still cannot be written do not hold the exit */
 #define RETENTION_EVERY_MS 60000       /* a retention pass (at a poll tick); a full batch asks for the next at once */
 
-struct obr_http;
-struct obr_aws;
+struct obr_sender;
 struct event;
 struct event_base;
 
@@ -123,8 +122,7 @@ struct obr_relay {
 	struct conn work;           /* results, advances, renewals, gauges, retention */
 	struct conn claim;          /* claims and scans: the path from a notification to a request
 	                               never waits behind the results of earlier rows */
-	struct obr_http *http;
-	struct obr_aws *aws;
+	struct obr_sender *sender;  /* HTTP, SQS and SNS destinations */
 
 	struct part_table parts;    /* every known partition, and one list per state */
 	struct vec marks;           /* struct mark *, not sent yet */

@@ -13,8 +13,7 @@
 
 #include "admin/sdnotify.h"
 #include "db/store.h"
-#include "send/aws.h"
-#include "send/http.h"
+#include "send/sender.h"
 #include "util/log.h"
 
 #include <event2/event.h>
@@ -133,7 +132,7 @@ int relay_active(const struct obr_relay *r)
 
 bool relay_senders_idle(const struct obr_relay *r)
 {
-	return obr_http_in_flight(r->http) == 0;
+	return obr_sender_in_flight(r->sender) == 0;
 }
 
 /* ---- statements: the ledger of each connection ---- */
@@ -523,11 +522,10 @@ static void on_claim_disconnected(void *arg, const char *why)
 static void on_grace(evutil_socket_t fd, short what, void *arg)
 {
 	struct obr_relay *r = arg;
-	int n = obr_http_in_flight(r->http) + obr_aws_in_flight(r->aws);
+	int n = obr_sender_in_flight(r->sender);
 	if (n > 0)
 		obr_log_warn("shutdown grace period over: abandoning %d requests in flight (their rows will be sent again)", n);
-	obr_aws_abort_all(r->aws);
-	obr_http_abort_all(r->http);
+	obr_sender_abort_all(r->sender);
 	deliver_abandon(r);
 	if (!obr_pg_is_up(r->work.pg)) {
 		obr_log_warn("database unreachable at shutdown: leases expire by themselves");
@@ -574,17 +572,18 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	snprintf(r->param.retention_batch, sizeof(r->param.retention_batch), "%lld", (long long)cfg->retention_batch);
 
 	bool table_ok = part_table_init(&r->parts) == 0;
-	struct obr_http_options hopt = { .timeout_ms = (long)cfg->http_timeout_ms,
+	struct obr_send_options sopt = { .timeout_ms = (long)cfg->http_timeout_ms,
 		                         .ca_file = cfg->ca_file,
 		                         .tls_verify = cfg->tls_verify,
-		                         .deny_private = cfg->deny_private_addresses };
+		                         .deny_private = cfg->deny_private_addresses,
+		                         .allowed_hosts = cfg->allowed_hosts,
+		                         .proxy = cfg->http_proxy };
 	if (!cfg->tls_verify)
 		obr_log_warn("OUTBOX_TLS_VERIFY is off: HTTPS certificates and host names are not checked");
-	r->http = obr_http_new(base, &hopt);
-	char aws_err[256];
-	r->aws = r->http ? obr_aws_new(base, r->http, aws_err, sizeof(aws_err)) : NULL;
-	if (r->http && !r->aws) {
-		obr_log_error("%s", aws_err);
+	char send_err[256];
+	r->sender = obr_senders_new(base, &sopt, send_err, sizeof(send_err));
+	if (!r->sender) {
+		obr_log_error("%s", send_err);
 		goto fail;
 	}
 	r->kick_ev = event_new(base, -1, 0, on_kick, r);
@@ -604,7 +603,7 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
 	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
-	    !r->http || !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
+	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
 
@@ -688,7 +687,7 @@ const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 		r->sample_wanted = true;
 		relay_kick(r);
 	}
-	r->stats.in_flight_requests = obr_http_in_flight(r->http);
+	r->stats.in_flight_requests = obr_sender_in_flight(r->sender);
 	r->stats.leases_held = (int64_t)part_held(&r->parts);
 	return &r->stats;
 }
@@ -726,16 +725,12 @@ void obr_relay_free(struct obr_relay *r)
 	obr_pg_free(r->claim.pg);
 	stmt_forget_all(&r->work, NULL);
 	stmt_forget_all(&r->claim, NULL);
-	if (r->aws)
-		obr_aws_abort_all(r->aws);
-	if (r->http)
-		obr_http_abort_all(r->http);
+	obr_sender_abort_all(r->sender);
 	part_table_free(&r->parts);
 	for (size_t i = 0; i < r->marks.len; i++)
 		mark_free(r->marks.items[i]);
 	free(r->marks.items);
-	obr_aws_free(r->aws);
-	obr_http_free(r->http);
+	obr_sender_free(r->sender);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev,
 		                r->complete_retry_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };

@@ -15,11 +15,11 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "send/destination.h" /* OBR_DEST_KINDS */
 
 struct event_base;
 struct obr_relay;
 
-#define OBR_DEST_KINDS 3            /* enum obr_dest_kind: http, sqs, sns */
 #define OBR_LATENCY_BUCKETS 16
 
 /* Upper bounds (seconds) of the commit-to-delivery latency histogram buckets. */

@@ -2,18 +2,20 @@
  * aws.c - SQS and SNS delivery: messages grouped per queue or topic, sent in batches of up to
  * 10 once credentials are at hand, each message answered with its own entry's result.
  *
- * Flow: obr_aws_submit checks the message (what the service would refuse for it alone fails it
- * at once, permanently), queues it under its target and makes the flush event active, so
- * everything submitted in one loop turn goes out together; a target that reaches 10 messages
- * goes out at once. The flush asks the credential chain (aws_credentials.c): ready -> batches
- * are built (aws_protocol.c) and started on the shared curl multi; pending -> the messages wait
- * (the chain calls back); failed -> they fail, retryably. Callbacks always run from an event,
- * never inside obr_aws_submit.
+ * Flow: submit (the sender interface, sender.h) checks the message (what the service would
+ * refuse for it alone fails it at once, permanently), queues it under its target and makes the
+ * flush event active, so everything submitted in one loop turn goes out together; a target that
+ * reaches 10 messages goes out at once. The flush asks the credential chain
+ * (aws_credentials.c): ready -> batches are built (aws_protocol.c) and started on the shared
+ * curl multi; pending -> the messages wait (the chain calls back); failed -> they fail,
+ * retryably. A batch refused as a whole goes again one message per batch. Callbacks always run
+ * from an event, never inside submit.
  */
 #include "send/aws.h"
 
 #include "send/aws_credentials.h"
 #include "send/aws_protocol.h"
+#include "send/sender.h"
 #include "util/log.h"
 
 #include <event2/event.h>
@@ -25,8 +27,11 @@
 
 struct amsg {
 	struct amsg *next;
-	obr_http_done_fn done;
+	obr_send_done_fn done;
 	void *arg;
+	enum obr_dest_kind kind;
+	char *target;                  /* queue URL or topic ARN */
+	bool alone;                    /* its batch failed as a whole: sent in a batch of its own */
 	struct obr_aws_entry entry;    /* points into the copies below */
 	char *body;
 	char *key;
@@ -55,14 +60,16 @@ struct batch {
 	struct obr_aws *aws;
 	struct batch *prev, *next;
 	enum obr_dest_kind kind;
-	bool aborted;                  /* forgotten by obr_aws_abort_all: free on completion */
+	bool aborted;                  /* forgotten by aws_abort_all: free on completion */
 	char target[200];              /* queue URL or topic ARN, for the log */
 	int n;
 	struct amsg *msgs[OBR_AWS_MAX_BATCH];
 };
 
 struct obr_aws {
+	struct obr_sender sender;
 	struct event_base *base;
+	char *allowed_hosts;           /* OUTBOX_ALLOWED_HOSTS (SQS requests go to the queue URL's host) */
 	struct obr_http *http;
 	struct obr_aws_config cfg;
 	struct obr_aws_credentials *creds;
@@ -76,12 +83,14 @@ struct obr_aws {
 
 static void on_flush(evutil_socket_t fd, short what, void *arg);
 static void on_creds_change(void *arg);
+static void aws_free(void *self);
 
 static void msg_free(struct amsg *m)
 {
 	if (!m)
 		return;
 	free(m->body);
+	free(m->target);
 	free(m->key);
 	free(m->group);
 	for (int i = 0; i < m->nattrs; i++) {
@@ -110,10 +119,12 @@ static void target_free(struct target *t)
 	free(t);
 }
 
-struct obr_aws *obr_aws_new(struct event_base *base, struct obr_http *http, char *err, size_t errlen)
+static struct obr_aws *aws_new(struct event_base *base, struct obr_http *http, const char *allowed_hosts, char *err,
+                               size_t errlen)
 {
 	struct obr_aws *aws = calloc(1, sizeof(*aws));
-	if (!aws) {
+	if (!aws || (allowed_hosts && !(aws->allowed_hosts = strdup(allowed_hosts)))) {
+		free(aws);
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
@@ -122,6 +133,7 @@ struct obr_aws *obr_aws_new(struct event_base *base, struct obr_http *http, char
 	char why[200];
 	if (obr_aws_config_load(&aws->cfg, NULL, why, sizeof(why))) {
 		snprintf(err, errlen, "SQS/SNS configuration: %s", why);
+		free(aws->allowed_hosts);
 		free(aws);
 		return NULL;
 	}
@@ -129,7 +141,7 @@ struct obr_aws *obr_aws_new(struct event_base *base, struct obr_http *http, char
 	aws->creds = obr_aws_credentials_new(base, http, &aws->cfg, on_creds_change, aws);
 	if (!aws->flush_ev || !aws->creds) {
 		snprintf(err, errlen, "out of memory");
-		obr_aws_free(aws);
+		aws_free(aws);
 		return NULL;
 	}
 	return aws;
@@ -162,8 +174,9 @@ static void fail_later(struct obr_aws *aws, struct amsg *m, const char *why, boo
 }
 
 static struct target *target_get(struct obr_aws *aws, enum obr_dest_kind kind, const char *name, char *err,
-                                 size_t errlen)
+                                 size_t errlen, bool *permanent)
 {
+	*permanent = false;
 	for (struct target *t = aws->targets; t; t = t->next)
 		if (t->kind == kind && !strcmp(t->name, name))
 			return t;
@@ -176,6 +189,18 @@ static struct target *target_get(struct obr_aws *aws, enum obr_dest_kind kind, c
 	char url[2048];
 	if (obr_aws_request_url(&aws->cfg, kind, name, region, url, sizeof(url))) {
 		snprintf(err, errlen, "cannot build the %s endpoint URL", kind == OBR_DEST_SNS ? "SNS" : "SQS");
+		*permanent = true;
+		return NULL;
+	}
+	/* signed requests carry the access key id and session token: without an operator's
+	 * endpoint override they go to AWS over TLS, never to a host a row names */
+	bool overridden = kind == OBR_DEST_SNS ? aws->cfg.endpoint_sns != NULL : aws->cfg.endpoint_sqs != NULL;
+	if (!overridden && !obr_aws_trusted_url(url)) {
+		snprintf(err, errlen,
+		         "not an AWS endpoint (https://*.amazonaws.com or *.amazonaws.com.cn): signed requests go "
+		         "elsewhere only with AWS_ENDPOINT_URL_%s",
+		         kind == OBR_DEST_SNS ? "SNS" : "SQS");
+		*permanent = true;
 		return NULL;
 	}
 	struct target *t = calloc(1, sizeof(*t));
@@ -206,15 +231,41 @@ static void target_unlink(struct obr_aws *aws, struct target *t)
 	}
 }
 
-static void report(struct amsg *m, const struct obr_aws_entry_result *r, long status)
+static void report(struct amsg *m, const struct obr_aws_entry_result *r)
 {
-	struct obr_http_result res = { 0 };
-	res.status = status;
-	res.ok = r->ok;
-	res.permanent = !r->ok && r->permanent;
+	struct obr_send_result res = { .status = OBR_SEND_OK, .retry_after_ms = -1 };
 	if (!r->ok)
-		snprintf(res.error, sizeof(res.error), "%s", r->error);
+		obr_send_result_set(&res, r->permanent ? OBR_SEND_PERMANENT : OBR_SEND_RETRY, "%s", r->error);
 	m->done(m->arg, &res);
+}
+
+/* Queues a message under its target; NULL when there is none (the message then fails). */
+static struct target *enqueue(struct obr_aws *aws, struct amsg *m)
+{
+	char err[OBR_AWS_ERROR_MAX];
+	bool permanent;
+	m->next = NULL;
+	struct target *t = target_get(aws, m->kind, m->target, err, sizeof(err), &permanent);
+	if (!t) {
+		fail_later(aws, m, err, permanent);
+		return NULL;
+	}
+	if (t->tail)
+		t->tail->next = m;
+	else
+		t->head = m;
+	t->tail = m;
+	t->count++;
+	aws->queued++;
+	return t;
+}
+
+/* Puts a message back under its target, to go in a batch of its own. */
+static void requeue_alone(struct obr_aws *aws, struct amsg *m)
+{
+	m->alone = true;
+	if (enqueue(aws, m))
+		schedule_flush(aws);
 }
 
 static void batch_unlink(struct obr_aws *aws, struct batch *b)
@@ -253,6 +304,16 @@ static void on_batch_done(void *arg, const struct obr_http_result *res)
 	} else {
 		obr_aws_request_failure(b->kind, res->status, res->body, res->body_len, res->error, &results[0]);
 		results[0].permanent |= res->permanent; /* e.g. a private address refused by obr_http */
+		if (b->n > 1 && obr_aws_failure_may_be_one_entry(res->status, results[0].code)) {
+			/* one entry can make the service refuse the whole request: each goes again
+			 * alone, so only the message at fault is blamed */
+			obr_log_debug("%s batch of %d to %s failed as a whole (%s): sending each message alone", svc, b->n,
+			              b->target, results[0].error);
+			for (int i = 0; i < b->n; i++)
+				requeue_alone(aws, b->msgs[i]);
+			free(b);
+			return;
+		}
 		for (int i = 1; i < b->n; i++)
 			results[i] = results[0];
 		if (obr_aws_code_is_credential(results[0].code))
@@ -266,7 +327,7 @@ static void on_batch_done(void *arg, const struct obr_http_result *res)
 	else
 		obr_log_debug("%s batch of %d to %s delivered", svc, b->n, b->target);
 	for (int i = 0; i < b->n; i++) {
-		report(b->msgs[i], &results[i], res->status);
+		report(b->msgs[i], &results[i]);
 		msg_free(b->msgs[i]);
 	}
 	free(b);
@@ -291,7 +352,8 @@ static void send_target(struct obr_aws *aws, struct target *t, const struct obr_
 		b->kind = t->kind;
 		snprintf(b->target, sizeof(b->target), "%.*s", (int)strcspn(t->name, "?#"), t->name);
 		size_t total = 0;
-		while (t->head && b->n < OBR_AWS_MAX_BATCH && (b->n == 0 || total + t->head->size <= max_bytes)) {
+		while (t->head && b->n < OBR_AWS_MAX_BATCH &&
+		       (b->n == 0 || (total + t->head->size <= max_bytes && !t->head->alone && !b->msgs[0]->alone))) {
 			struct amsg *m = t->head;
 			t->head = m->next;
 			m->next = NULL;
@@ -335,6 +397,7 @@ static void send_target(struct obr_aws *aws, struct target *t, const struct obr_
 			.userpwd = creds->userpwd,
 			.keep_response = OBR_AWS_RESPONSE_KEEP,
 			.row_controlled = t->row_controlled,
+			.proxied = true,
 		};
 		if (rc == 0 && obr_http_start(aws->http, &req, on_batch_done, b) == 0) {
 			b->next = aws->batches;
@@ -401,7 +464,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 		struct obr_aws_entry_result r = { 0 };
 		r.permanent = m->permanent;
 		snprintf(r.error, sizeof(r.error), "%s", m->error ? m->error : "out of memory");
-		report(m, &r, 0);
+		report(m, &r);
 		msg_free(m);
 		m = next;
 	}
@@ -417,37 +480,48 @@ static char *dup_n(const char *s, size_t n)
 	return d;
 }
 
-int obr_aws_submit(struct obr_aws *aws, enum obr_dest_kind kind, const char *target, const char *idempotent_key,
-                   const char *partition_key, const struct obr_header *attrs, int nattrs, const char *payload,
-                   size_t payload_len, obr_http_done_fn done, void *arg)
+static int aws_submit(void *self, const struct obr_send_request *req, obr_send_done_fn done, void *arg,
+                      struct obr_send_result *refused)
 {
-	if (kind != OBR_DEST_SQS && kind != OBR_DEST_SNS)
-		return -1;
-	struct amsg *m = calloc(1, sizeof(*m));
-	if (!m)
-		return -1;
-	m->done = done;
-	m->arg = arg;
-	m->body = dup_n(payload ? payload : "", payload ? payload_len : 0);
-	m->key = strdup(idempotent_key);
-	m->group = strdup(partition_key);
-	m->attrs = nattrs > 0 ? calloc((size_t)nattrs, sizeof(*m->attrs)) : NULL;
-	if (!m->body || !m->key || !m->group || (nattrs > 0 && !m->attrs)) {
-		msg_free(m);
+	struct obr_aws *aws = self;
+	enum obr_dest_kind kind = req->dest->kind;
+	const char *target = req->dest->target;
+	if (kind != OBR_DEST_SQS && kind != OBR_DEST_SNS) {
+		obr_send_result_set(refused, OBR_SEND_PERMANENT, "not an SQS or SNS destination");
 		return -1;
 	}
+	/* SQS requests go to the queue URL's host (signed): the allow-list covers them too */
+	if (kind == OBR_DEST_SQS && !obr_host_allowed(target, aws->allowed_hosts)) {
+		obr_send_result_set(refused, OBR_SEND_PERMANENT, "host is not in OUTBOX_ALLOWED_HOSTS");
+		return -1;
+	}
+	const char *payload = req->payload;
+	size_t payload_len = payload ? req->payload_len : 0;
+	const struct obr_header *attrs = req->dest->headers;
+	int nattrs = req->dest->nheaders;
+	struct amsg *m = calloc(1, sizeof(*m));
+	if (!m)
+		goto oom;
+	m->done = done;
+	m->arg = arg;
+	m->kind = kind;
+	m->target = strdup(target);
+	m->body = dup_n(payload ? payload : "", payload_len);
+	m->key = strdup(req->idempotent_key);
+	m->group = strdup(req->partition_key);
+	m->attrs = nattrs > 0 ? calloc((size_t)nattrs, sizeof(*m->attrs)) : NULL;
+	if (!m->target || !m->body || !m->key || !m->group || (nattrs > 0 && !m->attrs))
+		goto oom;
 	for (int i = 0; i < nattrs; i++) {
 		m->attrs[i].name = strdup(attrs[i].name);
 		m->attrs[i].value = strdup(attrs[i].value);
 		m->nattrs++;
-		if (!m->attrs[i].name || !m->attrs[i].value) {
-			msg_free(m);
-			return -1;
-		}
+		if (!m->attrs[i].name || !m->attrs[i].value)
+			goto oom;
 	}
 	m->entry = (struct obr_aws_entry){
 		.body = m->body,
-		.body_len = payload ? payload_len : 0,
+		.body_len = payload_len,
 		.key = m->key,
 		.group = m->group,
 		.attrs = m->attrs,
@@ -464,18 +538,9 @@ int obr_aws_submit(struct obr_aws *aws, enum obr_dest_kind kind, const char *tar
 		fail_later(aws, m, err, true);
 		return 0;
 	}
-	struct target *t = target_get(aws, kind, target, err, sizeof(err));
-	if (!t) {
-		fail_later(aws, m, err, false);
+	struct target *t = enqueue(aws, m);
+	if (!t)
 		return 0;
-	}
-	if (t->tail)
-		t->tail->next = m;
-	else
-		t->head = m;
-	t->tail = m;
-	t->count++;
-	aws->queued++;
 	if (t->count >= OBR_AWS_MAX_BATCH) {
 		/* a full batch goes at once when credentials are at hand; otherwise with the flush */
 		const struct obr_aws_creds *creds = NULL;
@@ -485,17 +550,21 @@ int obr_aws_submit(struct obr_aws *aws, enum obr_dest_kind kind, const char *tar
 	}
 	schedule_flush(aws);
 	return 0;
+oom:
+	msg_free(m);
+	obr_send_result_set(refused, OBR_SEND_RETRY, "could not start the request (out of memory)");
+	return -1;
 }
 
-int obr_aws_in_flight(const struct obr_aws *aws)
+static int aws_in_flight(const void *self)
 {
-	return aws ? aws->queued + aws->sending : 0;
+	const struct obr_aws *aws = self;
+	return aws->queued + aws->sending;
 }
 
-void obr_aws_abort_all(struct obr_aws *aws)
+static void aws_abort_all(void *self)
 {
-	if (!aws)
-		return;
+	struct obr_aws *aws = self;
 	while (aws->targets) {
 		struct target *t = aws->targets;
 		aws->targets = t->next;
@@ -513,14 +582,16 @@ void obr_aws_abort_all(struct obr_aws *aws)
 	}
 	aws->queued = 0;
 	aws->sending = 0;
-	obr_aws_credentials_abort(aws->creds);
+	if (aws->creds)
+		obr_aws_credentials_abort(aws->creds);
 }
 
-void obr_aws_free(struct obr_aws *aws)
+static void aws_free(void *self)
 {
-	if (!aws)
-		return;
-	obr_aws_abort_all(aws);
+	struct obr_aws *aws = self;
+	aws_abort_all(aws);
+	/* batches on the wire belong to obr_http: cancelled here, not reported */
+	obr_http_cancel(aws->http, on_batch_done);
 	while (aws->batches) {
 		struct batch *b = aws->batches;
 		batch_unlink(aws, b);
@@ -530,5 +601,23 @@ void obr_aws_free(struct obr_aws *aws)
 	if (aws->flush_ev)
 		event_free(aws->flush_ev);
 	obr_aws_config_clear(&aws->cfg);
+	free(aws->allowed_hosts);
 	free(aws);
+}
+
+static const struct obr_sender_ops aws_sender_ops = {
+	.submit = aws_submit,
+	.in_flight = aws_in_flight,
+	.abort_all = aws_abort_all,
+	.free = aws_free,
+};
+
+struct obr_sender *obr_aws_sender_new(struct event_base *base, struct obr_http *http, const char *allowed_hosts,
+                                      char *err, size_t errlen)
+{
+	struct obr_aws *aws = aws_new(base, http, allowed_hosts, err, errlen);
+	if (!aws)
+		return NULL;
+	aws->sender = (struct obr_sender){ &aws_sender_ops, aws };
+	return &aws->sender;
 }

@@ -38,6 +38,14 @@ struct obr_aws_creds {
 };
 
 void obr_aws_creds_clear(struct obr_aws_creds *c);
+/* Frees *s after overwriting it, and sets it to NULL. */
+void obr_aws_free_secret(char **s);
+/* No control characters: the value can go in a header. */
+bool obr_aws_header_safe(const char *s);
+/* Copies key/secret/token (token may be NULL) into out, checking them; expiration is ISO 8601
+ * or NULL. Returns 0, or -1 with a reason that contains no secret. */
+int obr_aws_fill_creds(struct obr_aws_creds *out, const char *key, const char *secret, const char *token,
+                       const char *expiration, char *err, size_t errlen);
 
 /* Pure parsers of the sources' answers (unit-tested). Return 0, or -1 with a reason that
  * contains no secret. */

@@ -1,6 +1,6 @@
 /*
- * aws_protocol.h - the pure parts of SQS and SNS delivery: configuration from the environment,
- * regions and endpoints, message checks and sizes, request bodies (SQS SendMessageBatch in the
+ * aws_protocol.h - the pure parts of SQS and SNS delivery (configuration and endpoints are in
+ * aws_config.h): message checks and sizes, request bodies (SQS SendMessageBatch in the
  * AWS JSON 1.0 protocol, SNS PublishBatch in the Query protocol), per-entry results and error
  * classification, and a small bounded XML scanner. No I/O, so all of it is unit-tested.
  */
@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "send/aws_config.h"
 #include "send/destination.h"
 #include "util/strbuf.h"
 
@@ -21,55 +22,7 @@
 #define OBR_SNS_MAX_BATCH_BYTES (256 * 1024)  /* a whole PublishBatch */
 #define OBR_AWS_MAX_BODY (8u * 1024 * 1024)   /* cap of a request body we build */
 #define OBR_AWS_RESPONSE_KEEP (64 * 1024)     /* response bytes parsed for per-entry results */
-#define OBR_AWS_REGION_MAX 64
 #define OBR_AWS_ERROR_MAX 400
-
-/* The environment as the AWS SDKs read it (plus the crate's LOCAL_ENDPOINT / LOCAL_REGION).
- * Strings are NULL when unset or empty. */
-struct obr_aws_config {
-	char *region;                   /* AWS_REGION, else AWS_DEFAULT_REGION */
-	char *local_region;             /* LOCAL_REGION: the last resort */
-	char *endpoint_sqs;             /* AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL, LOCAL_ENDPOINT */
-	char *endpoint_sns;             /* AWS_ENDPOINT_URL_SNS, AWS_ENDPOINT_URL, LOCAL_ENDPOINT */
-	char *endpoint_sts;             /* AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL */
-	/* credential sources */
-	char *access_key;               /* AWS_ACCESS_KEY_ID */
-	char *secret_key;               /* AWS_SECRET_ACCESS_KEY */
-	char *session_token;            /* AWS_SESSION_TOKEN */
-	char *web_identity_token_file;  /* AWS_WEB_IDENTITY_TOKEN_FILE */
-	char *role_arn;                 /* AWS_ROLE_ARN */
-	char *role_session_name;        /* AWS_ROLE_SESSION_NAME */
-	char *container_relative_uri;   /* AWS_CONTAINER_CREDENTIALS_RELATIVE_URI */
-	char *container_full_uri;       /* AWS_CONTAINER_CREDENTIALS_FULL_URI */
-	char *container_token;          /* AWS_CONTAINER_AUTHORIZATION_TOKEN */
-	char *container_token_file;     /* AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE */
-	char *imds_endpoint;            /* AWS_EC2_METADATA_SERVICE_ENDPOINT (or the IPv6/IPv4 default) */
-	bool imds_disabled;             /* AWS_EC2_METADATA_DISABLED=true */
-};
-
-/* Reads the environment through getenv_fn (NULL = getenv). Returns 0, or -1 with a message
- * (an endpoint override that is not an http(s) URL, out of memory). */
-int obr_aws_config_load(struct obr_aws_config *cfg, const char *(*getenv_fn)(const char *), char *err,
-                        size_t errlen);
-void obr_aws_config_clear(struct obr_aws_config *cfg);
-
-/* sqs.<region>.amazonaws.com[.cn], <region>.queue.amazonaws.com, queue.amazonaws.com
- * (us-east-1), vpce-....sqs.<region>.vpce.amazonaws.com. False when the host names none. */
-bool obr_aws_region_from_queue_url(const char *url, char *out, size_t cap);
-/* arn:<partition>:sns:<region>:<account>:<name> */
-bool obr_aws_region_from_topic_arn(const char *arn, char *out, size_t cap);
-/* The region for a target: cfg->region, else from the URL/ARN, else cfg->local_region. */
-bool obr_aws_target_region(const struct obr_aws_config *cfg, enum obr_dest_kind kind, const char *target, char *out,
-                           size_t cap);
-/* A queue URL whose last path segment, or a topic ARN whose name, ends in ".fifo". */
-bool obr_aws_target_is_fifo(enum obr_dest_kind kind, const char *target);
-/* The URL a request for the target is sent to: the override (with "/" added when it has no
- * path), else for SQS the queue URL's scheme and host (legacy queue.amazonaws.com hosts map to
- * sqs.<region>.amazonaws.com), for SNS https://sns.<region>.amazonaws.com/. Returns 0 or -1. */
-int obr_aws_request_url(const struct obr_aws_config *cfg, enum obr_dest_kind kind, const char *target,
-                        const char *region, char *out, size_t cap);
-/* https://sts.<region>.amazonaws.com/ (the global endpoint without a region), or the override. */
-int obr_aws_sts_url(const struct obr_aws_config *cfg, char *out, size_t cap);
 
 /* One message of a batch. */
 struct obr_aws_entry {
@@ -120,9 +73,15 @@ void obr_aws_request_failure(enum obr_dest_kind kind, long status, const char *b
                              struct obr_aws_entry_result *out);
 
 /* Error codes: permanent (retrying cannot help: the row is parked), and credential problems
- * (temporary credentials are fetched again). Anything else is retried. */
+ * (temporary credentials are fetched again). Anything else is retried; so are AccessDenied,
+ * AuthorizationError and KMS errors (IAM and KMS changes take a while to propagate). */
 bool obr_aws_code_is_permanent(const char *code);
 bool obr_aws_code_is_credential(const char *code);
+/* Whether a batch request refused as a whole (status, the error code or "") may be the fault
+ * of one entry: a client error that is not about throttling, credentials, permissions or the
+ * queue or topic itself (one that does not exist, say). The batch's messages are then sent
+ * again one per request before any of them is blamed. */
+bool obr_aws_failure_may_be_one_entry(long status, const char *code);
 
 /* ---- encoding helpers (obr_utf8_valid is in strbuf.h) ---- */
 /* SQS's character set (XML 1.0): #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF. */

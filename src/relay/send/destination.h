@@ -23,6 +23,7 @@
 #define OBR_MAX_HEADERS OUTBOX_MAX_HEADERS
 
 enum obr_dest_kind { OBR_DEST_HTTP, OBR_DEST_SQS, OBR_DEST_SNS };
+#define OBR_DEST_KINDS (OBR_DEST_SNS + 1) /* the kinds above: per-kind arrays */
 enum obr_http_method { OBR_POST, OBR_PUT, OBR_PATCH };
 
 struct obr_header {
