@@ -6,6 +6,7 @@
 #include "send/destination.h"
 #include "util/log.h"
 #include "util/netaddr.h"
+#include "util/numfmt.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -15,7 +16,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <json-c/json.h>
-#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -36,28 +36,6 @@ struct obr_admin {
 
 /* ---- the Prometheus text format (0.0.4) ---- */
 
-/* The shortest text that reads back as v (Go's strconv 'g' -1), or NaN/+Inf/-Inf. */
-static void fmt_double(char *buf, size_t cap, double v)
-{
-	if (isnan(v)) {
-		snprintf(buf, cap, "NaN");
-		return;
-	}
-	if (isinf(v)) {
-		snprintf(buf, cap, v > 0 ? "+Inf" : "-Inf");
-		return;
-	}
-	if (v == floor(v) && fabs(v) < 1e15) {
-		snprintf(buf, cap, "%.0f", v);     /* 60, not 6e+01 */
-		return;
-	}
-	for (int prec = 1; prec <= 17; prec++) {
-		snprintf(buf, cap, "%.*g", prec, v);
-		if (strtod(buf, NULL) == v)
-			return;
-	}
-}
-
 static void family(struct obr_strbuf *b, const char *name, const char *type, const char *help)
 {
 	obr_strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -71,7 +49,7 @@ static void sample_u64(struct obr_strbuf *b, const char *name, const char *label
 static void sample_double(struct obr_strbuf *b, const char *name, const char *labels, double v)
 {
 	char num[40];
-	fmt_double(num, sizeof(num), v);
+	obr_fmt_double(num, sizeof(num), v);
 	obr_strbuf_printf(b, "%s%s %s\n", name, labels ? labels : "", num);
 }
 
@@ -113,7 +91,7 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 	for (int i = 0; i < OBR_LATENCY_BUCKETS; i++) {
 		char le[40], labels[64];
 		cumulative += st->latency_buckets[i];
-		fmt_double(le, sizeof(le), obr_latency_bounds[i]);
+		obr_fmt_double(le, sizeof(le), obr_latency_bounds[i]);
 		snprintf(labels, sizeof(labels), "{le=\"%s\"}", le);
 		sample_u64(out, "outbox_relay_delivery_latency_seconds_bucket", labels, cumulative);
 	}

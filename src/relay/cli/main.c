@@ -9,6 +9,7 @@
 #include "cli/ops.h"
 #include "engine/relay.h"
 #include "admin/sdnotify.h"
+#include "util/clock.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -155,7 +156,7 @@ static int run(int argc, char **argv)
 	uint64_t wd_usec = obr_sd_watchdog_usec();
 	if (wd_usec) {
 		uint64_t half = wd_usec / 2 < 1000 ? 1000 : wd_usec / 2;   /* never a busy loop */
-		struct timeval tv = { (time_t)(half / 1000000), (suseconds_t)(half % 1000000) };
+		struct timeval tv = obr_timeval_from_us((int64_t)half);
 		watchdog = event_new(d.base, -1, EV_PERSIST, on_watchdog, NULL);
 		if (!watchdog || event_add(watchdog, &tv))
 			goto out;

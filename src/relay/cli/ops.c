@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "db/migrate.h"
+#include "util/numfmt.h"
 #include "util/strbuf.h"
 
 #include <ctype.h>
@@ -152,24 +153,10 @@ static int64_t get_i64(const PGresult *res, int row, int col)
 	return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-/* The shortest decimal text that reads back as v. */
-static void fmt_double(char *buf, size_t cap, double v)
-{
-	if (v == floor(v) && fabs(v) < 1e15) {
-		snprintf(buf, cap, "%.0f", v);     /* 60, not 6e+01 */
-		return;
-	}
-	for (int prec = 1; prec <= 17; prec++) {
-		snprintf(buf, cap, "%.*g", prec, v);
-		if (strtod(buf, NULL) == v)
-			return;
-	}
-}
-
 static json_object *json_double(double v)
 {
 	char buf[40];
-	fmt_double(buf, sizeof(buf), v);
+	obr_fmt_double(buf, sizeof(buf), v);
 	return json_object_new_double_s(v, buf);
 }
 
