@@ -435,6 +435,7 @@ def test_relay_backends_terminated_repeatedly(db, sink, relay, request):
         look per connection: the old backend may exit between two looks, and the relay notices
         only when it reads the EOF, so until a new backend shows up /ready may still say 200
         from before the loss."""
+        assert r.alive(), f"the relay exited ({r.proc.returncode}):\n{r.log()[-3000:]}"
         now = {app: pids(app) for app in old}
         return all(len(now[app]) == 1 and not now[app] & old[app] for app in old)
 
