@@ -7,6 +7,7 @@
 #include "harness.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,25 +42,25 @@ static void test_fmt_double(void)
 
 static void test_timeval(void)
 {
-	struct timeval tv = obr_timeval_from_ms(1500);
-	CHECK_INT_EQ(tv.tv_sec, 1);
-	CHECK_INT_EQ(tv.tv_usec, 500000);
-	tv = obr_timeval_from_ms(999);
-	CHECK_INT_EQ(tv.tv_sec, 0);
-	CHECK_INT_EQ(tv.tv_usec, 999000);
-	tv = obr_timeval_from_ms(-5);
-	CHECK_INT_EQ(tv.tv_sec, 0);
-	CHECK_INT_EQ(tv.tv_usec, 0);
-	tv = obr_timeval_from_us(2000001);
-	CHECK_INT_EQ(tv.tv_sec, 2);
-	CHECK_INT_EQ(tv.tv_usec, 1);
-	tv = obr_timeval_from_us(-1);
-	CHECK_INT_EQ(tv.tv_sec, 0);
-	CHECK_INT_EQ(tv.tv_usec, 0);
-	/* no overflow for the largest settings (a week in ms) nor beyond */
-	tv = obr_timeval_from_ms(7LL * 24 * 3600 * 1000);
-	CHECK_INT_EQ(tv.tv_sec, 7 * 24 * 3600);
-	tv = obr_timeval_from_ms(INT64_MAX);
+	static const struct {
+		bool ms;              /* obr_timeval_from_ms, else _us */
+		int64_t in;
+		long sec, usec;
+	} cases[] = {
+		{ true, 1500, 1, 500000 },
+		{ true, 999, 0, 999000 },
+		{ true, -5, 0, 0 },                 /* a deadline already past: fire at once */
+		{ true, 7LL * 24 * 3600 * 1000, 7L * 24 * 3600, 0 },   /* the largest setting, a week */
+		{ false, 2000001, 2, 1 },
+		{ false, -1, 0, 0 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct timeval tv = cases[i].ms ? obr_timeval_from_ms(cases[i].in) : obr_timeval_from_us(cases[i].in);
+		CHECK_INT_EQ(tv.tv_sec, cases[i].sec);
+		CHECK_INT_EQ(tv.tv_usec, cases[i].usec);
+	}
+	/* no overflow beyond */
+	struct timeval tv = obr_timeval_from_ms(INT64_MAX);
 	CHECK(tv.tv_sec > 0 && tv.tv_usec >= 0 && tv.tv_usec < 1000000);
 }
 
