@@ -135,10 +135,11 @@ def test_small_limits_in_flight_batch_and_claim(db, sink, relay):
     records = sink.requests()
     assert_each_once(records, keys(written))
     assert_partition_order(records, {p: 3 for p in parts})
-    # the sink holds every answer delay_ms after the arrival, and a slot takes its next request
-    # only after the answer: [arrival, arrival + delay) spans are inside the relay's requests,
-    # so more than two overlapping spans mean more than two requests in flight
-    spans = sorted((r["time_us"], r["time_us"] + r["response"]["delay_ms"] * 1000) for r in records)
+    # a slot sends its next request only after the answer to the last: the sink's
+    # [arrival, answer) spans of one slot never overlap, so more than two overlapping spans
+    # mean more than two requests in flight (the answers wait delay_ms, so they do overlap
+    # when the limit is not kept)
+    spans = sorted((r["time_us"], r["answered_us"]) for r in records)
     worst = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
     assert worst <= 2, f"{worst} requests at the sink at once: more than 2 in flight"
     wait_no_leases(db)
