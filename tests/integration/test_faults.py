@@ -679,6 +679,7 @@ def test_listen_connection_never_holds_the_notification_queue(db, sink, relay, r
                             seed=rng.randrange(2**32)).start()
     apps = (LISTEN_APP, CLAIM_APP, WORK_APP)
     problems, usage, samples, listen_active = [], [], 0, 0
+    idle_xmin: dict = {}  # listen pid -> xmin seen while not active in the last sample
     t0 = time.monotonic()
     while time.monotonic() - t0 < QUEUE_RUN_S or samples < MIN_SAMPLES:
         time.sleep(max(0.0, t0 + (samples + 1) * SAMPLE_S - time.monotonic()))  # the sampling rate
@@ -690,8 +691,15 @@ def test_listen_connection_never_holds_the_notification_queue(db, sink, relay, r
             if b["state"] in IN_TRANSACTION:
                 problems.append(b)
             if b["app"] == LISTEN_APP:
-                if b["xid"] or (b["xmin"] and b["state"] != "active"):
+                if b["xid"]:
                     problems.append(b)
+                # a snapshot held while idle: the same xmin in two samples in a row. One sample
+                # alone proves nothing: pg_stat_activity reads state and xmin at different
+                # moments, so it can pair "idle" with the xmin of the next health check
+                held = b["xmin"] if b["state"] != "active" else None
+                if held and held == idle_xmin.get(b["pid"]):
+                    problems.append(b)
+                idle_xmin[b["pid"]] = held
                 # what it runs and whether it waits, not for how long it has been active
                 if not b["query"].startswith(LISTEN_QUERIES) or b["wait_event_type"] == "Lock":
                     problems.append(b)
