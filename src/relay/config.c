@@ -3,14 +3,13 @@
  */
 #include "config.h"
 
-#include "admin/admin.h"
 #include "send/destination.h"
-
-#include <libpq-fe.h>
 #include "util/log.h"
+#include "util/netaddr.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <libpq-fe.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>

@@ -21,9 +21,9 @@
  */
 #include "fuzz.h"
 
-#include "admin/admin.h"
 #include "send/aws_credentials.h"
 #include "send/aws_protocol.h"
+#include "util/netaddr.h"
 #include "config.h"
 
 #include <fcntl.h>

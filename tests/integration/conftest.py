@@ -32,7 +32,8 @@ Fixtures (scope):
     pgbouncer (function)  pgbouncer(**settings) -> PgBouncer (transaction pooling, pool 5)
 
 Helpers to import: wait_until, uuid7, http_destination, sqs_destination, sns_destination,
-header_values, body_bytes, relay_env, run_relay_command, PortLock, OutboxRow.
+header_values, body_bytes, relay_env, run_relay_command, PortLock, OutboxRow, socket_dir (a
+short directory for unix sockets).
 
 How fauxqs 1.9.2 is started (read from node_modules/fauxqs/dist/{cli,app}.js and its README):
     Its own CLI (`npx fauxqs` -> dist/cli.js -> startFauxqs()) takes FAUXQS_PORT (default 4566),
@@ -114,6 +115,10 @@ LOCALHOST = "127.0.0.1"
 PORT_RANGE = (20000, 30000)
 PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "obr-test-ports"
 PG_TMP_PREFIX = "obr-pg-"
+# A unix socket's address holds at most 107 bytes (sun_path). Directories that hold sockets
+# (PostgreSQL's, PgBouncer's, a NOTIFY_SOCKET) are made here, never under the checkout, the
+# build tree, pytest's basetemp or $TMPDIR, whose lengths depend on where CI put them.
+SOCKET_TMP = Path("/tmp")
 
 # Markers that fail a test when they show up in a daemon's log.
 SANITIZER_MARKERS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "Assertion")
@@ -136,6 +141,12 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def socket_dir(prefix: str) -> Path:
+    """A new, empty directory with a short path, for unix sockets (see SOCKET_TMP); the
+    caller removes it."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SOCKET_TMP))
 
 
 def tail(text: str, lines: int = 40) -> str:
@@ -336,7 +347,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _reap_stale_clusters() -> None:
     """Stops and removes clusters left by test sessions that died without cleaning up."""
-    for owner in glob.glob(os.path.join(tempfile.gettempdir(), PG_TMP_PREFIX + "*", "owner.pid")):
+    for owner in glob.glob(os.path.join(SOCKET_TMP, PG_TMP_PREFIX + "*", "owner.pid")):
         base = Path(owner).parent
         try:
             pid = int(Path(owner).read_text().strip())
@@ -352,7 +363,8 @@ def _reap_stale_clusters() -> None:
 
 
 class PgCluster:
-    """A throwaway PostgreSQL 15 cluster listening on 127.0.0.1:port (and a socket in base)."""
+    """A throwaway PostgreSQL 15 cluster listening on 127.0.0.1:port (and a socket in base,
+    which is short: see SOCKET_TMP)."""
 
     def __init__(self) -> None:
         for tool in ("initdb", "pg_ctl", "postgres"):
@@ -361,7 +373,7 @@ class PgCluster:
         self._port_lock = PortLock()
         self.port = self._port_lock.port
         self.host = LOCALHOST
-        self.base = Path(tempfile.mkdtemp(prefix=PG_TMP_PREFIX))
+        self.base = socket_dir(PG_TMP_PREFIX)
         (self.base / "owner.pid").write_text(f"{os.getpid()}\n")
         self.datadir = self.base / "data"
         self.logfile = self.base / "postgresql.log"
@@ -1277,8 +1289,9 @@ def pgbouncer(pg_cluster):
     overridden); stopped at teardown."""
 
     def start(**settings: Any) -> PgBouncer:
-        # Not under tmp_path: pgbouncer runs as postgres and pytest's tmp dirs are root-only.
-        workdir = Path(tempfile.mkdtemp(prefix="obr-pgbouncer-"))
+        # Not under tmp_path: pgbouncer runs as postgres and pytest's tmp dirs are root-only,
+        # and its unix socket needs a short path.
+        workdir = socket_dir("obr-pgbouncer-")
         dirs.append(workdir)
         b = PgBouncer(pg_cluster, workdir, settings)
         bouncers.append(b)

@@ -218,6 +218,8 @@ def test_wrong_secret_fails_with_signature_error_and_is_retried(db, relay, fauxq
         assert f"{svc} SignatureDoesNotMatch" in got["last_error"], got["last_error"]
         assert got["dead_at"] is None and got["processed_at"] is None
     assert not any(x["ok"] for x in verifier.requests())
+    # the verifier forwards only what it accepted, and it accepted nothing: an empty queue
+    # follows from the line above, the short receive only confirms it
     assert fauxqs.receive(q["QueueUrl"], max=1, wait_ms=300) == []
     assert_secrets_absent(r, db, [wrong])
 
@@ -339,7 +341,7 @@ def test_short_lived_credentials_are_refreshed_before_expiry(db, relay, fauxqs, 
     deadline = time.monotonic() + 20
     while issuer.count < 4 and time.monotonic() < deadline:
         rows += insert(db, [{"destinations": [sqs(q["QueueUrl"])], "payload": f"n{len(rows)}"}])
-        time.sleep(0.3)
+        time.sleep(0.3)  # paces the stream of rows; the loop waits for the 4th fetch (a condition)
     assert issuer.count >= 4, f"only {issuer.count} fetches in 20 s"
     got = wait_processed(db, keys(rows))
     assert all(x["attempts"] == 1 for x in got.values()), "a row failed while credentials were refreshed"

@@ -226,6 +226,8 @@ def receive_all(fauxqs, queue_url: str, n: int, wait_ms: int = 3000) -> list[dic
     """Reads n messages (failing if fewer come), then proves nothing else is there."""
     got = fauxqs.receive(queue_url, max=n, wait_ms=wait_ms)
     assert len(got) == n, f"expected {n} messages in {queue_url}, got {len(got)}: {got}"
+    # callers wait for the rows to be processed first, so every send has been answered and an
+    # extra message would already be in the in-memory queue: the 300 ms are no bet on timing
     extra = fauxqs.receive(queue_url, max=10, wait_ms=300)
     assert extra == [], f"unexpected extra messages: {extra}"
     return got

@@ -22,8 +22,8 @@ import pytest
 
 from conftest import (PortLock, RelayProcess, relay_env, require_relay, sanitizer_findings, spawn,
                       uuid7, wait_until)
-from relay_util import (CLAIM_APP, LISTEN_APP, WORK_APP, SequenceWriter, assert_sequences, by_key,
-                        db_retry, env, http_dest, insert, key_of, keys, metric, ready_code,
+from relay_util import (CLAIM_APP, HOUR_MS, LISTEN_APP, WORK_APP, SequenceWriter, assert_sequences,
+                        by_key, db_retry, env, http_dest, insert, key_of, keys, metric, ready_code,
                         relay_backends, rows_by_key, sequence_report, wait_processed,
                         wait_ready_code)
 
@@ -146,38 +146,38 @@ def test_crash_loop_keeps_order_and_loses_nothing(db, sink, relay, request, tmp_
     live = [relay(db, env=settings) for _ in range(3)]
     relays_started = list(live)
     parts = [str(uuid7()) for _ in range(size.parts)]
-    writer = SequenceWriter(db, sink.base_url, parts, "crash", max_rounds=size.rounds,
+    # The writer keeps its pace until the last kill (and at least size.rounds rounds), so every
+    # kill strikes while rows are written, however long the restarts take on a loaded machine.
+    writer = SequenceWriter(db, sink.base_url, parts, "crash", max_rounds=size.rounds * 100,
                             interval=size.write_s / size.rounds, parts_per_round=size.per_round,
-                            deadline_s=size.write_s * 2 + 60, seed=rng.randrange(2**32)).start()
+                            deadline_s=size.write_s * 100, seed=rng.randrange(2**32)).start()
     kills = []  # {"before", "after": wall clock around the SIGKILL, "ports": the victim's
-    #              connections to the sink, "delivered": sink count, "writing": writer busy}
+    #              connections to the sink, "delivered": sink count}
     for _ in range(size.kills):
-        # a random moment: the relays deliver meanwhile (this waits for no condition; it picks
-        # when to strike)
+        # a random moment: the relays deliver meanwhile (this sleep waits for no condition; it
+        # picks when to strike)
         time.sleep(rng.uniform(*size.gap))
+        # the stream flows through the kills: something was delivered since the last one (a
+        # kill can leave partitions leased by the dead instance for a lease time, so delivery
+        # may pause; a stall of 15 lease times is a defect)
+        last = kills[-1]["delivered"] if kills else 0
+        wait_until(lambda: sink.count() > last, 15 * LEASE_MS / 1000,
+                   f"delivery to go on after kill {len(kills)}")
         victim = live.pop(rng.randrange(len(live)))
         assert victim.alive(), f"relay {victim.pid} exited on its own:\n{victim.log()[-2000:]}"
-        k = {"delivered": sink.count(), "writing": writer.thread.is_alive(),
-             "ports": tcp_ports_to(victim.pid, sink.port), "before": time.time()}
+        k = {"delivered": sink.count(), "ports": tcp_ports_to(victim.pid, sink.port),
+             "before": time.time()}
         victim.kill()
         k["after"] = time.time()
         kills.append(k)
         live.append(relay(db, env=settings))
         relays_started.append(live[-1])
     kill_phase = time.monotonic() - t_start
-    writer.join(timeout=size.write_s * 2 + 60)
+    assert writer.thread.is_alive(), "the writer stopped before the last kill"
+    writer.wait_rounds(size.rounds, timeout=size.write_s * 2 + 60)
+    writer.stop()
     written, counts = writer.snapshot()
-    assert len(written) == size.rounds * size.per_round
-    # the stream flowed through the kills, and the writer was still inserting for most of them
-    # (a kill can leave most partitions leased by dead instances for a lease time: delivery
-    # may pause between two kills, never for 3 s)
-    delivered = [k["delivered"] for k in kills]
-    for i, k in enumerate(kills):
-        later = [j for j in kills[i + 1:] if j["before"] >= k["before"] + 3]
-        assert not (k["writing"] and later) or later[0]["delivered"] > k["delivered"], (
-            f"delivery stalled for 3 s while rows were being written: {delivered}")
-    assert sum(b > a for a, b in zip(delivered, delivered[1:])) >= len(kills) // 2, delivered
-    assert sum(k["writing"] for k in kills) >= len(kills) * 3 // 4, "the writer finished too early"
+    assert len(written) >= size.rounds * size.per_round
 
     report = check_delivery(db, sink, writer, "crash loop")
     drained = time.monotonic() - t_start
@@ -430,14 +430,22 @@ def test_relay_backends_terminated_repeatedly(db, sink, relay, request):
                        " AND application_name = %s", (db.name, app))
         return old
 
+    def replaced(old):
+        """Each terminated connection has exactly one backend again, and it is a new one. One
+        look per connection: the old backend may exit between two looks, and the relay notices
+        only when it reads the EOF, so until a new backend shows up /ready may still say 200
+        from before the loss."""
+        assert r.alive(), f"the relay exited ({r.proc.returncode}):\n{r.log()[-3000:]}"
+        now = {app: pids(app) for app in old}
+        return all(len(now[app]) == 1 and not now[app] & old[app] for app in old)
+
     targets = [rng.choice(list(apps)) for _ in range(12)]
     try:
         for target in targets:
             seen = sink.count()
             wait_until(lambda: sink.count() >= seen + 10, 20, "delivery to go on")
             old = terminate(target)
-            wait_until(lambda: all(pids(app) and not pids(app) & old[app] for app in old), 20,
-                       f"new {target} backends")
+            wait_until(lambda: replaced(old), 20, f"new {target} backends")
             wait_ready_code(r, 200, timeout=20)
         # the same with reconnecting refused for a while: /ready must say so
         mark = len(r.log())
@@ -531,19 +539,22 @@ def test_bad_endpoints_retry_park_and_never_stall_the_others(db, sink, make_sink
       reset    resets the connection without an answer
       resolve  a host name that does not resolve (does-not-exist.invalid)
       refused  a port on 127.0.0.1 nobody listens on
-    With a failure limit of 4 and a retry base of 1.5 s: once every broken row has failed
-    once, 500 rows over 100 healthy partitions are all delivered while no broken row has been
-    parked yet (one bad endpoint never stalls other partitions); the storm rows are delivered
-    on their third attempt; the others retry and are parked after exactly four requests, with
-    a last_error that names what went wrong, and the rows behind them go out after."""
+    First a relay whose retries wait an hour: once every broken row has failed once, 500 rows
+    of healthy partitions are all delivered while every broken row waits for its retry (one
+    bad endpoint never stalls other partitions; the hour makes "meanwhile" a fact, not a race
+    against the retry timer). Then, the retries made due, a relay with a failure limit of 4
+    and a retry base of 1.5 s: the storm rows are delivered on their third attempt; the
+    others retry and are parked after exactly four requests, with a last_error that names
+    what went wrong, and the rows behind them go out after."""
     good = make_sink()
     refused = PortLock()  # reserved, never listened on
     sink.rules([{"prefix": "/storm/", "status": 500, "times": 6, "body": "storm"},
                 {"prefix": "/slow/", "delay_ms": 3000},
                 {"prefix": "/reset/", "drop": True}])
+    settings = env(OUTBOX_LOG_LEVEL="info", OUTBOX_FAILURE_LIMIT=FAILURE_LIMIT,
+                   OUTBOX_RETRY_BASE_MS=RETRY_BASE_MS, OUTBOX_HTTP_TIMEOUT_MS=HTTP_TIMEOUT_MS)
     try:
-        r = relay(db, env=env(OUTBOX_LOG_LEVEL="info", OUTBOX_FAILURE_LIMIT=FAILURE_LIMIT,
-                              OUTBOX_RETRY_BASE_MS=RETRY_BASE_MS, OUTBOX_HTTP_TIMEOUT_MS=HTTP_TIMEOUT_MS))
+        first = relay(db, env={**settings, "OUTBOX_RETRY_BASE_MS": HOUR_MS, "OUTBOX_RETRY_MAX_MS": HOUR_MS})
         targets = {
             "storm": lambda i: sink.url(f"/storm/{i}"),
             "slow": lambda i: sink.url(f"/slow/{i}"),
@@ -577,14 +588,18 @@ def test_bad_endpoints_retry_park_and_never_stall_the_others(db, sink, make_sink
         wait_processed(db, keys(healthy), timeout=30)
         took = time.monotonic() - t0
         during = rows_by_key(db, bad_keys)
-        parked_early = {k: (bad[k], v["attempts"]) for k, v in during.items() if v["dead_at"] is not None}
-        assert not parked_early, (f"broken rows were parked before 500 healthy rows (delivered in"
-                                  f" {took:.2f}s) got through: {parked_early}")
-        assert all(v["attempts"] < FAILURE_LIMIT for v in during.values())
-        storm_errors = [v["last_error"] for k, v in during.items() if bad[k] == "storm" and v["processed_at"] is None]
-        assert all("HTTP 500" in e and "storm" in e for e in storm_errors), storm_errors
-        assert not any(v["processed_at"] for k, v in rows_by_key(db, list(behind)).items()
-                       if bad[behind[k]] != "storm"), "a row behind a failing one went out"
+        waiting = {k: (bad[k], v["attempts"], v["dead_at"], v["processed_at"]) for k, v in during.items()
+                   if v["attempts"] != 1 or v["dead_at"] or v["processed_at"] or not v["retry_after"]}
+        assert not waiting, f"broken rows not waiting for their first retry: {waiting}"
+        assert all("HTTP 500" in v["last_error"] and "storm" in v["last_error"]
+                   for k, v in during.items() if bad[k] == "storm"), during
+        assert not any(v["processed_at"] for v in rows_by_key(db, list(behind)).values()), \
+            "a row behind a failing one went out"
+        assert first.stop() == 0
+
+        # the retries made due (as if the hour had passed), a relay with the 1.5 s retry base
+        db.execute("UPDATE outbox SET retry_after = now() WHERE idempotent_key = ANY(%s::uuid[])", (bad_keys,))
+        r = relay(db, env=settings)
 
         # the end: storm rows delivered, the others parked at the limit, the rows behind them out
         wait_processed(db, list(behind), timeout=40)
@@ -630,39 +645,43 @@ def test_bad_endpoints_retry_park_and_never_stall_the_others(db, sink, make_sink
 
 # ---- 4. the notification queue ---------------------------------------------------------------
 
-QUEUE_RUN_S = 30
+QUEUE_RUN_S = 30  # how long the load runs (a load profile; nothing asserts a rate)
 SAMPLE_S = 0.2
+MIN_SAMPLES = 120  # 24 s worth: the samples must cover the run, however slow a sample is
+LISTEN_QUERIES = ("LISTEN ", "SELECT 1")  # all the listen connection ever runs
 IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
 
 
 def sample_backends(db, apps) -> list[dict]:
     return db.query_dicts(
-        "SELECT application_name AS app, pid, state, backend_xid::text AS xid,"
+        "SELECT application_name AS app, pid, state, wait_event_type, backend_xid::text AS xid,"
         " backend_xmin::text AS xmin, extract(epoch FROM clock_timestamp() - state_change) AS for_s,"
         " left(query, 80) AS query, pg_notification_queue_usage() AS usage"
         " FROM pg_stat_activity WHERE datname = %s AND application_name = ANY(%s)", (db.name, list(apps)))
 
 
 def test_listen_connection_never_holds_the_notification_queue(db, sink, relay, request):
-    """30 s of steady writes (about 1,000 rows and 400 notifying transactions a second) with a
-    listen-connection health check every second. Every 200 ms pg_stat_activity is sampled: the
-    listen connection is never 'idle in transaction', never holds a transaction id or snapshot,
-    and is never 'active' for more than a moment (1 s); the claim and work connections are
-    never 'idle in transaction'; pg_notification_queue_usage() stays near 0 (a queue the
-    listener keeps up with is trimmed). A control at the end proves the probes see the
-    failure: a second listener left idle in a transaction is caught by the same checks, and
-    the queue then grows."""
+    """30 s of steady writes (paced at about 1,000 rows and 400 notifying transactions a second;
+    a loaded machine writes less, and the rate is printed, not asserted) with a listen-connection
+    health check every second. Every 200 ms (and at least 120 times) pg_stat_activity is
+    sampled: the listen connection is never 'idle in transaction', never holds a transaction id
+    or snapshot, never waits for a lock and never runs anything but LISTEN and its health
+    check; the claim and work connections are never 'idle in transaction';
+    pg_notification_queue_usage() stays near 0 (a queue the listener keeps up with is
+    trimmed). A control at the end proves the probes see the failure: a second listener left
+    idle in a transaction is caught by the same checks, and the queue then grows."""
     rng = seeded(request)
     r = relay(db, env=env(OUTBOX_LOG_LEVEL="info", OUTBOX_HEALTH_CHECK_MS=1000))
     parts = [str(uuid7()) for _ in range(200)]
-    rounds = int(QUEUE_RUN_S / 0.0025 / 1)  # bounded by time below; 400 transactions a second
+    rounds = int(QUEUE_RUN_S / 0.0025)  # 400 transactions a second, stopped after QUEUE_RUN_S
     writer = SequenceWriter(db, sink.base_url, parts, "queue", max_rounds=rounds, interval=0.0025,
-                            parts_per_round=2, deadline_s=QUEUE_RUN_S + 60,
+                            parts_per_round=2, deadline_s=QUEUE_RUN_S * 10,
                             seed=rng.randrange(2**32)).start()
     apps = (LISTEN_APP, CLAIM_APP, WORK_APP)
     problems, usage, samples, listen_active = [], [], 0, 0
+    idle_xmin: dict = {}  # listen pid -> xmin seen while not active in the last sample
     t0 = time.monotonic()
-    while time.monotonic() - t0 < QUEUE_RUN_S:
+    while time.monotonic() - t0 < QUEUE_RUN_S or samples < MIN_SAMPLES:
         time.sleep(max(0.0, t0 + (samples + 1) * SAMPLE_S - time.monotonic()))  # the sampling rate
         rows = sample_backends(db, apps)
         samples += 1
@@ -672,22 +691,29 @@ def test_listen_connection_never_holds_the_notification_queue(db, sink, relay, r
             if b["state"] in IN_TRANSACTION:
                 problems.append(b)
             if b["app"] == LISTEN_APP:
-                if b["xid"] or (b["xmin"] and b["state"] != "active"):
+                if b["xid"]:
+                    problems.append(b)
+                # a snapshot held while idle: the same xmin in two samples in a row. One sample
+                # alone proves nothing: pg_stat_activity reads state and xmin at different
+                # moments, so it can pair "idle" with the xmin of the next health check
+                held = b["xmin"] if b["state"] != "active" else None
+                if held and held == idle_xmin.get(b["pid"]):
+                    problems.append(b)
+                idle_xmin[b["pid"]] = held
+                # what it runs and whether it waits, not for how long it has been active
+                if not b["query"].startswith(LISTEN_QUERIES) or b["wait_event_type"] == "Lock":
                     problems.append(b)
                 if b["state"] == "active":
                     listen_active += 1
-                    if b["for_s"] > 1.0:
-                        problems.append(b)
         assert r.alive()
+    took = time.monotonic() - t0
     writer.stop()
     written = len(writer.written)
     wait_all_processed(db, written, timeout=30)
-    print(f"notification queue: {samples} samples over {QUEUE_RUN_S}s, {written} rows written"
-          f" ({written / QUEUE_RUN_S:.0f}/s), listen connection active in {listen_active} samples,"
+    print(f"notification queue: {samples} samples over {took:.1f}s, {written} rows written"
+          f" ({written / took:.0f}/s), listen connection active in {listen_active} samples,"
           f" queue usage max {max(usage):.2e}")
     assert not problems, f"{len(problems)} bad samples, e.g. {problems[:5]}"
-    assert samples >= QUEUE_RUN_S / SAMPLE_S * 0.8
-    assert written >= QUEUE_RUN_S * 500, "the writer fell far behind its rate"
     usage_bound = 2e-5  # 20 pages of the 8 GB queue; what the run wrote is several times that
     assert max(usage) <= usage_bound, max(usage)
 

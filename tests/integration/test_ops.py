@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from conftest import (BUILD_ROOT, LOCALHOST, SOURCE_ROOT, SQL_DIR, PortLock, http_destination, require_relay,
-                      uuid7, wait_until)
+from conftest import (BUILD_ROOT, LOCALHOST, SOURCE_ROOT, SQL_DIR, PortLock, http_destination,
+                      require_relay, socket_dir, uuid7, wait_until)
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -307,11 +307,14 @@ def test_ipv6_listen_addr(db, relay, admin_port):
 # ---- systemd ----------------------------------------------------------------------------------
 
 
-def test_sd_notify_ready_watchdog_and_stopping(db, relay, tmp_path, admin_port):
-    path = str(tmp_path / "notify.sock")
+def test_sd_notify_ready_watchdog_and_stopping(db, relay, admin_port):
+    # a short directory: under tmp_path the address could exceed 107 bytes (sun_path), as it
+    # does when the checkout lives under a long path
+    sockdir = socket_dir("obr-notify-")
+    path = str(sockdir / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
     try:
+        sock.bind(path)
         r = start_admin_relay(relay, db, admin_port, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
         got: list[str] = []
 
@@ -337,6 +340,7 @@ def test_sd_notify_ready_watchdog_and_stopping(db, relay, tmp_path, admin_port):
         assert r.wait(20) == 0
     finally:
         sock.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 UNIT = SOURCE_ROOT / "contrib" / "systemd" / "outbox-relay.service"

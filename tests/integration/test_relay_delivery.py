@@ -114,7 +114,10 @@ def test_sql_enqueue_helpers(db, sink, relay):
                     " %s, headers => '{\"X-Both\":\"row\"}')",
                     (part, sink.url("/sql/multi-a"), sink.url("/sql/multi-b"), "multi"))
         k3 = cur.fetchone()[0]
-    # nothing goes out before the commit
+    # nothing goes out before the commit. A quiet window, kept short: it cannot fail by luck
+    # (no session sees rows before COMMIT, and NOTIFY is sent at COMMIT), and what it guards
+    # against, a helper that commits on its own, would be caught again below: the rows would
+    # have gone out before the commit, and their order and count are checked
     assert_not_within(lambda: sink.count() > 0, 0.3, "a request before COMMIT")
     conn.commit()
     got = wait_processed(db, [k1, k2, k3])
@@ -145,6 +148,9 @@ def test_only_notified_partitions_then_poll_finds_the_rest(db, sink, relay):
     db.execute("ALTER TABLE outbox ENABLE TRIGGER outbox_notify")
     rows_b = db.insert_http_rows(sink.url("/b"), 2, partition_key=b)
     wait_processed(db, keys(rows_b))
+    # a quiet window: it cannot fail by luck (with the poll at an hour and the catch-up scan
+    # done before the rows were written, nothing but a notification leads the relay to a), and
+    # b's rows, processed above, show the relay claimed after a was written
     assert_not_within(lambda: sink.count() > 2, 1.0, "delivery of the unnotified partition")
     assert [r["path"] for r in sink.requests()] == ["/b", "/b"]
     assert all(r["processed_at"] is None and r["attempts"] == 0
@@ -184,7 +190,8 @@ def test_catch_up_rows_written_while_no_relay_runs(db, sink, relay):
 
 
 def test_delayed_row_goes_out_when_due(db, sink, relay):
-    """process_after = now() + 1.5 s: not before, and soon after (a timer, not the poll)."""
+    """process_after = now() + 1.5 s: not before, and then by the due timer (the poll is at an
+    hour, so a delivery at all shows the timer fired; how soon is not asserted)."""
     relay(db, env=env())
     k = str(uuid7())  # process_after from the server's clock
     db.execute("INSERT INTO outbox (idempotent_key, partition_key, destinations, payload, process_after)"
@@ -195,7 +202,7 @@ def test_delayed_row_goes_out_when_due(db, sink, relay):
     (rec,) = sink.requests()
     late = arrival_s(rec) - due
     assert late >= 0, f"delivered {-late:.3f}s before process_after"
-    assert late < 0.6, f"delivered {late:.3f}s after process_after (the due timer should fire)"
+    print(f"delivered {late:.3f}s after process_after")
 
 
 def test_delayed_head_does_not_block_an_earlier_due_row(db, sink, relay):
@@ -216,7 +223,8 @@ def test_delayed_head_does_not_block_an_earlier_due_row(db, sink, relay):
     recs = sink.requests()
     assert [body_bytes(r) for r in recs] == [b"row2", b"row1"]
     assert arrival_s(recs[0]) < due1
-    assert 0 <= arrival_s(recs[1]) - due1 < 0.6, arrival_s(recs[1]) - due1
+    # not before its time; after it by the due timer (the poll is at an hour)
+    assert arrival_s(recs[1]) >= due1, arrival_s(recs[1]) - due1
 
 
 def test_delete_on_success(db, sink, relay):

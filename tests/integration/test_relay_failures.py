@@ -2,7 +2,6 @@
 re-sending only the failed destinations, timeouts and dropped connections, malformed rows."""
 
 import re
-import time
 
 import pytest
 
@@ -46,9 +45,10 @@ def test_retry_with_backoff_blocks_only_its_partition(db, sink, relay):
     assert oth["seq"] < flaky[2]["seq"], "the other partition waited for the failing one"
     gap1 = arrival_s(flaky[1]) - arrival_s(flaky[0])
     gap2 = arrival_s(flaky[2]) - arrival_s(flaky[1])
+    # lower bounds only: a retry never goes out before retry_after (how late it may be is not
+    # asserted; the poll is at an hour, so the retry timer is what sent them at all)
     assert gap1 >= 0.05, f"first retry after {gap1:.3f}s, below half the base delay"
     assert gap2 >= 0.1, f"second retry after {gap2:.3f}s: the delay did not double"
-    assert gap1 < 2 and gap2 < 2
     assert got[k1]["attempts"] == 3 and got[k1]["retry_after"] is None and got[k1]["dead_at"] is None
     assert got[row2["idempotent_key"]]["attempts"] == 1
     assert got[other["idempotent_key"]]["attempts"] == 1
@@ -109,11 +109,13 @@ def test_timeout_and_dropped_connection_are_retried(db, sink, relay):
     sink.rules([{"path": "/slow", "delay_ms": 2000, "times": 1},
                 {"path": "/drop", "drop": True, "times": 1}])
     r = relay(db, env=env(OUTBOX_HTTP_TIMEOUT_MS=300, OUTBOX_RETRY_BASE_MS=100))
-    t0 = time.monotonic()
     slow, drop = insert(db, [{"destinations": [http_dest(sink.url("/slow"))], "payload": "s"},
                              {"destinations": [http_dest(sink.url("/drop"))], "payload": "d"}])
     got = wait_processed(db, keys([slow, drop]))
-    assert time.monotonic() - t0 < 1.9, "the timeout did not cut the 2 s answer short"
+    # the timeout cut the 2 s answer short: the first attempt failed with a timeout (below) and
+    # the second, answered at once, succeeded; had it waited, attempt 1 would have succeeded
+    (first, second) = sink.requests(path="/slow")
+    assert first["response"]["delay_ms"] == 2000 and second["response"]["delay_ms"] == 0, (first, second)
     # curl's reasons, e.g. "Operation timed out after 301 milliseconds" and "Empty reply from server"
     assert re.search(rf"delivery failed for row {slow['idempotent_key']} .*/slow: .*[Tt]imed? ?out", r.log()), r.log()
     assert re.search(rf"delivery failed for row {drop['idempotent_key']} .*/drop: \S", r.log()), r.log()

@@ -4,8 +4,8 @@ instances, concurrent writers, late commits, and poll-only mode through PgBounce
 import json
 import random
 import threading
-import time
 
+import psycopg2.errors
 import pytest
 
 from conftest import body_bytes, uuid7, wait_until
@@ -135,11 +135,13 @@ def test_small_limits_in_flight_batch_and_claim(db, sink, relay):
     records = sink.requests()
     assert_each_once(records, keys(written))
     assert_partition_order(records, {p: 3 for p in parts})
-    # each slot's requests are >= delay_ms apart: any shorter window sees at most two arrivals
-    times = sorted(r["time_us"] for r in records)
-    window_us = int(delay_ms * 0.8 * 1000)
-    worst = max(sum(1 for t in times[i:i + 4] if t - times[i] < window_us) for i in range(len(times)))
-    assert worst <= 2, f"{worst} requests started within {window_us / 1000:.0f} ms: more than 2 in flight"
+    # a slot sends its next request only after the answer to the last: the sink's
+    # [arrival, answer) spans of one slot never overlap, so more than two overlapping spans
+    # mean more than two requests in flight (the answers wait delay_ms, so they do overlap
+    # when the limit is not kept)
+    spans = sorted((r["time_us"], r["answered_us"]) for r in records)
+    worst = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    assert worst <= 2, f"{worst} requests at the sink at once: more than 2 in flight"
     wait_no_leases(db)
 
 
@@ -168,14 +170,19 @@ def test_claim_does_not_deadlock_with_a_lease_holder_releasing(db, sink, relay):
     # the claim reaches P2 and waits for the holder's transaction (or, if it can do without
     # waiting, finishes: then no cycle is possible)
     wait_claim_blocked_or_done(db, r)
-    t0 = time.monotonic()
     with holder.cursor() as cur:
+        # NOWAIT: the relay's claim must hold no lock on P1's live lease, or this fails at once
+        # (a question to the lock manager, not to a clock)
+        try:
+            cur.execute("SELECT 1 FROM outbox_lock WHERE partition_key = %s AND lock_id = %s"
+                        " FOR UPDATE NOWAIT", (p1, other))
+        except psycopg2.errors.LockNotAvailable:
+            raise AssertionError("the relay's claim locked P1's lease, which it did not get") from None
         cur.execute("DELETE FROM outbox_lock WHERE partition_key = %s AND lock_id = %s", (p1, other))
-    released_in = time.monotonic() - t0
     holder.commit()
+    # belt and braces after the NOWAIT check: PostgreSQL reports a deadlock to one of its
+    # members after deadlock_timeout (1 s), and the claim was waiting before this window opened
     assert_not_within(lambda: "deadlock" in r.log(), 1.5, "a deadlock")
-    assert released_in < 0.5, (f"the holder's release of P1 waited {released_in:.2f}s for the"
-                               " relay's claim, which had locked a lease it did not get")
     assert r.alive()
 
 
@@ -210,7 +217,11 @@ def test_claim_after_a_lock_wait_does_not_resend_a_row_the_previous_holder_compl
     other.rollback()
     wait_until(lambda: not any(b["state"] == "active" for b in relay_backends(db)), 10,
                "the claim to finish")
-    assert_not_within(lambda: sink.count() > 0, 1.0, "a second delivery of the completed row")
+    # a sentinel behind R in P, instead of a quiet window: a partition goes out in order, so
+    # had the claim fetched R again, R would reach the sink before the sentinel
+    (s,) = insert(db, [{"partition_key": p, "destinations": [http_dest(sink.url("/s"))], "payload": "S"}])
+    wait_processed(db, [s["idempotent_key"]])
+    assert [x["path"] for x in sink.requests()] == ["/s"], "R was sent a second time"
     assert db.scalar("SELECT attempts FROM outbox WHERE idempotent_key = %s", (k,)) == 1
     assert r.alive()
 
@@ -222,11 +233,9 @@ def test_order_under_concurrency_three_relays_four_writers(db, sink, relay):
     nparts, per_part = 120, 50
     relays = [relay(db, env=env()) for _ in range(3)]
     parts = [str(uuid7()) for _ in range(nparts)]
-    t0 = time.monotonic()
     written = concurrent_writers(db, sink.url(""), parts, per_part, 4, "/o/")
     assert len(written) == nparts * per_part
     wait_processed(db, keys(written), timeout=60)
-    elapsed = time.monotonic() - t0
     records = sink.requests()
     assert_each_once(records, keys(written))
     assert_partition_order(records, {p: per_part for p in parts})
@@ -242,4 +251,3 @@ def test_order_under_concurrency_three_relays_four_writers(db, sink, relay):
     # the instances shared the work, and together sent each row once
     assert sum(per_relay) == nparts * per_part, per_relay
     assert all(n > 0 for n in per_relay), per_relay
-    assert elapsed < 60

@@ -27,7 +27,11 @@
  *            "peer_port", "headers": [[name, value], ...] (arrival order, duplicates kept),
  *            "body" (UTF-8; invalid bytes shown as U+FFFD), "body_size",
  *            "body_base64" (only when the body is not valid UTF-8), "body_stored",
- *            "response": {"status", "delay_ms", "drop", "rule" (index or null)}}.
+ *            "response": {"status", "delay_ms", "drop", "rule" (index or null)},
+ *            "answered_us" (CLOCK_REALTIME when the answer was sent or the connection
+ *            dropped; null while it waits, or when its connection closed first)}.
+ * [time_us, answered_us) is the time a request spent at the sink: a client that sends its
+ * next request only after an answer never has two of these spans overlap.
  * Sequence numbers keep growing across resets, so "since" never sees an old record again.
  *
  * The loop never blocks: delayed answers and drops wait on an evtimer. Request bodies above
@@ -73,6 +77,7 @@ struct header_pair {
 struct record {
 	uint64_t seq;
 	int64_t time_us;
+	int64_t answered_us; /* 0: not answered (yet) */
 	const char *method; /* static string */
 	char *uri;
 	char *path;
@@ -113,6 +118,7 @@ struct pending {
 	struct evbuffer *body; /* NULL for a drop */
 	int status;
 	bool drop;
+	uint64_t seq;          /* the record it answers */
 };
 
 struct sink {
@@ -451,10 +457,18 @@ static void drop_connection(struct evhttp_request *req)
 	evhttp_connection_free(evcon);
 }
 
+/* Marks the record seq (if it is still kept: a reset forgets records) as answered now. */
+static void record_answered(struct sink *s, uint64_t seq)
+{
+	if (seq >= s->first_seq && seq - s->first_seq < s->n_records)
+		s->records[seq - s->first_seq].answered_us = realtime_us();
+}
+
 static void pending_fire(evutil_socket_t fd, short what, void *arg)
 {
 	struct pending *p = arg;
 	pending_unlink(p);
+	record_answered(p->sink, p->seq);
 	if (p->drop) {
 		drop_connection(p->req);
 	} else {
@@ -481,11 +495,12 @@ static void connection_closed(struct evhttp_connection *evcon, void *arg)
 	}
 }
 
-static void pending_add(struct sink *s, struct evhttp_request *req, int status,
+static void pending_add(struct sink *s, struct evhttp_request *req, uint64_t seq, int status,
 			struct evbuffer *body, bool drop, int delay_ms)
 {
 	struct pending *p = xcalloc(1, sizeof(*p));
 	p->sink = s;
+	p->seq = seq;
 	p->req = req;
 	p->status = status;
 	p->body = body;
@@ -557,7 +572,7 @@ static void handle_recorded(struct sink *s, struct evhttp_request *req, const ch
 	if (r->drop) {
 		/* Even without a delay the connection is freed from a timer callback, outside
 		 * libevent's request dispatch. */
-		pending_add(s, req, 0, NULL, true, r->delay_ms);
+		pending_add(s, req, r->seq, 0, NULL, true, r->delay_ms);
 		return;
 	}
 
@@ -570,9 +585,10 @@ static void handle_recorded(struct sink *s, struct evhttp_request *req, const ch
 			evbuffer_add(body, rule->body, rule->body_len);
 	}
 	if (r->delay_ms > 0) {
-		pending_add(s, req, r->status, body, false, r->delay_ms);
+		pending_add(s, req, r->seq, r->status, body, false, r->delay_ms);
 		return;
 	}
+	r->answered_us = realtime_us();
 	evhttp_send_reply(req, r->status, NULL, body);
 	evbuffer_free(body);
 }
@@ -584,6 +600,7 @@ static json_object *record_json(const struct record *r)
 	json_object *j = json_object_new_object();
 	json_object_object_add(j, "seq", json_object_new_int64((int64_t)r->seq));
 	json_object_object_add(j, "time_us", json_object_new_int64(r->time_us));
+	json_object_object_add(j, "answered_us", r->answered_us ? json_object_new_int64(r->answered_us) : NULL);
 	json_object_object_add(j, "method", json_object_new_string(r->method));
 	json_object_object_add(j, "uri", json_string_utf8(r->uri, strlen(r->uri)));
 	json_object_object_add(j, "path", json_string_utf8(r->path, strlen(r->path)));

@@ -5,6 +5,8 @@
 
 #include "send/destination.h"
 #include "util/log.h"
+#include "util/netaddr.h"
+#include "util/numfmt.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -14,7 +16,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <json-c/json.h>
-#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -33,107 +34,7 @@ struct obr_admin {
 	unsigned port;
 };
 
-/* ---- listen address ---- */
-
-static bool host_char_ok(char c, bool bracketed)
-{
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_')
-		return true;
-	return bracketed && (c == ':' || c == '%');
-}
-
-int obr_listen_addr_parse(const char *addr, char *host, size_t hostlen, unsigned *port, char *err,
-                          size_t errlen)
-{
-	const char *h, *h_end, *p;
-	bool bracketed = addr[0] == '[';
-
-	if (bracketed) {
-		h = addr + 1;
-		h_end = strchr(h, ']');
-		if (!h_end) {
-			snprintf(err, errlen, "\"%s\" has a \"[\" without its \"]\"", addr);
-			return -1;
-		}
-		if (h_end[1] != ':') {
-			snprintf(err, errlen, "\"%s\" is not [address]:port", addr);
-			return -1;
-		}
-		p = h_end + 2;
-	} else {
-		h = addr;
-		const char *colon = strrchr(addr, ':');
-		if (!colon) {
-			snprintf(err, errlen, "\"%s\" is not host:port (e.g. 127.0.0.1:9095, [::1]:9095)", addr);
-			return -1;
-		}
-		h_end = colon;
-		p = colon + 1;
-		if (memchr(h, ':', (size_t)(h_end - h))) {
-			snprintf(err, errlen, "\"%s\": an IPv6 address must be in brackets, e.g. [::1]:9095", addr);
-			return -1;
-		}
-	}
-	size_t n = (size_t)(h_end - h);
-	if (n == 0) {
-		snprintf(err, errlen, "\"%s\" has no host (use 0.0.0.0 or [::] for every interface)", addr);
-		return -1;
-	}
-	if (n >= hostlen) {
-		snprintf(err, errlen, "\"%.64s...\": the host is too long", addr);
-		return -1;
-	}
-	for (size_t i = 0; i < n; i++) {
-		if (!host_char_ok(h[i], bracketed)) {
-			snprintf(err, errlen, "\"%s\": the host contains an invalid character", addr);
-			return -1;
-		}
-	}
-	if (*p == '\0') {
-		snprintf(err, errlen, "\"%s\" has no port", addr);
-		return -1;
-	}
-	unsigned long v = 0;
-	for (const char *c = p; *c; c++) {
-		if (*c < '0' || *c > '9' || v > 65535) {
-			snprintf(err, errlen, "\"%s\": the port must be a number from 0 to 65535", addr);
-			return -1;
-		}
-		v = v * 10 + (unsigned long)(*c - '0');
-	}
-	if (v > 65535) {
-		snprintf(err, errlen, "\"%s\": the port must be a number from 0 to 65535", addr);
-		return -1;
-	}
-	memcpy(host, h, n);
-	host[n] = '\0';
-	*port = (unsigned)v;
-	return 0;
-}
-
 /* ---- the Prometheus text format (0.0.4) ---- */
-
-/* The shortest text that reads back as v (Go's strconv 'g' -1), or NaN/+Inf/-Inf. */
-static void fmt_double(char *buf, size_t cap, double v)
-{
-	if (isnan(v)) {
-		snprintf(buf, cap, "NaN");
-		return;
-	}
-	if (isinf(v)) {
-		snprintf(buf, cap, v > 0 ? "+Inf" : "-Inf");
-		return;
-	}
-	if (v == floor(v) && fabs(v) < 1e15) {
-		snprintf(buf, cap, "%.0f", v);     /* 60, not 6e+01 */
-		return;
-	}
-	for (int prec = 1; prec <= 17; prec++) {
-		snprintf(buf, cap, "%.*g", prec, v);
-		if (strtod(buf, NULL) == v)
-			return;
-	}
-}
 
 static void family(struct obr_strbuf *b, const char *name, const char *type, const char *help)
 {
@@ -148,7 +49,7 @@ static void sample_u64(struct obr_strbuf *b, const char *name, const char *label
 static void sample_double(struct obr_strbuf *b, const char *name, const char *labels, double v)
 {
 	char num[40];
-	fmt_double(num, sizeof(num), v);
+	obr_fmt_double(num, sizeof(num), v);
 	obr_strbuf_printf(b, "%s%s %s\n", name, labels ? labels : "", num);
 }
 
@@ -190,7 +91,7 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 	for (int i = 0; i < OBR_LATENCY_BUCKETS; i++) {
 		char le[40], labels[64];
 		cumulative += st->latency_buckets[i];
-		fmt_double(le, sizeof(le), obr_latency_bounds[i]);
+		obr_fmt_double(le, sizeof(le), obr_latency_bounds[i]);
 		snprintf(labels, sizeof(labels), "{le=\"%s\"}", le);
 		sample_u64(out, "outbox_relay_delivery_latency_seconds_bucket", labels, cumulative);
 	}

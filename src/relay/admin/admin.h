@@ -23,14 +23,7 @@
 struct event_base;
 struct obr_admin;
 
-#define OBR_LISTEN_HOST_MAX 256
 #define OBR_METRICS_MAX_BYTES (256u * 1024u)
-
-/* Splits a listen address: "host:port", or "[ipv6]:port" (IPv6 literals need the brackets).
- * host receives the name or address without brackets, port 0..65535 (0: any free port).
- * Returns 0, or -1 with a message (no trailing period) in err. */
-int obr_listen_addr_parse(const char *addr, char *host, size_t hostlen, unsigned *port,
-                          char *err, size_t errlen);
 
 /* Binds listen_addr and serves on base. relay is borrowed and must outlive the endpoint.
  * Returns NULL with a message naming the address in err (e.g. the address is in use). */

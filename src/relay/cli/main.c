@@ -11,6 +11,7 @@
 #include "engine/relay.h"
 #include "admin/sdnotify.h"
 #include "send/destination.h"
+#include "util/clock.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -123,7 +124,7 @@ static int run(int argc, char **argv)
 	uint64_t wd_usec = obr_sd_watchdog_usec();
 	if (wd_usec) {
 		uint64_t half = wd_usec / 2 < 1000 ? 1000 : wd_usec / 2;   /* never a busy loop */
-		struct timeval tv = { (time_t)(half / 1000000), (suseconds_t)(half % 1000000) };
+		struct timeval tv = obr_timeval_from_us((int64_t)half);
 		watchdog = event_new(d.base, -1, EV_PERSIST, on_watchdog, NULL);
 		if (!watchdog || event_add(watchdog, &tv))
 			goto out;
