@@ -576,9 +576,15 @@ static void test_notification_flood_forgotten(void)
 	settle(&e);
 	CHECK_INT_EQ(part_count(&e.r->parts, PS_CLAIM_WANTED), 0);
 	CHECK_INT_EQ(e.r->parts.nparts, 1); /* PART_A, claiming; the flood is freed */
+	fake_pg_notify(e.listen, "outbox", PART_B); /* committed before the scan: it finds it */
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_B), PS_COUNT);
 	fake_pg_answer(e.claim, heads(), NULL); /* held by another instance */
 	settle(&e);
 	CHECK(head_is(e.claim, OBR_SQL_SCAN));
+	fake_pg_notify(e.listen, "outbox", PART_B); /* maybe after the scan's snapshot: remembered */
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_B), PS_CLAIM_WANTED);
 	env_free(&e);
 }
 

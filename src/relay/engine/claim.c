@@ -13,23 +13,32 @@
 #include <stdlib.h>
 #include <string.h>
 
-void claim_want(struct obr_relay *r, struct part *p)
+static void want(struct obr_relay *r, struct part *p, bool capped)
 {
 	if (p->state != PS_IDLE || r->stopping)
 		return;
 	size_t wanted = part_count(&r->parts, PS_CLAIM_WANTED);
 	relay_arrived(r, &r->claim_arrivals, wanted == 0);
-	if (wanted >= MAX_CLAIM_SET) {
-		/* too many to remember (anyone may NOTIFY anything): forget them all, p too; a scan
-		 * finds every partition whose head is due, however it was announced */
+	if (capped && (r->claim_overflow || wanted >= MAX_CLAIM_SET)) {
+		/* too many to remember (anyone may NOTIFY anything): forget them all, p too, and
+		 * every one until the next scan is sent; that scan finds every partition whose head
+		 * is due, however it was announced (their rows committed before it started) */
 		struct part *q;
 		while ((q = part_first(&r->parts, PS_CLAIM_WANTED)))
 			part_set_state(r, q, PS_IDLE);
-		obr_log_warn("more than %d notified partitions waiting: forgot them, a scan catches up", MAX_CLAIM_SET);
+		if (!r->claim_overflow)
+			obr_log_warn("more than %d notified partitions waiting: forgot them, a scan catches up",
+			             MAX_CLAIM_SET);
+		r->claim_overflow = true;
 		r->scan_wanted = true;
 		return;
 	}
 	part_set_state(r, p, PS_CLAIM_WANTED);
+}
+
+void claim_want(struct obr_relay *r, struct part *p)
+{
+	want(r, p, true);
 }
 
 static struct row *row_from_result(struct obr_relay *r, const PGresult *res, int j)
@@ -246,7 +255,7 @@ static void on_scan_result(void *arg, const PGresult *res, const char *err)
 		r->stats.scan_found++;
 		struct part *p = part_get(r, key);
 		if (p)
-			claim_want(r, p);
+			want(r, p, false); /* a page of found partitions: never forgotten */
 	}
 	/* a full page (the last row is the due time): there may be more */
 	if (n - 1 >= r->cfg->claim_limit)
@@ -271,6 +280,7 @@ bool claim_scan_wanted(struct obr_relay *r)
 bool claim_send_scan(struct obr_relay *r)
 {
 	r->scan_wanted = false;
+	r->claim_overflow = false; /* notified from now on: maybe committed after this scan's snapshot */
 	struct stmt *s = stmt_new(r, &r->claim);
 	const char *params[] = { r->param.claim_limit, r->lock_id };
 	if (!s || !stmt_send(s, OBR_SQL_SCAN, 2, params, on_scan_result)) {

@@ -130,6 +130,7 @@ struct obr_relay {
 	size_t statement_limit;     /* a results statement's parameters, at most (MAX_STATEMENT_BYTES) */
 
 	bool scan_wanted;
+	bool claim_overflow;        /* notified partitions were forgotten: none is remembered until a scan is sent */
 	bool renew_wanted;
 	bool sample_wanted;
 	bool retention_wanted;
