@@ -69,6 +69,8 @@ static const struct setting settings[] = {
 	  "partitions delivered concurrently (each sends one row at a time)" },
 	{ "OUTBOX_BATCH_SIZE", "batch-size", T_INT, OFF(batch_size), "32", 1, 10000, NULL,
 	  "rows fetched per partition per query" },
+	{ "OUTBOX_FETCH_BYTES", "fetch-bytes", T_INT, OFF(fetch_bytes), "16777216", 65536, INT64_C(1) << 40, NULL,
+	  "bytes of row data (payload, destinations, headers) fetched and not yet delivered, at most; one row larger than this is still fetched, alone" },
 	{ "OUTBOX_CLAIM_LIMIT", "claim-limit", T_INT, OFF(claim_limit), "256", 1, 100000, NULL,
 	  "partitions claimed per query and found per poll" },
 	{ "OUTBOX_BATCH_WINDOW_MS", "batch-window-ms", T_INT, OFF(batch_window_ms), "0", 0, 1000, NULL,

@@ -33,6 +33,7 @@ struct obr_config {
 	int64_t max_in_flight;
 	int64_t batch_size;
 	int64_t claim_limit;
+	int64_t fetch_bytes;           /* row data fetched and not delivered yet, at most (one row more) */
 	int64_t batch_window_ms;       /* listen mode: gather claims and results this long first */
 	int64_t shutdown_grace_ms;
 	int64_t health_check_ms;

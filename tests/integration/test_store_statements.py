@@ -15,6 +15,7 @@ from conftest import run_relay_command, uuid7, wait_until
 SOURCE_ROOT = Path(os.environ.get("OBR_SOURCE_ROOT", Path(__file__).resolve().parents[2]))
 LOCK_ID = "20000000-0000-4000-8000-000000000001"
 OTHER_LOCK_ID = "20000000-0000-4000-8000-000000000002"
+BUDGET = 16 << 20  # OUTBOX_FETCH_BYTES
 DESTS = '[{"url": "http://127.0.0.1:9/x"}]'
 
 
@@ -71,12 +72,12 @@ def test_every_result_column_the_engine_reads_is_named_in_store_h(db):
     insert(db, part)
     heads = len(enum_members("obr_head_col"))
     assert heads == 11
-    cols, _ = st.run("claim", LOCK_ID, [part], 4, 30000)
+    cols, _ = st.run("claim", LOCK_ID, [part], 4, 30000, BUDGET)
     assert len(cols) == heads
-    cols, _ = st.run("advance", LOCK_ID, [part], 4, 30000)
+    cols, _ = st.run("advance", LOCK_ID, [part], 4, 30000, BUDGET)
     assert len(cols) == heads
     for name in ("complete", "complete_delete"):
-        cols, _ = st.run(name, [], [], [], [], [], [], [], LOCK_ID, [part], 4, 30000)
+        cols, _ = st.run(name, [], [], [], [], [], [], [], LOCK_ID, [part], 4, 30000, BUDGET)
         assert len(cols) == heads, name
     assert len(st.run("scan", 10, LOCK_ID)[0]) == len(enum_members("obr_scan_col"))
     assert len(st.run("renew", LOCK_ID, 30000)[0]) == len(enum_members("obr_renew_col"))
@@ -166,7 +167,7 @@ def test_due_times_are_clamped_and_never_fail(db):
     insert(db, far, process_after="'294276-12-31 23:59:59+00'", created_at="'4714-11-24 00:00:00+00 BC'")
     insert(db, inf, process_after="'infinity'", created_at="'-infinity'")
     insert(db, neg, process_after="'-infinity'", created_at="'infinity'")
-    cols, rows = st.run("claim", LOCK_ID, sorted([far, inf, neg]), 4, 30000)
+    cols, rows = st.run("claim", LOCK_ID, sorted([far, inf, neg]), 4, 30000, BUDGET)
     by_part = {r[0]: dict(zip(cols, r)) for r in rows}
     day_ms = 86_400_000
     assert by_part[far]["due"] is False and by_part[far]["due_in_ms"] == day_ms
@@ -176,6 +177,49 @@ def test_due_times_are_clamped_and_never_fail(db):
     assert rows == [(None, day_ms)], "nothing is due for another instance; the timer waits a day"
     cols, rows = st.run("sample")
     assert rows[0][0] == 1, "the '-infinity' row is due"
+
+
+def test_heads_fetch_at_most_the_byte_budget(db):
+    """The claim, the advance and the results statement return a due row's data (destinations,
+    headers, payload) only while the due rows before it in the result came to less than the
+    budget: the first due row always unless the budget is 0, at most the budget plus one row;
+    the rows past it keep their key and due columns, data NULL. The heads are still read
+    through the partition index."""
+    st = Statements(db)
+    a, b = sorted([str(uuid7()), str(uuid7())])
+    big = "x" * 100_000
+    keys_a = [insert(db, a, process_after=f"now() - interval '{9 - i} seconds'") for i in range(3)]
+    db.execute("UPDATE outbox SET payload = %s WHERE partition_key = %s", (big, a))
+    (key_b,) = [insert(db, b)]
+
+    def fetched(rows):
+        return [(r[0], r[2], r[5] is not None) for r in rows]
+
+    _, rows = st.run("claim", LOCK_ID, [a, b], 10, 30000, 150_000)
+    assert [r[5] == big for r in rows[:2]] == [True, True]
+    assert fetched(rows) == [(a, keys_a[0], True), (a, keys_a[1], True), (a, keys_a[2], False),
+                             (b, key_b, False)]
+    assert all(r[3] is None and r[4] is None for r in rows[2:]), "no data past the budget"
+    assert all(r[8] for r in rows), "rows past the budget still say they are due"
+
+    _, rows = st.run("advance", LOCK_ID, [a, b], 10, 30000, 1)
+    assert fetched(rows) == [(a, keys_a[0], True), (a, keys_a[1], False), (a, keys_a[2], False),
+                             (b, key_b, False)]
+    assert [r[1] for r in rows] == ["held"] * 4
+    _, rows = st.run("advance", LOCK_ID, [a, b], 10, 30000, 0)
+    assert fetched(rows) == [(a, k, False) for k in keys_a] + [(b, key_b, False)]
+    none = ([], [], [], [], [], [], [])
+    _, rows = st.run("complete", *none, LOCK_ID, [b], 10, 30000, 10)
+    assert fetched(rows) == [(b, key_b, True)]
+
+    with st.conn.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")
+        for name, args in (("claim", f"'{LOCK_ID}', '{{{a}}}', 10, 30000, 1000"),
+                           ("advance", f"'{LOCK_ID}', '{{{a}}}', 10, 30000, 1000")):
+            cur.execute(f"EXPLAIN (COSTS OFF) EXECUTE {name}({args})")
+            plan = "\n".join(r[0] for r in cur.fetchall())
+            assert "outbox_pending_by_partition" in plan, plan
+            assert "Seq Scan on outbox " not in plan and not plan.rstrip().endswith("Seq Scan on outbox"), plan
 
 
 @pytest.mark.parametrize("name", ["complete", "complete_delete"])
@@ -190,25 +234,25 @@ def test_complete_asks_for_a_reread_when_a_requeued_row_sorts_first(db, name):
     r2 = insert(db, part, process_after="now() - interval '3 seconds'")
     r3 = insert(db, part, process_after="now() - interval '2 seconds'")
     r4 = insert(db, part, process_after="now() - interval '1 seconds'")
-    cols, rows = st.run("claim", LOCK_ID, [part], 4, 30000)
+    cols, rows = st.run("claim", LOCK_ID, [part], 4, 30000, BUDGET)
     assert [r[2] for r in rows] == [r2, r3, r4]
     none = ([], [], [], [], [], [], [])
 
     # row 2 delivered, nothing requeued: no extra row
-    _, rows = st.run(name, [r2], *none[1:], LOCK_ID, [], 4, 30000)
+    _, rows = st.run(name, [r2], *none[1:], LOCK_ID, [], 4, 30000, BUDGET)
     assert rows == []
 
     res = run_relay_command(["requeue", "--key", r1], db.url)
     assert res.returncode == 0, res.stdout + res.stderr
-    _, rows = st.run(name, [r3], *none[1:], LOCK_ID, [], 4, 30000)
+    _, rows = st.run(name, [r3], *none[1:], LOCK_ID, [], 4, 30000, BUDGET)
     assert rows == [(part, "reread") + (None,) * 9]
-    cols, rows = st.run("advance", LOCK_ID, [part], 4, 30000)
+    cols, rows = st.run("advance", LOCK_ID, [part], 4, 30000, BUDGET)
     assert [(r[1], r[2]) for r in rows] == [("held", r1), ("held", r4)]
 
     # a partition the statement advances anyway gets no reread row: the advance is the re-read
     db.execute("UPDATE outbox SET dead_at = now() WHERE idempotent_key = %s", (r1,))
     r0 = insert(db, part, process_after="now() - interval '10 seconds'")
-    _, rows = st.run(name, [r4], *none[1:], LOCK_ID, [part], 4, 30000)
+    _, rows = st.run(name, [r4], *none[1:], LOCK_ID, [part], 4, 30000, BUDGET)
     assert [(r[1], r[2]) for r in rows] == [("held", r0)]
 
 

@@ -14,6 +14,7 @@ struct obr_pg {
 	void *arg;
 	bool up;
 	bool fail_next_send;
+	PGresult *handing;          /* the result whose callback is running */
 	uint64_t reconnects;
 	struct fake_query *head, *tail;
 };
@@ -161,8 +162,18 @@ void fake_pg_answer_more(struct obr_pg *pg, PGresult *res, const char *err)
 		return;
 	}
 	q->answered = true;
+	pg->handing = res;
 	q->fn(q->arg, res, err);
-	PQclear(res);
+	PQclear(pg->handing); /* unless the callback kept it */
+	pg->handing = NULL;
+}
+
+PGresult *obr_pg_keep_result(struct obr_pg *pg, const PGresult *res)
+{
+	if (!res || pg->handing != res)
+		return NULL;
+	pg->handing = NULL;
+	return (PGresult *)(uintptr_t)res;
 }
 
 void fake_pg_finish(struct obr_pg *pg)

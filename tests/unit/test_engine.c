@@ -557,6 +557,120 @@ static void test_shutdown_grace_over(void)
 	env_free(&e); /* with the release unanswered */
 }
 
+/* ---- memory bounds ---- */
+
+/* More notified partitions wait than MAX_CLAIM_SET (a flood: anyone may NOTIFY anything): all
+ * are forgotten at once, and a scan, which finds every partition with a due head, comes next. */
+static void test_notification_flood_forgotten(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	fake_pg_notify(e.listen, "outbox", PART_A);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_CLAIM)); /* running: the flood waits behind it */
+	char key[OBR_KEY_LEN + 1];
+	for (int i = 0; i <= MAX_CLAIM_SET; i++) {
+		snprintf(key, sizeof(key), "0190b000-0000-7000-8000-%012d", i);
+		fake_pg_notify(e.listen, "outbox", key);
+	}
+	settle(&e);
+	CHECK_INT_EQ(part_count(&e.r->parts, PS_CLAIM_WANTED), 0);
+	CHECK_INT_EQ(e.r->parts.nparts, 1); /* PART_A, claiming; the flood is freed */
+	fake_pg_notify(e.listen, "outbox", PART_B); /* committed before the scan: it finds it */
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_B), PS_COUNT);
+	fake_pg_answer(e.claim, heads(), NULL); /* held by another instance */
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_SCAN));
+	fake_pg_notify(e.listen, "outbox", PART_B); /* maybe after the scan's snapshot: remembered */
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_B), PS_CLAIM_WANTED);
+	env_free(&e);
+}
+
+/* Rows past the byte budget come without their data: a partition delivers what it got, and
+ * every heads statement asks for OUTBOX_FETCH_BYTES less the rows the relay holds; with none
+ * left, advances wait for delivered rows to make room. */
+static void test_fetch_budget(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	size_t row_bytes = strlen(DESTS) + OBR_KEY_LEN; /* head_row: payload = key, no headers */
+	e.cfg.fetch_bytes = 1000;
+	fake_pg_notify(e.listen, "outbox", PART_A);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_CLAIM));
+	CHECK_STR_EQ(param(e.claim, 4), "1000");
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_1);
+	const char *past[] = { PART_A, "held", ROW_2, NULL, NULL, NULL, "0", NULL, "t", "0", "0" };
+	fake_result_row(res, past);
+	fake_pg_answer(e.claim, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_DELIVERING);
+	CHECK_INT_EQ(e.r->fetched_bytes, row_bytes);
+
+	e.cfg.fetch_bytes = (int64_t)row_bytes; /* full */
+	fake_pg_notify(e.listen, "outbox", PART_B);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_CLAIM));
+	CHECK_STR_EQ(param(e.claim, 4), "0");
+	res = heads();
+	head_row(res, PART_B, ROW_3);
+	fake_result_row(res, (const char *[]){ PART_B, "held", ROW_3, NULL, NULL, NULL, "0", NULL, "t", "0", "0" });
+	fake_pg_answer(e.claim, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_B), PS_DELIVERING); /* ROW_3 came with its data */
+	fake_send_answer(1, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_B), PS_ADVANCE_WANTED);
+	CHECK(!fake_pg_head(e.work)); /* ROW_1 fills the budget: no advance yet */
+
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 8), "{}"); /* rows past the budget: the advance fetches them */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(e.r->fetched_bytes, 0);
+	CHECK(head_is(e.work, OBR_SQL_ADVANCE));
+	char budget[24];
+	snprintf(budget, sizeof(budget), "%zu", row_bytes);
+	CHECK_STR_EQ(param(e.work, 4), budget); /* every fetched row delivered: the whole budget again */
+	env_free(&e);
+}
+
+/* Results that do not fit in one statement's string limit go out in more statements, in order
+ * (one over the limit was refused and retried forever). */
+static void test_results_split_at_string_limit(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows_a[] = { ROW_1 }, *rows_b[] = { ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows_a, 1));
+	CHECK(claim_with_rows(&e, PART_B, rows_b, 1));
+	CHECK_INT_EQ(fake_send_count(), 2);
+	fake_send_answer(0, false);
+	fake_send_answer(0, false);
+	CHECK_INT_EQ(e.r->marks.len, 2);
+	size_t err_len = strlen(((struct mark *)e.r->marks.items[0])->error);
+	e.r->statement_limit = err_len + err_len / 2 + 8; /* one error fits, two do not */
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 1), "{" ROW_1 "}");
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 1), "{" ROW_2 "}");
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(e.r->marks.len, 0);
+	env_free(&e);
+}
+
 int main(int argc, char **argv)
 {
 	obr_log_configure(getenv("OBR_TEST_LOG") ? OBR_LOG_DEBUG : OBR_LOG_ERROR, OBR_LOG_TEXT);
@@ -576,6 +690,9 @@ int main(int argc, char **argv)
 		TEST(test_claim_connection_lost),
 		TEST(test_shutdown_with_rows_in_flight),
 		TEST(test_shutdown_grace_over),
+		TEST(test_notification_flood_forgotten),
+		TEST(test_fetch_budget),
+		TEST(test_results_split_at_string_limit),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);

@@ -64,6 +64,7 @@ struct obr_pg {
 
 	struct query *head, *tail; /* head is running when busy */
 	bool busy;
+	struct query *handing;     /* the statement whose callback is running */
 };
 
 static void on_io(evutil_socket_t fd, short what, void *arg);
@@ -306,7 +307,9 @@ static void read_results(struct obr_pg *pg)
 			err = "no result";
 		else if (PQresultStatus(q->res) == PGRES_FATAL_ERROR)
 			err = PQresultErrorMessage(q->res);
+		pg->handing = q;
 		q->fn(q->arg, q->res, err);
+		pg->handing = NULL;
 		query_free(q);
 		if (!pg->conn) /* the callback reset us */
 			return;
@@ -621,6 +624,15 @@ int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *co
 	pg->tail = q;
 	send_next(pg);
 	return 0;
+}
+
+PGresult *obr_pg_keep_result(struct obr_pg *pg, const PGresult *res)
+{
+	struct query *q = pg->handing;
+	if (!q || !res || q->res != res)
+		return NULL;
+	q->res = NULL;
+	return (PGresult *)(uintptr_t)res;
 }
 
 int obr_pg_pending(const struct obr_pg *pg)

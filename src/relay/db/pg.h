@@ -60,6 +60,10 @@ int obr_pg_set_statement_timeout(struct obr_pg *pg, int ms);
 int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *const *values, obr_pg_result_fn fn,
                  void *arg);
 
+/* In a statement's callback only: takes its res over (the caller PQclears it; pg.c then does
+ * not), so a large result need not be copied. NULL when res is not the one being handed over. */
+PGresult *obr_pg_keep_result(struct obr_pg *pg, const PGresult *res);
+
 bool obr_pg_is_up(const struct obr_pg *pg);
 /* Statements queued or running. */
 int obr_pg_pending(const struct obr_pg *pg);

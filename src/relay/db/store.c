@@ -50,8 +50,23 @@
 	" WHERE o.partition_key = " part " AND o.processed_at IS NULL AND o.dead_at IS NULL" skip " " \
 	" ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT " limit " " lock ") x"
 
-#define HEADS_COLUMNS \
-	"h.idempotent_key, h.destinations, h.headers, h.payload, h.attempts, h.sent, h.due, h.due_in_ms, h.created_ms"
+/*
+ * The byte budget (OUTBOX_FETCH_BYTES, less what the relay holds already): a row's data
+ * (destinations, headers, payload) is returned only when it is due and the due rows before it
+ * in the result came to less than the budget, so one statement returns at most the budget plus
+ * one row, and at least its first due row unless the budget is 0. Past the budget the row
+ * columns stay, the data columns are NULL (the relay fetches them later). Computed over the
+ * result's own order (the window "w", ORDER BY partition, rn), so it costs no extra sort;
+ * octet_length does not detoast.
+ */
+#define FETCHED(col, budget) \
+	"CASE WHEN h.due AND coalesce(sum(CASE WHEN h.due THEN octet_length(h.destinations) + " \
+	"octet_length(h.payload) + coalesce(octet_length(h.headers), 0) END) " \
+	"OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) < " budget " THEN " col " END"
+
+#define HEADS_COLUMNS(budget) \
+	"h.idempotent_key, " FETCHED("h.destinations", budget) ", " FETCHED("h.headers", budget) ", " \
+	FETCHED("h.payload", budget) ", h.attempts, h.sent, h.due, h.due_in_ms, h.created_ms"
 
 /*
  * Claim: lease the given partitions and return each leased partition's first rows, in one
@@ -63,7 +78,7 @@
  * A lease ends clock_timestamp() + lease, here and in every renewal: the statement's now() is
  * when it started, and one that waited for a lock would write a lease shorter than the one the
  * relay counts from when it sent it.
- * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
+ * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms, $5 byte budget
  */
 const char OBR_SQL_CLAIM[] =
 	"WITH p AS (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k), "
@@ -79,8 +94,9 @@ const char OBR_SQL_CLAIM[] =
 	"  ON CONFLICT (partition_key) WHERE processed_at IS NULL DO NOTHING "
 	"  RETURNING partition_key), "
 	"leased AS (SELECT partition_key FROM took UNION ALL SELECT partition_key FROM inserted) "
-	"SELECT l.partition_key::text, '" OBR_LEASE_HELD "', " HEADS_COLUMNS
+	"SELECT l.partition_key::text, '" OBR_LEASE_HELD "', " HEADS_COLUMNS("$5::bigint")
 	"  FROM leased l LEFT JOIN LATERAL (" HEADS_OF("l.partition_key", "$3", "", "FOR SHARE OF o") ") h ON true "
+	" WINDOW w AS (ORDER BY l.partition_key, h.rn) "
 	" ORDER BY l.partition_key, h.rn";
 
 /*
@@ -93,14 +109,14 @@ const char OBR_SQL_CLAIM[] =
  * "leases" CTE; "(SELECT count(*) FROM leases) >= 0" is always true and makes a modification
  * wait for it), outbox rows after. A claim also locks leases in key order before it reads rows
  * FOR SHARE, so a claim taking over an expired lease never waits on these in a cycle.
- * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms
+ * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms, $5 byte budget
  */
 #define LEASES_FIRST(parts) \
 	"leases AS MATERIALIZED (SELECT partition_key FROM outbox_lock " \
 	"         WHERE partition_key = ANY(" parts "::uuid[]) AND processed_at IS NULL ORDER BY partition_key FOR UPDATE), "
 #define AFTER_LEASES " AND (SELECT count(*) FROM leases) >= 0 "
 
-#define ADVANCE(lock_id, parts, limit, lease, skip) \
+#define ADVANCE(lock_id, parts, limit, lease, skip, budget) \
 	"h AS (" \
 	"  SELECT p.k, x.* FROM (SELECT DISTINCT k FROM unnest(" parts "::uuid[]) AS k) p " \
 	"  LEFT JOIN LATERAL (" HEADS_OF("p.k", limit, skip, "") ") x ON true), " \
@@ -113,11 +129,12 @@ const char OBR_SQL_CLAIM[] =
 	AFTER_LEASES "RETURNING l.partition_key) " \
 	"(SELECT h.k::text, CASE WHEN ren.partition_key IS NOT NULL THEN '" OBR_LEASE_HELD "' " \
 	"                        WHEN rel.partition_key IS NOT NULL THEN '" OBR_LEASE_RELEASED "' " \
-	"                        ELSE '" OBR_LEASE_LOST "' END, " HEADS_COLUMNS \
+	"                        ELSE '" OBR_LEASE_LOST "' END, " HEADS_COLUMNS(budget "::bigint") \
 	"  FROM h LEFT JOIN rel ON rel.partition_key = h.k LEFT JOIN ren ON ren.partition_key = h.k " \
+	" WINDOW w AS (ORDER BY h.k, h.rn) " \
 	" ORDER BY h.k, h.rn)"
 
-const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$3", "$4", "");
+const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$3", "$4", "", "$5");
 
 /*
  * Complete: the results of delivered rows, successes and failures, in one statement, and the
@@ -142,7 +159,7 @@ const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$
  * $1 uuid[] delivered; failures as parallel arrays: $2 uuid[] key, $3 text[] error,
  * $4 bigint[] retry delay ms, $5 bool[] park, $6 text[] sent_destinations (int[] literals),
  * $7 bool[] counts as an attempt; $8 lock_id, $9 uuid[] partitions to advance, $10 rows per
- * partition, $11 lease ms. The result is the advance's (no rows when $9 is empty), then the
+ * partition, $11 lease ms, $12 byte budget. The result is the advance's (no rows when $9 is empty), then the
  * re-read rows.
  */
 #define MOVED_COLUMNS "o.partition_key, o.process_after, o.created_at, o.idempotent_key"
@@ -167,7 +184,7 @@ const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$
 	"       AS f(key, err, delay_ms, park, sent, counted) " \
 	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES \
 	"RETURNING " MOVED_COLUMNS ", f.park), " \
-	ADVANCE("$8", "$9", "$10", "$11", NOT_WRITTEN_HERE("o.")) REREAD_ROWS
+	ADVANCE("$8", "$9", "$10", "$11", NOT_WRITTEN_HERE("o."), "$12") REREAD_ROWS
 
 /* The rows are found through the primary key (a join with the unnested keys). "(processed_at
  * IS NULL) IS TRUE" keeps the planner from matching the partial pending-row indexes, which it

@@ -30,9 +30,9 @@ enum obr_head_col {
 	OBR_HEAD_PARTITION = 0,
 	OBR_HEAD_LEASE,          /* OBR_LEASE_* */
 	OBR_HEAD_KEY,            /* idempotent_key; NULL: no row */
-	OBR_HEAD_DESTINATIONS,
-	OBR_HEAD_HEADERS,        /* NULL: none */
-	OBR_HEAD_PAYLOAD,
+	OBR_HEAD_DESTINATIONS,   /* NULL (with headers and payload): not due, or past the byte budget */
+	OBR_HEAD_HEADERS,        /* NULL: none (or not fetched: see payload) */
+	OBR_HEAD_PAYLOAD,        /* NULL: not fetched (not due, or past the byte budget) */
 	OBR_HEAD_ATTEMPTS,
 	OBR_HEAD_SENT,           /* sent_destinations, an int[] literal; NULL: none yet */
 	OBR_HEAD_DUE,            /* 't' / 'f' */
@@ -40,9 +40,11 @@ enum obr_head_col {
 	OBR_HEAD_CREATED_MS,     /* created_at, ms since the epoch */
 	OBR_HEAD_COLUMNS
 };
-extern const char OBR_SQL_CLAIM[];            /* $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms */
+/* $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 lease ms, $5 byte budget (the
+ * data of due rows past it is not fetched; at least one row's when it is not 0) */
+extern const char OBR_SQL_CLAIM[];
 extern const char OBR_SQL_ADVANCE[];          /* the same parameters */
-extern const char OBR_SQL_COMPLETE[];         /* $1..$11, see store.c */
+extern const char OBR_SQL_COMPLETE[];         /* $1..$12, see store.c */
 extern const char OBR_SQL_COMPLETE_DELETE[];
 
 /* The engine's old names for the heads columns, until it uses the ones above. */

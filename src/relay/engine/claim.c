@@ -13,20 +13,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-void claim_want(struct obr_relay *r, struct part *p)
+static void want(struct obr_relay *r, struct part *p, bool capped)
 {
 	if (p->state != PS_IDLE || r->stopping)
 		return;
 	size_t wanted = part_count(&r->parts, PS_CLAIM_WANTED);
 	relay_arrived(r, &r->claim_arrivals, wanted == 0);
-	if (wanted >= MAX_CLAIM_SET) {
-		r->scan_wanted = true; /* too many to remember: the scan finds them */
+	if (capped && (r->claim_overflow || wanted >= MAX_CLAIM_SET)) {
+		/* too many to remember (anyone may NOTIFY anything): forget them all, p too, and
+		 * every one until the next scan is sent; that scan finds every partition whose head
+		 * is due, however it was announced (their rows committed before it started) */
+		struct part *q;
+		while ((q = part_first(&r->parts, PS_CLAIM_WANTED)))
+			part_set_state(r, q, PS_IDLE);
+		if (!r->claim_overflow)
+			obr_log_warn("more than %d notified partitions waiting: forgot them, a scan catches up",
+			             MAX_CLAIM_SET);
+		r->claim_overflow = true;
+		r->scan_wanted = true;
 		return;
 	}
 	part_set_state(r, p, PS_CLAIM_WANTED);
 }
 
-static struct row *row_from_result(const PGresult *res, int j)
+void claim_want(struct obr_relay *r, struct part *p)
+{
+	want(r, p, true);
+}
+
+static struct row *row_from_result(struct obr_relay *r, const PGresult *res, int j)
 {
 	struct row *row = calloc(1, sizeof(*row));
 	if (!row)
@@ -45,6 +60,9 @@ static struct row *row_from_result(const PGresult *res, int j)
 		row_free(row);
 		return NULL;
 	}
+	row->bytes = strlen(row->destinations) + (row->headers ? strlen(row->headers) : 0) + row->payload_len;
+	row->held_bytes = &r->fetched_bytes;
+	r->fetched_bytes += row->bytes;
 	return row;
 }
 
@@ -92,7 +110,11 @@ void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state 
 				relay_arm_due(r, strtoll(PQgetvalue(res, j, HC_DUE_IN_MS), NULL, 10));
 				break;
 			}
-			struct row *row = row_from_result(res, j);
+			if (PQgetisnull(res, j, HC_PAYLOAD)) {
+				p->fetched_full = true; /* past the byte budget: an advance fetches it */
+				break;
+			}
+			struct row *row = row_from_result(r, res, j);
 			if (!row)
 				break;
 			if (p->queue_tail)
@@ -125,12 +147,22 @@ static char *uuid_array(struct obr_relay *r, enum part_state s)
 	return b.data;
 }
 
+size_t claim_fetch_budget(const struct obr_relay *r, char out[24])
+{
+	size_t limit = (size_t)r->cfg->fetch_bytes;
+	size_t budget = r->fetched_bytes < limit ? limit - r->fetched_bytes : 0;
+	snprintf(out, 24, "%zu", budget);
+	return budget;
+}
+
 bool claim_send_heads(struct obr_relay *r, struct conn *c, const char *sql, enum part_state in, obr_pg_result_fn fn)
 {
 	struct stmt *s = stmt_new(r, c);
 	char *keys = uuid_array(r, in);
-	const char *params[] = { r->lock_id, keys, r->param.batch, r->param.lease };
-	bool ok = s && keys && stmt_send(s, sql, 4, params, fn);
+	char budget[24];
+	claim_fetch_budget(r, budget);
+	const char *params[] = { r->lock_id, keys, r->param.batch, r->param.lease, budget };
+	bool ok = s && keys && stmt_send(s, sql, 5, params, fn);
 	if (!ok)
 		stmt_free(s);
 	free(keys);
@@ -223,7 +255,7 @@ static void on_scan_result(void *arg, const PGresult *res, const char *err)
 		r->stats.scan_found++;
 		struct part *p = part_get(r, key);
 		if (p)
-			claim_want(r, p);
+			want(r, p, false); /* a page of found partitions: never forgotten */
 	}
 	/* a full page (the last row is the due time): there may be more */
 	if (n - 1 >= r->cfg->claim_limit)
@@ -248,6 +280,7 @@ bool claim_scan_wanted(struct obr_relay *r)
 bool claim_send_scan(struct obr_relay *r)
 {
 	r->scan_wanted = false;
+	r->claim_overflow = false; /* notified from now on: maybe committed after this scan's snapshot */
 	struct stmt *s = stmt_new(r, &r->claim);
 	const char *params[] = { r->param.claim_limit, r->lock_id };
 	if (!s || !stmt_send(s, OBR_SQL_SCAN, 2, params, on_scan_result)) {

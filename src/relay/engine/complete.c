@@ -127,6 +127,20 @@ bool complete_wanted(struct obr_relay *r)
 	return r->marks.len && !r->complete_paused;
 }
 
+/* At most what a result adds to a results statement (array elements may be escaped and quoted). */
+static size_t mark_bytes(const struct mark *m)
+{
+	return 2 * (OBR_KEY_LEN + 4) + 2 * (m->error ? strlen(m->error) : 0) + 2 * (m->sent ? strlen(m->sent) : 0) + 64;
+}
+
+static size_t statement_bytes(struct obr_strbuf *const *bufs, size_t n, const struct obr_strbuf *adv)
+{
+	size_t len = adv->len;
+	for (size_t i = 0; i < n; i++)
+		len += bufs[i]->len;
+	return len;
+}
+
 static void send_complete(struct obr_relay *r, size_t limit)
 {
 	struct obr_strbuf done, keys, errs, delays, parks, sents, counted;
@@ -134,13 +148,13 @@ static void send_complete(struct obr_relay *r, size_t limit)
 	struct stmt *s = stmt_new(r, &r->work);
 	if (!s)
 		return;
-	obr_strbuf_init(&done, MAX_STATEMENT_BYTES);
-	obr_strbuf_init(&keys, MAX_STATEMENT_BYTES);
-	obr_strbuf_init(&errs, MAX_STATEMENT_BYTES);
-	obr_strbuf_init(&delays, MAX_STATEMENT_BYTES);
-	obr_strbuf_init(&parks, MAX_STATEMENT_BYTES);
-	obr_strbuf_init(&sents, MAX_STATEMENT_BYTES);
-	obr_strbuf_init(&counted, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&done, r->statement_limit);
+	obr_strbuf_init(&keys, r->statement_limit);
+	obr_strbuf_init(&errs, r->statement_limit);
+	obr_strbuf_init(&delays, r->statement_limit);
+	obr_strbuf_init(&parks, r->statement_limit);
+	obr_strbuf_init(&sents, r->statement_limit);
+	obr_strbuf_init(&counted, r->statement_limit);
 	struct obr_strbuf *all[] = { &done, &keys, &errs, &delays, &parks, &sents, &counted };
 	for (size_t i = 0; i < 7; i++)
 		obr_strbuf_puts(all[i], "{");
@@ -152,13 +166,19 @@ static void send_complete(struct obr_relay *r, size_t limit)
 	 * cheap while a backlog drains. Not after a retry (the row keeps its place as the head) */
 	struct obr_strbuf adv;
 	size_t na = 0;
-	obr_strbuf_init(&adv, MAX_STATEMENT_BYTES);
+	obr_strbuf_init(&adv, r->statement_limit);
 	obr_strbuf_puts(&adv, "{");
 
 	size_t take = r->marks.len < limit ? r->marks.len : limit;
 	for (size_t i = 0; i < take; i++) {
 		struct mark *m = r->marks.items[i];
 		struct part *p = m->part;
+		/* what fits the string limit goes now, the rest in the next statement (one result
+		 * always fits: its error and sent list are short) */
+		if (i > 0 && statement_bytes(all, 7, &adv) + mark_bytes(m) > r->statement_limit) {
+			take = i;
+			break;
+		}
 		m->advance = (m->success || m->park) && !p->queue && !p->fetched_full && !r->stopping &&
 		             p->state == PS_DELIVERING;
 		if (m->advance) {
@@ -200,9 +220,11 @@ static void send_complete(struct obr_relay *r, size_t limit)
 		/* the statement owns its marks from here: its callback may run before stmt_send returns */
 		memmove(r->marks.items, r->marks.items + take, (r->marks.len - take) * sizeof(void *));
 		r->marks.len -= take;
+		char budget[24];
+		claim_fetch_budget(r, budget);
 		const char *params[] = { done.data, keys.data, errs.data, delays.data, parks.data, sents.data,
-			                 counted.data, r->lock_id, adv.data, r->param.batch, r->param.lease };
-		if (!stmt_send(s, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 11, params,
+			                 counted.data, r->lock_id, adv.data, r->param.batch, r->param.lease, budget };
+		if (!stmt_send(s, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 12, params,
 		               on_complete_result)) {
 			/* back in front, in their order */
 			memmove(r->marks.items + take, r->marks.items, r->marks.len * sizeof(void *));
@@ -262,10 +284,12 @@ bool advance_drop(struct obr_relay *r)
 	return false;
 }
 
-/* Held partitions with nothing left: more rows, or release. */
+/* Held partitions with nothing left: more rows, or release; once the rows fetched before are
+ * under OUTBOX_FETCH_BYTES (they are being delivered: the room comes back). */
 bool advance_wanted(struct obr_relay *r)
 {
-	return part_count(&r->parts, PS_ADVANCE_WANTED) > 0;
+	char budget[24];
+	return part_count(&r->parts, PS_ADVANCE_WANTED) > 0 && claim_fetch_budget(r, budget) > 0;
 }
 
 bool advance_send(struct obr_relay *r)

@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MAX_CLAIM_SET 65536          /* notified partitions remembered; beyond, a scan catches up */
+#define MAX_CLAIM_SET 8192           /* notified partitions remembered; beyond, forgotten: a scan catches up */
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
 #define SAMPLE_MS 5000                 /* gauges for /metrics, at most this often, when scraped */
@@ -126,8 +126,11 @@ struct obr_relay {
 
 	struct part_table parts;    /* every known partition, and one list per state */
 	struct vec marks;           /* struct mark *, not sent yet */
+	size_t fetched_bytes;       /* rows fetched and not freed yet (OUTBOX_FETCH_BYTES) */
+	size_t statement_limit;     /* a results statement's parameters, at most (MAX_STATEMENT_BYTES) */
 
 	bool scan_wanted;
+	bool claim_overflow;        /* notified partitions were forgotten: none is remembered until a scan is sent */
 	bool renew_wanted;
 	bool sample_wanted;
 	bool retention_wanted;
@@ -204,6 +207,8 @@ void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: cl
 /* Takes a claim or advance result: rows per partition, in order, for partitions in state
  * expect (others are not ours to change and are skipped). */
 void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state expect, bool from_claim);
+/* What a statement may fetch now: OUTBOX_FETCH_BYTES less the rows held, as text; 0 when full. */
+size_t claim_fetch_budget(const struct obr_relay *r, char out[24]);
 bool claim_send_heads(struct obr_relay *r, struct conn *c, const char *sql, enum part_state in, obr_pg_result_fn fn);
 bool claim_wanted(struct obr_relay *r);
 bool claim_send(struct obr_relay *r);

@@ -185,6 +185,8 @@ void row_free(struct row *row)
 {
 	if (!row)
 		return;
+	if (row->held_bytes)
+		*row->held_bytes -= row->bytes;
 	free(row->destinations);
 	free(row->headers);
 	free(row->payload);

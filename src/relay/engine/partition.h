@@ -49,6 +49,8 @@ struct row {
 	char *sent;
 	long attempts;
 	int64_t created_ms;
+	size_t bytes;               /* of destinations, headers and payload */
+	size_t *held_bytes;         /* the relay's sum of fetched rows' bytes, less this row's when freed */
 };
 
 struct part {

@@ -187,7 +187,8 @@ static void on_stmt_answer(void *arg, const PGresult *res, const char *err)
 		hand_over(s, NULL, err); /* the connection was lost: pg.c is done with it */
 		return;
 	}
-	s->res = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+	/* the answer itself, not a copy: a claim's rows can be many megabytes */
+	s->res = obr_pg_keep_result(s->conn->pg, res);
 	s->err = err ? strdup(err) : NULL;
 	if (!s->res || (err && !s->err)) {
 		PQclear(s->res);
@@ -599,6 +600,7 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
 	r->settle_ev = evtimer_new(base, on_window, r);
 	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
+	r->statement_limit = MAX_STATEMENT_BYTES;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
