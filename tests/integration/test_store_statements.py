@@ -256,8 +256,6 @@ def test_complete_asks_for_a_reread_when_a_requeued_row_sorts_first(db, name):
     assert [(r[1], r[2]) for r in rows] == [("held", r0)]
 
 
-@pytest.mark.xfail(strict=True, reason="engine side not done yet: on a 'reread' row of the results "
-                   "statement the relay must drop the partition's fetched rows and advance it")
 def test_a_row_requeued_while_its_partition_is_held_keeps_its_place(db, sink, relay):
     """End to end: row 1 is parked, rows 2..4 are fetched by the relay, row 2 is in flight (its
     answer is delayed) when row 1 is requeued. Row 1 must go next, before rows 3 and 4 (README:

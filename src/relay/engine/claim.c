@@ -76,6 +76,15 @@ void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state 
 		int first = i;
 		while (i < n && !strcmp(PQgetvalue(res, i, HC_PARTITION), key))
 			i++;
+		/* a results statement saw a row that now sorts before the ones fetched (a requeue, a
+		 * late commit): the partition forgets them and looks at its head again */
+		if (p && !strcmp(lease, OBR_LEASE_REREAD)) {
+			if (p->state == PS_READY) {
+				part_drop_queue(p);
+				part_set_state(r, p, PS_ADVANCE_WANTED);
+			}
+			continue;
+		}
 		if (!p || p->state != expect)
 			continue;
 
