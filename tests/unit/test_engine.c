@@ -105,6 +105,16 @@ static const char *param(struct obr_pg *pg, int i)
 	return q && i < q->nparams ? q->params[i] : NULL;
 }
 
+/* The first row of a last look (OBR_SQL_LASTLOOK). */
+static PGresult *last_look(bool old_done, bool new_done, const char *snap)
+{
+	static const char *const names[] = { "k", "old_done", "new_done", "snap", "due_in_ms" };
+	PGresult *res = fake_result(5, names);
+	const char *v[] = { NULL, old_done ? "t" : "f", new_done ? "t" : "f", snap, NULL };
+	fake_result_row(res, v);
+	return res;
+}
+
 static enum part_state state_of(struct env *e, const char *key)
 {
 	struct part *p = part_find(&e->r->parts, key);
@@ -246,7 +256,51 @@ static void test_claim_deliver_complete_release(void)
 	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT); /* released and freed at the end of the turn */
 	CHECK_INT_EQ(obr_relay_stats(e.r)->leases_held, 0);
 	CHECK_INT_EQ(obr_relay_stats(e.r)->rows_delivered, 1);
+	/* the last look after the release: nothing in progress, nothing pending */
+	CHECK(head_is(e.work, OBR_SQL_LASTLOOK));
+	CHECK(param(e.work, 0) == NULL);
+	CHECK_STR_EQ(param(e.work, 1), "{}");
+	CHECK_STR_EQ(param(e.work, 2), "{" PART_A "}");
+	fake_pg_answer(e.work, last_look(true, true, "9:9:"), NULL);
+	settle(&e);
 	CHECK(!fake_pg_head(e.work) && !fake_pg_head(e.claim));
+	env_free(&e);
+}
+
+/* A writer in flight at the release (it skipped its NOTIFY): the relay waits on the snapshot
+ * taken after the release, then looks again and claims the partition. */
+static void test_last_look_waits_for_writers(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *rows[] = { ROW_1 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 1));
+	fake_send_answer(0, true);
+	settle(&e);
+	PGresult *res = heads();
+	head_none(res, PART_A, "released");
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_LASTLOOK));
+	fake_pg_answer(e.work, last_look(true, false, "100:102:100"), NULL); /* xid 100 in progress */
+	settle(&e);
+	CHECK(!fake_pg_head(e.claim));
+	int64_t until = now_ms() + 2000;
+	while (!fake_pg_head(e.work) && now_ms() < until)
+		settle(&e); /* the backoff timer */
+	CHECK(head_is(e.work, OBR_SQL_LASTLOOK));
+	CHECK_STR_EQ(param(e.work, 0), "100:102:100");
+	CHECK_STR_EQ(param(e.work, 1), "{" PART_A "}");
+	CHECK_STR_EQ(param(e.work, 2), "{}");
+	res = last_look(true, true, "102:102:");
+	const char *found[] = { PART_A, NULL, NULL, NULL, "0" };
+	fake_result_row(res, found);
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_CLAIM));
+	CHECK_STR_EQ(param(e.claim, 1), "{" PART_A "}");
+	fake_pg_answer(e.claim, heads(), NULL);
+	settle(&e);
 	env_free(&e);
 }
 
@@ -680,6 +734,7 @@ int main(int argc, char **argv)
 		TEST(test_claim_deliver_complete_release),
 		TEST(test_order_and_retry),
 		TEST(test_release_with_fresh_look),
+		TEST(test_last_look_waits_for_writers),
 		TEST(test_lost_in_advance),
 		TEST(test_lost_in_renewal),
 		TEST(test_results_connection_lost),

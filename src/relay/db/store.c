@@ -266,6 +266,32 @@ const char OBR_SQL_RENEW[] =
 	"                 ORDER BY partition_key FOR UPDATE) "
 	"RETURNING partition_key::text";
 
+/*
+ * Last look after releases (sql/010: a writer skips its NOTIFY while the partition's lease is
+ * live, so a row it commits after the release committed was seen by nobody). Sent on the
+ * connection that released, so after those releases committed: its snapshot "cur" then counts
+ * every writer that could have skipped as ended or in progress. Partitions "waiting" on an
+ * earlier such snapshot ($1) are looked at once every transaction in progress in it has ended;
+ * "fresh" ones ($3, released since) at once when nothing at all is in progress, otherwise they
+ * wait on "cur". The first row (NULL partition): $1 done, cur done, cur as text. Then one row
+ * per looked-at partition with pending rows: the milliseconds until its head is due.
+ * $1 text snapshot or NULL, $2 uuid[] waiting, $3 uuid[] fresh
+ */
+const char OBR_SQL_LASTLOOK[] =
+	"WITH cur AS MATERIALIZED (SELECT pg_current_snapshot() AS s), "
+	"gate AS MATERIALIZED (SELECT "
+	"  NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::text::pg_snapshot) x WHERE NOT pg_visible_in_snapshot(x, c.s)) AS old_done, "
+	"  NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(c.s)) AS new_done, c.s::text AS snap FROM cur c), "
+	"look AS (SELECT k FROM unnest($2::uuid[]) AS k WHERE (SELECT old_done FROM gate) "
+	"         UNION SELECT k FROM unnest($3::uuid[]) AS k WHERE (SELECT new_done FROM gate)) "
+	"SELECT NULL::text, g.old_done, g.new_done, g.snap, NULL::bigint FROM gate g "
+	"UNION ALL "
+	"SELECT l.k::text, NULL, NULL, NULL, " MS_UNTIL("h.due_at") " FROM look l "
+	"  CROSS JOIN LATERAL (SELECT " DUE_AT("o.") " AS due_at FROM outbox o "
+	"   WHERE o.partition_key = l.k AND o.processed_at IS NULL AND o.dead_at IS NULL "
+	"   ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT 1) h "
+	" WHERE h.due_at IS NOT NULL";
+
 /* Shutdown: give back every lease of this instance. $1 lock_id */
 const char OBR_SQL_RELEASE_ALL[] =
 	"DELETE FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL";

@@ -76,6 +76,16 @@ enum obr_renew_col {
 };
 extern const char OBR_SQL_RENEW[];
 
+/* Result of OBR_SQL_LASTLOOK: first row NULL partition, then partitions with pending rows. */
+enum obr_lastlook_col {
+	OBR_LASTLOOK_PARTITION = 0, /* text; NULL in the first row */
+	OBR_LASTLOOK_OLD_DONE,      /* bool, first row: the waiting partitions were looked at */
+	OBR_LASTLOOK_NEW_DONE,      /* bool, first row: the fresh ones too */
+	OBR_LASTLOOK_SNAPSHOT,      /* text, first row: what the fresh ones wait on otherwise */
+	OBR_LASTLOOK_DUE_IN_MS,     /* bigint: until the partition's head is due (0: due) */
+};
+extern const char OBR_SQL_LASTLOOK[];
+
 /* OBR_SQL_RELEASE_ALL returns no rows. $1 lock_id */
 extern const char OBR_SQL_RELEASE_ALL[];
 

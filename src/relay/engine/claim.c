@@ -98,6 +98,7 @@ void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state 
 		}
 		if (!strcmp(lease, "released")) {
 			part_set_state(r, p, PS_IDLE);
+			lastlook_released(r, key);
 			if (!PQgetisnull(res, first, HC_KEY))
 				relay_arm_due(r, strtoll(PQgetvalue(res, first, HC_DUE_IN_MS), NULL, 10));
 			if (p->notified) {

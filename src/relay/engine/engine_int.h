@@ -109,6 +109,23 @@ struct conn {
 	bool running;               /* a statement has not been handed over yet */
 };
 
+/* lastlook.c: partition keys (OBR_KEY_LEN bytes each, no terminator) */
+struct keyset {
+	char *keys;
+	size_t len, cap;
+	bool overflow;              /* keys were left out: the look is a scan */
+};
+/* Released partitions that a writer may have skipped its NOTIFY for (sql/010). */
+struct lastlook {
+	struct keyset fresh;        /* released since the last round was sent */
+	struct keyset sent;         /* fresh ones in the round in flight */
+	struct keyset waiting;      /* looked at once every transaction in progress in snap ended */
+	char *snap;                 /* pg_snapshot as text */
+	bool running, timer_armed;
+	int backoff_ms;
+	struct event *ev;
+};
+
 struct obr_relay {
 	struct event_base *base;
 	const struct obr_config *cfg;
@@ -164,6 +181,7 @@ struct obr_relay {
 	struct event *complete_retry_ev;
 	struct event *hard_stop_ev;
 	struct event *settle_ev;    /* a statement answered but not ended yet: look again soon */
+	struct lastlook lastlook;
 
 	struct obr_relay_stats stats;
 };
@@ -230,6 +248,14 @@ bool advance_drop_wanted(struct obr_relay *r);
 bool advance_drop(struct obr_relay *r);
 bool renew_wanted(struct obr_relay *r);
 bool renew_send(struct obr_relay *r);
+/* ---- lastlook.c ---- */
+void lastlook_released(struct obr_relay *r, const char *key); /* a partition's lease was given back */
+bool lastlook_wanted(struct obr_relay *r);
+bool lastlook_send(struct obr_relay *r);
+void lastlook_on_timer(struct obr_relay *r);
+void lastlook_init(struct obr_relay *r);
+void lastlook_free(struct obr_relay *r);
+
 bool release_all_wanted(struct obr_relay *r);
 bool release_all_send(struct obr_relay *r);
 

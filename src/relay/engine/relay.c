@@ -362,6 +362,7 @@ static const struct want work_wants[] = {
 	{ complete_wanted, complete_send },       /* results unblock their partitions */
 	{ advance_drop_wanted, advance_drop },    /* at shutdown nothing is fetched any more */
 	{ advance_wanted, advance_send },         /* held with nothing left: more rows, or release */
+	{ lastlook_wanted, lastlook_send },       /* after releases: rows of writers that skipped NOTIFY */
 	{ release_all_wanted, release_all_send }, /* shutdown: nothing below runs any more */
 	{ sample_wanted, sample_send },
 	{ retention_wanted, retention_send },
@@ -400,6 +401,11 @@ void relay_kick(struct obr_relay *r)
 }
 
 /* ---- timers ---- */
+
+static void on_lastlook(evutil_socket_t fd, short what, void *arg)
+{
+	lastlook_on_timer(arg);
+}
 
 static void on_listen_check(evutil_socket_t fd, short what, void *arg)
 {
@@ -599,12 +605,14 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->marks_window_ev = evtimer_new(base, on_window, r);
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
 	r->settle_ev = evtimer_new(base, on_window, r);
+	r->lastlook.ev = evtimer_new(base, on_lastlook, r);
+	lastlook_init(r);
 	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
 	r->statement_limit = MAX_STATEMENT_BYTES;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
+	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->lastlook.ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
@@ -739,5 +747,8 @@ void obr_relay_free(struct obr_relay *r)
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);
+	if (r->lastlook.ev)
+		event_free(r->lastlook.ev);
+	lastlook_free(r);
 	free(r);
 }
