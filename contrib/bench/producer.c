@@ -17,11 +17,11 @@
  *             INSERT), row j in partition j mod P
  *   sustained --seconds S [--writers W]          W closed-loop writers of single-row
  *             transactions, writer w on the partitions p with p mod W = w
- *   cost      --table plain|notify|clone_notify|rowtrig|outbox --seconds S [--clients N]
+ *   cost      --table plain|notify|clone|clone_notify|rowtrig|outbox --seconds S [--clients N]
  *             [--rows-per-tx K] [--tx-partitions M]
  *             INSERT+COMMIT rate. plain: bench_plain, no trigger; notify: bench_plain plus one
- *             pg_notify per transaction; clone_notify: bench_clone (the outbox's columns and
- *             indexes, no trigger) plus one pg_notify per transaction; rowtrig: bench_rowtrig (the
+ *             pg_notify per transaction; clone: bench_clone (the outbox's columns and indexes, no
+ *             trigger); clone_notify: bench_clone plus one pg_notify per transaction; rowtrig: bench_rowtrig (the
  *             outbox's columns and indexes with a FOR EACH ROW trigger that notifies every row's
  *             partition, the obvious alternative to the outbox's statement trigger); outbox: the
  *             outbox and its trigger. A K-row transaction spreads its rows over M partitions. A listener
@@ -46,7 +46,7 @@
 #include <libpq-fe.h>
 
 enum mode { M_LATENCY, M_FILL, M_SUSTAINED, M_COST };
-enum table { T_PLAIN, T_NOTIFY, T_CLONE_NOTIFY, T_ROWTRIG, T_OUTBOX };
+enum table { T_PLAIN, T_NOTIFY, T_CLONE, T_CLONE_NOTIFY, T_ROWTRIG, T_OUTBOX };
 
 struct rec {
 	int p;
@@ -133,6 +133,7 @@ static const char *table_name(void)
 	case T_PLAIN:
 	case T_NOTIFY:
 		return "bench_plain";
+	case T_CLONE:
 	case T_CLONE_NOTIFY:
 		return "bench_clone";
 	case T_ROWTRIG:
@@ -468,6 +469,8 @@ int main(int argc, char **argv)
 				o.table = T_PLAIN;
 			else if (!strcmp(v, "notify"))
 				o.table = T_NOTIFY;
+			else if (!strcmp(v, "clone"))
+				o.table = T_CLONE;
 			else if (!strcmp(v, "clone_notify"))
 				o.table = T_CLONE_NOTIFY;
 			else if (!strcmp(v, "rowtrig"))

@@ -5,7 +5,7 @@
 #                        [--relay-env NAME=VALUE]... [--quiet-wait S]
 #
 #   workloads (default: all, in this order):
-#                  limits latency drain drain_stale sustained cost idle analysis
+#                  limits latency drain drain_stale sustained cost writers idle analysis
 #   extra (never in the default set): callgrind
 #   --quick        short runs, for smoke tests (numbers are not comparable)
 #   --reps N       repetitions of every workload (default 3; analysis and callgrind run once)
@@ -27,7 +27,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-all_workloads="limits latency drain drain_stale sustained cost idle analysis"
+all_workloads="limits latency drain drain_stale sustained cost writers idle analysis"
 only=$all_workloads
 quick=0
 reps=3
@@ -53,9 +53,9 @@ wants() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # durations (seconds) and sizes
 if [ "$quick" = 1 ]; then
-  lat_secs=3; sus_secs=5; cost_secs=1.5; hammer_secs=1.5; idle_secs=6; drain_rows=5000; history_rows=20000
+  lat_secs=3; sus_secs=5; cost_secs=1.5; hammer_secs=1.5; idle_secs=6; drain_rows=5000; history_rows=20000; writers_secs=2
 else
-  lat_secs=10; sus_secs=20; cost_secs=3; hammer_secs=4; idle_secs=11; drain_rows=20000; history_rows=200000
+  lat_secs=10; sus_secs=20; cost_secs=3; hammer_secs=4; idle_secs=11; drain_rows=20000; history_rows=200000; writers_secs=4
 fi
 drain_parts=100
 
@@ -377,6 +377,69 @@ m = lambda k: statistics.median(d[k]) if k in d else float("nan")
 print("   median tx/s          (a) plain   (b) +notify  (b') clone+notify  (d) per-row trigger  (c) outbox   c/b    c/d  NOTIFYs/tx (c) (d)")
 for tag in ("1x1", "4x1", "1x100", "4x100"):
     print(f"   {tag:<6} ({'rows/tx ' + tag.split('x')[1]:<11}) {m('plain_tps_'+tag):>9.0f} {m('notify_tps_'+tag):>12.0f} {m('clone_notify_tps_'+tag):>17.0f} {m('rowtrig_tps_'+tag):>20.0f} {m('outbox_tps_'+tag):>12.0f} {m('outbox_vs_notify_'+tag):>6.2f} {m('outbox_tps_'+tag) / m('rowtrig_tps_'+tag):>6.2f} {m('notifies_per_tx_'+tag):>7.2f} {m('rowtrig_notifies_per_tx_'+tag):>5.2f}")
+PY
+}
+
+# ---- writers: the application's commit rate with the relay running (issue 14) ----------------
+# clone: the outbox's columns and indexes without a trigger; before: the outbox with the trigger
+# of sql/002 (one NOTIFY per partition per transaction); after: the trigger of sql/010 (no NOTIFY
+# while a relay holds the partition). One relay runs through a repetition; the three alternate
+# in a rotating order, so they share the machine's state.
+trigger_before() {
+  psql_ <<'SQL'
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('outbox', k::text) FROM (SELECT DISTINCT partition_key AS k FROM outbox_new_rows) s;
+    RETURN NULL;
+END
+$$;
+SQL
+}
+trigger_after() { psql_ -f "$root/sql/010_notify_skip.sql"; }
+run_writers() {
+  echo "== writers: 4 clients x 1-row INSERT+COMMIT for $writers_secs s over 100 partitions, relay running"
+  echo "   (clone) outbox's shape, no trigger; (before) outbox + sql/002 trigger; (after) outbox + sql/010 trigger"
+  for rep in $(seq "$reps"); do
+    relay_stop; truncate_all; sink_reset
+    quiet
+    relay_start
+    sleep 0.3
+    local line="" sent=0 order v
+    case $(( rep % 3 )) in 1) order="clone before after" ;; 2) order="before after clone" ;; *) order="after clone before" ;; esac
+    for v in $order; do
+      local table=outbox out c0 c1 rows
+      case $v in clone) table=clone ;; before) trigger_before ;; after) trigger_after ;; esac
+      c0=$(cpu_ms "$relay_pid")
+      out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table "$table" --clients 4 \
+              --partitions 100 --seconds "$writers_secs")
+      rows=$(kv rows "$out")
+      if [ "$table" = outbox ]; then
+        sent=$(( sent + rows ))
+        sink_wait "$sent" 60
+        c1=$(cpu_ms "$relay_pid")
+        rec writers "${v}_notifies_per_tx" "$(kv notifies_per_tx "$out")"
+        rec writers "${v}_relay_cpu_ms_per_1000" "$(awk -v a="$c0" -v b="$c1" -v n="$rows" 'BEGIN { printf "%.1f", n ? (b - a) * 1000 / n : 0 }')"
+        rec writers "${v}_undelivered_after_60s" "$(( sent - $(sink_count) ))"
+      fi
+      rec writers "${v}_rows_per_s" "$(kv rows_per_s "$out")"
+      line="$line $v $(kv rows_per_s "$out") rows/s;"
+    done
+    fmt "  rep $rep" "$line"
+  done
+  relay_stop
+  trigger_after
+  python3 - "$results" <<'PY'
+import statistics, sys
+d = {}
+for line in open(sys.argv[1]):
+    w, f, v = line.rstrip("\n").split("\t")
+    if w == "writers":
+        d.setdefault(f, []).append(float(v))
+m = lambda k: statistics.median(d[k]) if k in d else float("nan")
+c = m("clone_rows_per_s")
+print(f"   median rows/s: clone {c:.0f}, before {m('before_rows_per_s'):.0f} ({m('before_rows_per_s') / c:.2f} of clone, "
+      f"{m('before_notifies_per_tx'):.2f} NOTIFYs/tx), after {m('after_rows_per_s'):.0f} ({m('after_rows_per_s') / c:.2f} of clone, "
+      f"{m('after_notifies_per_tx'):.2f} NOTIFYs/tx)")
 PY
 }
 

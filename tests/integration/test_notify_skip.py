@@ -7,7 +7,7 @@ import json
 import select
 
 from conftest import uuid7, wait_until
-from relay_util import env, http_dest, insert, wait_no_leases, wait_processed
+from relay_util import env, http_dest, insert, instance_id, wait_no_leases, wait_processed
 
 HOLD_MS = 1500  # the sink answers the first row this late: its partition stays held meanwhile
 
@@ -106,4 +106,31 @@ def test_no_notify_for_a_held_partition(db, sink, relay):
     wait_processed(db, [first] + [r["idempotent_key"] for r in written] + [rr_key], timeout=20)
     # the five READ COMMITTED writers of the held partition sent nothing
     assert listener.poll().get(held, 0) == 1, listener.seen
+    listener.close()
+
+
+def test_writer_paused_across_a_shutdown_is_delivered_by_another_instance(db, sink, relay):
+    """The instance holding the partition stops while a writer that skipped its NOTIFY is still
+    open: the stopping instance NOTIFYs the partitions it releases, the other instance claims
+    one, and its own last look after releasing delivers the writer's row once it commits."""
+    sink.rules([{"prefix": "/held/first", "delay_ms": HOLD_MS}])
+    relays = [relay(db, env=env()), relay(db, env=env())]
+    listener = Listener(db)
+    part = str(uuid7())
+    first = hold_partition(db, sink, listener, part)
+    holder_id = db.scalar("SELECT lock_id::text FROM outbox_lock WHERE partition_key = %s::uuid"
+                          " AND processed_at IS NULL", (part,))
+    holder = next(r for r in relays if instance_id(r) == holder_id)
+    other = next(r for r in relays if r is not holder)
+
+    writer = db.conn(autocommit=False)
+    late = insert_open(writer, sink, part, "late")   # skipped: the partition is held
+    assert holder.stop() == 0                        # finishes the first row, releases, exits
+    wait_processed(db, [first])
+    wait_until(lambda: listener.poll().get(part, 0) >= 1, 10, "the stopping instance's NOTIFY",
+               interval=0.01)
+    writer.commit()
+    wait_processed(db, [late], timeout=10)           # the poll would take an hour
+    assert other.alive()
+    writer.close()
     listener.close()

@@ -292,9 +292,13 @@ const char OBR_SQL_LASTLOOK[] =
 	"   ORDER BY o.process_after, o.created_at, o.idempotent_key LIMIT 1) h "
 	" WHERE h.due_at IS NOT NULL";
 
-/* Shutdown: give back every lease of this instance. $1 lock_id */
+/* Shutdown: give back every lease of this instance, and NOTIFY each partition: a writer that
+ * skipped its NOTIFY under our lease (sql/010) may still commit, and we will not look again;
+ * another instance that claims the partition does, when it releases it. The result is the
+ * number of leases released. $1 lock_id, $2 channel */
 const char OBR_SQL_RELEASE_ALL[] =
-	"DELETE FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL";
+	"WITH d AS (DELETE FROM outbox_lock WHERE lock_id = $1::uuid AND processed_at IS NULL RETURNING partition_key) "
+	"SELECT count(pg_notify($2::text, partition_key::text)) FROM d";
 
 /* The gauges behind /metrics, sampled every few seconds (never per scrape): due rows and the
  * age of the oldest (a '-infinity' process_after, possible in rows older than sql/007, is left

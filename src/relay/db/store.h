@@ -86,7 +86,7 @@ enum obr_lastlook_col {
 };
 extern const char OBR_SQL_LASTLOOK[];
 
-/* OBR_SQL_RELEASE_ALL returns no rows. $1 lock_id */
+/* OBR_SQL_RELEASE_ALL returns one row: the number of leases released. $1 lock_id, $2 channel */
 extern const char OBR_SQL_RELEASE_ALL[];
 
 /* Result of OBR_SQL_SAMPLE: one row. No parameters. */

@@ -372,7 +372,7 @@ static void on_release_all_result(void *arg, const PGresult *res, const char *er
 	if (!res || err)
 		obr_log_warn("could not release leases at shutdown (they expire by themselves): %s", err ? err : "connection lost");
 	else
-		obr_log_info("released %s leases", PQcmdTuples((PGresult *)(uintptr_t)res));
+		obr_log_info("released %s leases", PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "0");
 	r->released_all = true;
 	event_base_loopbreak(r->base);
 }
@@ -387,8 +387,8 @@ bool release_all_send(struct obr_relay *r)
 {
 	if (!r->released_all && relay_active(r) == 0 && relay_senders_idle(r) && !r->claim.running) {
 		struct stmt *s = stmt_new(r, &r->work);
-		const char *params[] = { r->lock_id };
-		if (!s || !stmt_send(s, OBR_SQL_RELEASE_ALL, 1, params, on_release_all_result))
+		const char *params[] = { r->lock_id, r->cfg->channel };
+		if (!s || !stmt_send(s, OBR_SQL_RELEASE_ALL, 2, params, on_release_all_result))
 			stmt_free(s);
 	}
 	return true;

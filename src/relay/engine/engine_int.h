@@ -250,6 +250,7 @@ bool renew_wanted(struct obr_relay *r);
 bool renew_send(struct obr_relay *r);
 /* ---- lastlook.c ---- */
 void lastlook_released(struct obr_relay *r, const char *key); /* a partition's lease was given back */
+void lastlook_rescan(struct obr_relay *r);                     /* scan once writers in progress ended */
 bool lastlook_wanted(struct obr_relay *r);
 bool lastlook_send(struct obr_relay *r);
 void lastlook_on_timer(struct obr_relay *r);

@@ -88,6 +88,11 @@ void lastlook_released(struct obr_relay *r, const char *key)
 	keyset_add(&r->lastlook.fresh, key);
 }
 
+void lastlook_rescan(struct obr_relay *r)
+{
+	r->lastlook.fresh.overflow = true; /* a set with keys left out is looked at with a scan */
+}
+
 /* Due now: as if notified. Later: the due timer. */
 static void look_found(struct obr_relay *r, const char *key, int64_t due_in_ms)
 {

@@ -60,8 +60,11 @@ void listen_on_connected(void *arg)
 	struct obr_relay *r = arg;
 	r->listen_ready = true;
 	r->listen_check_pending = false;
-	/* notifications sent while we were not listening are lost: catch up with a scan */
+	/* notifications sent while we were not listening are lost: catch up with a scan; and once
+	 * the transactions in progress now have ended, scan again (writers that skipped their
+	 * NOTIFY under a lease of an instance that stopped meanwhile) */
 	r->scan_wanted = true;
+	lastlook_rescan(r);
 	relay_check_ready(r);
 	relay_kick(r);
 }
