@@ -122,7 +122,8 @@ struct lastlook {
 	struct keyset waiting;      /* looked at once every transaction in progress in snap ended */
 	char *snap;                 /* pg_snapshot as text */
 	bool running, timer_armed;
-	int backoff_ms;
+	int backoff_ms;             /* while waiting on snap */
+	int error_backoff_ms;       /* after a failed round */
 	struct event *ev;
 };
 

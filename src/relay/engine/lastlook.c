@@ -21,6 +21,8 @@
 #define LASTLOOK_MAX_KEYS 4096 /* per set; more: the look is a scan instead */
 #define LASTLOOK_BACKOFF_MIN_MS 1
 #define LASTLOOK_BACKOFF_MAX_MS 100
+#define LASTLOOK_ERROR_BACKOFF_MIN_MS 100 /* a failing statement backs off further */
+#define LASTLOOK_ERROR_BACKOFF_MAX_MS 10000
 
 static bool keyset_has(const struct keyset *k, const char *key)
 {
@@ -123,6 +125,16 @@ static void retry_later(struct obr_relay *r)
 	l->backoff_ms = l->backoff_ms * 2 > LASTLOOK_BACKOFF_MAX_MS ? LASTLOOK_BACKOFF_MAX_MS : l->backoff_ms * 2;
 }
 
+static void retry_after_error(struct obr_relay *r)
+{
+	struct lastlook *l = &r->lastlook;
+	l->error_backoff_ms = l->error_backoff_ms ? l->error_backoff_ms * 2 : LASTLOOK_ERROR_BACKOFF_MIN_MS;
+	if (l->error_backoff_ms > LASTLOOK_ERROR_BACKOFF_MAX_MS)
+		l->error_backoff_ms = LASTLOOK_ERROR_BACKOFF_MAX_MS;
+	l->timer_armed = true;
+	relay_timer_ms(l->ev, l->error_backoff_ms);
+}
+
 static void on_lastlook_result(void *arg, const PGresult *res, const char *err)
 {
 	struct stmt *s = stmt_answer(arg, err);
@@ -134,10 +146,11 @@ static void on_lastlook_result(void *arg, const PGresult *res, const char *err)
 	if (!res || err || PQntuples(res) < 1 || !PQgetisnull(res, 0, OBR_LASTLOOK_PARTITION)) {
 		relay_statement_error("last look after release", err);
 		keyset_merge(&l->fresh, &l->sent); /* they get a snapshot of a later round */
-		retry_later(r);
+		retry_after_error(r);
 		relay_kick(r);
 		return;
 	}
+	l->error_backoff_ms = 0;
 	bool old_done = !strcmp(PQgetvalue(res, 0, OBR_LASTLOOK_OLD_DONE), "t");
 	bool new_done = !strcmp(PQgetvalue(res, 0, OBR_LASTLOOK_NEW_DONE), "t");
 	for (int i = 1; i < PQntuples(res); i++)
@@ -192,7 +205,7 @@ bool lastlook_send(struct obr_relay *r)
 	if (!ok) {
 		stmt_free(s);
 		keyset_merge(&l->fresh, &l->sent);
-		retry_later(r);
+		retry_after_error(r);
 		return false;
 	}
 	l->running = true;
