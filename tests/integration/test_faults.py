@@ -381,7 +381,8 @@ def test_claim_backend_terminated_while_its_statement_runs(db, sink, tmp_path):
     with unwatched_relay(db, tmp_path, **env(OUTBOX_LOG_LEVEL="info")) as r:
         locker = db.conn(autocommit=False)
         with locker.cursor() as cur:
-            cur.execute("LOCK TABLE outbox_lock IN ACCESS EXCLUSIVE MODE")
+            # EXCLUSIVE: blocks the claim's writes, not the reads of the writers' trigger (sql/010)
+            cur.execute("LOCK TABLE outbox_lock IN EXCLUSIVE MODE")
         mark = len(r.log())
         try:
             (row,) = insert(db, [{"destinations": [http_dest(sink.url("/mid-statement"))], "payload": "m"}])
@@ -390,7 +391,6 @@ def test_claim_backend_terminated_while_its_statement_runs(db, sink, tmp_path):
                        10, "the claim to wait for the lock")
             db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
                        " AND application_name = %s", (db.name, CLAIM_APP))
-            # (the reconnect prepares statements on outbox_lock: it waits for the lock too)
             r.wait_for_log("claim connection lost", timeout=15, start=mark)
         finally:
             locker.rollback()

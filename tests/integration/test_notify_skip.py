@@ -4,7 +4,10 @@ skipped its NOTIFY and committed after the release. The relays here poll once an
 (relay_util.PUSH_ENV), so a row that arrives did not wait for the fallback poll."""
 
 import json
+import random
 import select
+import threading
+import time
 
 from conftest import uuid7, wait_until
 from relay_util import env, http_dest, insert, instance_id, wait_no_leases, wait_processed
@@ -134,3 +137,38 @@ def test_writer_paused_across_a_shutdown_is_delivered_by_another_instance(db, si
     assert other.alive()
     writer.close()
     listener.close()
+
+
+def test_writers_hammering_releases_leave_nothing_to_the_poll(db, sink, relay):
+    """Four writers commit single-row transactions into 8 partitions, with an open transaction
+    now and then, while the relay claims and releases them all the time: every row arrives,
+    none waits for the poll (an hour away)."""
+    relay(db, env=env())
+    parts = [str(uuid7()) for _ in range(8)]
+    written, errors = [], []
+    lock = threading.Lock()
+
+    def writer(seed):
+        rng = random.Random(seed)
+        conn = db.conn(autocommit=False)
+        try:
+            for i in range(60):
+                part = rng.choice(parts)
+                key = insert_open(conn, sink, part, f"{seed}.{i}")
+                if rng.random() < 0.2:
+                    time.sleep(rng.uniform(0, 0.02))   # a writer between its trigger and commit
+                conn.commit()
+                with lock:
+                    written.append(key)
+        except Exception as e:  # reported below
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    wait_processed(db, written, timeout=20)

@@ -164,9 +164,11 @@ def test_claim_does_not_deadlock_with_a_lease_holder_releasing(db, sink, relay):
         cur.execute("SET lock_timeout = '5s'")
         cur.execute("UPDATE outbox_lock SET processing_until = now() + interval '1 minute'"
                     " WHERE partition_key = %s AND lock_id = %s", (p2, other))
-    # one transaction, two partitions: the relay gets both notifications at once, one claim
+    # two partitions with rows; the writer skips the NOTIFY for partitions with a live lease
+    # (sql/010), so the notifications come in one transaction of their own: one claim
     insert(db, [{"partition_key": p, "destinations": [http_dest(sink.url("/dl"))], "payload": "x"}
                 for p in (p1, p2)])
+    db.execute("SELECT pg_notify('outbox', %s), pg_notify('outbox', %s)", (p1, p2))
     # the claim reaches P2 and waits for the holder's transaction (or, if it can do without
     # waiting, finishes: then no cycle is possible)
     wait_claim_blocked_or_done(db, r)
