@@ -5,7 +5,7 @@
  * payload) and gets back a neutral result: delivered, failed and worth retrying, or failed for
  * good. Which protocol, which checks (OUTBOX_ALLOWED_HOSTS, private addresses, AWS hosts) and
  * which batching apply is the sender's business. HTTP (http.c) and SQS/SNS (aws.c) implement
- * it; obr_senders_new (sender.c) builds both on one curl multi and dispatches on the kind.
+ * it; obr_senders_new (senders.c) builds both on one curl multi and dispatches on the kind.
  */
 #ifndef OBR_SENDER_H
 #define OBR_SENDER_H
