@@ -54,6 +54,11 @@ static void test_bad_secrets_are_refused_unquoted(void)
 		"whsec_",                                       /* empty */
 		"whsec_not*base64*at*all!!",                    /* not base64 */
 		"whsec_c2hvcnQ=",                               /* 5 bytes: too short */
+		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLa\t\t",       /* whitespace EVP_DecodeBlock would skip */
+		"whsec_MfKQ9r8GKYqrTwjUPD8I=PZIo2LaLaSw",       /* "=" inside */
+		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaL===",       /* three "=" */
+		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La-_Sw",       /* the URL-safe alphabet */
+		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS",        /* padding left out */
 		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw "
 		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw "
 		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",       /* more than the maximum */

@@ -23,6 +23,19 @@ static int b64_decode(const char *in, size_t len, unsigned char *out, size_t cap
 {
 	if (len == 0 || len % 4 != 0 || len / 4 * 3 > cap + 2)
 		return -1;
+	/* the standard alphabet, "=" only as the last one or two: EVP_DecodeBlock alone would also
+	 * take whitespace around the text, which the scheme's verifiers do not */
+	size_t pad = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = in[i];
+		if (c == '=')
+			pad++;
+		else if (pad || !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+		                  c == '/'))
+			return -1;
+	}
+	if (pad > 2)
+		return -1;
 	unsigned char buf[OBR_WEBHOOK_MAX_KEY + 3];
 	if (len / 4 * 3 > sizeof(buf))
 		return -1;
