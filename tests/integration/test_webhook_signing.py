@@ -8,7 +8,7 @@ verifier, the npm package standardwebhooks (tests/aws/webhook-verify.mjs calls
   a retried delivery is signed anew, with its own timestamp and signature;
 - a destination with "signing": false gets none of the three headers;
 - a row that sets webhook-signature itself is parked with the reason, never sent, and the SQL
-  helpers refuse it;
+  helpers refuse it; a row asking for {{OUTBOX_WEBHOOK_SECRET}} in a header is parked;
 - a bad secret stops the start with a message naming the setting, never the secret; the
   secrets are in no log line, last_error, /metrics, /ready or `status` output.
 """
@@ -85,10 +85,13 @@ def test_signed_deliveries_verify_with_the_reference_verifier(db, sink, relay, r
         {"destinations": [http_dest(sink.url("/retry"))], "payload": '{"n": 3}'},
         {"destinations": [http_dest(sink.url("/forged"))], "payload": '{"n": 4}',
          "headers": {"webhook-signature": "v1,Zm9yZ2Vk"}},
+        {"destinations": [http_dest(sink.url("/leak"), {"X-Leak": "{{OUTBOX_WEBHOOK_SECRET}}"})],
+         "payload": '{"n": 5}'},
     ])
     key = {json.loads(row["payload"])["n"]: row["idempotent_key"] for row in rows}
     wait_processed(db, [key[1], key[2], key[3]], timeout=30)
-    parked = wait_dead(db, [key[4]], timeout=30)[key[4]]
+    dead = wait_dead(db, [key[4], key[5]], timeout=30)
+    parked = dead[key[4]]
 
     # signed: one signature per secret, each secret verifies alone, another one does not
     (signed,) = sink.requests(path="/signed")
@@ -122,6 +125,9 @@ def test_signed_deliveries_verify_with_the_reference_verifier(db, sink, relay, r
     # a row that sets webhook-signature: parked with the reason, never sent
     assert not sink.requests(path="/forged")
     assert 'header "webhook-signature" is set by the relay' in parked["last_error"], parked["last_error"]
+    # a row cannot have the secret sent either: {{OUTBOX_*}} is never filled
+    assert not sink.requests(path="/leak")
+    assert "OUTBOX_WEBHOOK_SECRET" in dead[key[5]]["last_error"], dead[key[5]]["last_error"]
     # ... and the SQL helpers refuse to write it
     with pytest.raises(psycopg2.Error, match='header "Webhook-Timestamp" is set by the relay'):
         db.execute("SELECT outbox_enqueue(gen_random_uuid(), jsonb_build_array(outbox_http_destination(%s)),"
