@@ -313,7 +313,8 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 		                         .tls_verify = cfg->tls_verify,
 		                         .deny_private = cfg->deny_private_addresses,
 		                         .allowed_hosts = cfg->allowed_hosts,
-		                         .proxy = cfg->http_proxy };
+		                         .proxy = cfg->http_proxy,
+		                         .webhook_secret = cfg->webhook_secret };
 	if (!cfg->tls_verify)
 		obr_log_warn("OUTBOX_TLS_VERIFY is off: HTTPS certificates and host names are not checked");
 	char send_err[256];

@@ -68,6 +68,7 @@ struct obr_send_options {
 	bool deny_private;           /* row-controlled requests never reach private addresses */
 	const char *allowed_hosts;   /* OUTBOX_ALLOWED_HOSTS; NULL = any host */
 	const char *proxy;           /* OUTBOX_HTTP_PROXY; NULL = no proxy (the environment's are ignored) */
+	const char *webhook_secret;  /* OUTBOX_WEBHOOK_SECRET: HTTP deliveries are signed; NULL = not */
 };
 
 /* The relay's sender: HTTP, SQS and SNS behind one object. Returns NULL with the reason in err. */

@@ -8,6 +8,7 @@
 
 #include "send/aws.h"
 #include "send/http.h"
+#include "send/webhook_sign.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,20 @@ struct obr_sender *obr_senders_new(struct event_base *base, const struct obr_sen
 		snprintf(err, errlen, "out of memory");
 		senders_free(s);
 		return NULL;
+	}
+	if (opt->webhook_secret) {
+		struct obr_webhook_keys keys;
+		if (obr_webhook_keys_parse(opt->webhook_secret, &keys, err, errlen)) {
+			senders_free(s);
+			return NULL;
+		}
+		s->http_sender = obr_webhook_signer_new(s->http_sender, &keys, NULL);
+		obr_webhook_keys_clear(&keys);
+		if (!s->http_sender) {
+			snprintf(err, errlen, "out of memory");
+			senders_free(s);
+			return NULL;
+		}
 	}
 	s->aws_sender = obr_aws_sender_new(base, s->http, opt->allowed_hosts, err, errlen);
 	if (!s->aws_sender) {
