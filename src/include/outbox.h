@@ -123,7 +123,8 @@ OUTBOX_API OUTBOX_MUST_CHECK enum outbox_rc outbox_uuid_parse(const char *text, 
  * sends an HTTP destination's headers, then the row's (a name in both: the row's value), then
  * x-idempotent-key; together at most OUTBOX_MAX_HEADERS, which outbox_insert checks. A header
  * named x-idempotent-key is ignored by the relay: the row's key is always sent. Content-Length,
- * Host, Transfer-Encoding and Connection are the relay's and refused. In an HTTP destination's
+ * Host, Transfer-Encoding, Connection and the Standard Webhooks headers webhook-id,
+ * webhook-timestamp and webhook-signature are the relay's and refused. In an HTTP destination's
  * headers a value "{{ENV_NAME}}" is filled by the relay from its environment, except for its
  * own settings and credentials (DATABASE_URL, PG*, AWS_*, OUTBOX_*, ...), which are refused.
  */
@@ -208,9 +209,10 @@ outbox_row_http_and_sns(struct outbox_row **out, const char *partition_key, cons
  * the crate's shapes, or NULL for an empty array to fill with outbox_row_add_*. Each element
  * is checked: exactly one of "queue_url", "topic_arn" or "url", with valid values; an HTTP
  * destination's "headers" is null or an object of strings, its "method" null or POST, PUT or
- * PATCH in any case (anything else would silently become POST in the relay). headers_json is
- * NULL or a JSON object whose values are all strings. A row must have at least one
- * destination by the time it is inserted.
+ * PATCH in any case (anything else would silently become POST in the relay), its "signing"
+ * null, true or false (false: the relay does not sign its requests, see
+ * OUTBOX_WEBHOOK_SECRET). headers_json is NULL or a JSON object whose values are all strings.
+ * A row must have at least one destination by the time it is inserted.
  */
 OUTBOX_API OUTBOX_MUST_CHECK enum outbox_rc
 outbox_row_new(struct outbox_row **out, const char *partition_key, const char *destinations_json,

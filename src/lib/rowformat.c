@@ -139,9 +139,11 @@ outbox__check_topic_arn(const char *what, const char *arn, size_t len, struct ou
 }
 
 /* The message's framing is the relay's: a row that set it could make the endpoint read the body
- * as a different request, or wait for bytes that never come. */
+ * as a different request, or wait for bytes that never come. The Standard Webhooks headers are
+ * the relay's too: a row must not pass off its own id, time or signature as the relay's. */
 static const char *const relay_set_headers[] = { "Content-Length", "Transfer-Encoding", "Host",
-						 "Connection" };
+						 "Connection", "webhook-id", "webhook-timestamp",
+						 "webhook-signature" };
 
 enum outbox_rc
 outbox__check_header_name(const char *name, size_t len, struct outbox_error *err)
@@ -377,6 +379,7 @@ check_http_destination(json_object *dest, size_t index, json_object *url,
 	char what[64];
 	json_object *headers;
 	json_object *method;
+	json_object *signing;
 	int present;
 	enum outbox_rc rc;
 
@@ -414,6 +417,14 @@ check_http_destination(json_object *dest, size_t index, json_object *url,
 					    "%s \"%.*s\" is not POST, PUT or PATCH", what, QUOTE_MAX,
 					    m);
 	}
+	/* Opting out of the relay's webhook signatures: a boolean or null, nothing that only
+	 * looks like false ("false", 0) and would be read as a yes by one writer and a no by another. */
+	signing = member(dest, "signing", &present);
+	if (signing != NULL && !json_object_is_type(signing, json_type_boolean))
+		return outbox__fail(err, OUTBOX_E_INVALID,
+				    "destinations[%zu].signing is not true, false or null but %s",
+				    index, type_name(signing));
+	view->no_signing = signing != NULL && !json_object_get_boolean(signing);
 	view->kind = OUTBOX__DEST_HTTP;
 	view->target = json_object_get_string(url);
 	view->headers = headers;

@@ -36,6 +36,7 @@ struct outbox__dest_view {
 	const char *target;             /* queue_url, topic_arn or url */
 	enum outbox_http_method method; /* HTTP; POST when absent or null */
 	json_object *headers;           /* HTTP: an object, or NULL when absent or null */
+	bool no_signing;                 /* HTTP: "signing": false, no webhook signature headers */
 };
 
 /* Longest {{NAME}} placeholder name, in bytes. */
@@ -51,7 +52,7 @@ enum outbox_rc outbox__check_topic_arn(const char *what, const char *arn, size_t
 
 /*
  * A header name (RFC 9110 token, not one the relay sets itself: Content-Length, Host,
- * Transfer-Encoding, Connection) and value (no control characters but TAB).
+ * Transfer-Encoding, Connection, webhook-id, webhook-timestamp, webhook-signature) and value (no control characters but TAB).
  */
 enum outbox_rc outbox__check_header_name(const char *name, size_t len, struct outbox_error *err);
 enum outbox_rc outbox__check_header_value(const char *name, const char *value, size_t len,

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include "send/destination.h"
+#include "send/webhook_sign.h"
 #include "util/log.h"
 #include "util/netaddr.h"
 
@@ -91,6 +92,8 @@ static const struct setting settings[] = {
 	  "extra CA bundle (PEM) for HTTPS destinations; the system store is used otherwise" },
 	{ "OUTBOX_HTTP_PROXY", "http-proxy", T_STRING, OFF(http_proxy), NULL, 0, 0, NULL,
 	  "proxy for destination requests (HTTP, SQS, SNS): http://, https://, socks5:// or socks5h://host:port; unset = no proxy (HTTPS_PROXY, ALL_PROXY and NO_PROXY in the environment are ignored); AWS credential endpoints never use it" },
+	{ "OUTBOX_WEBHOOK_SECRET", "webhook-secret", T_STRING, OFF(webhook_secret), NULL, 0, 0, NULL,
+	  "sign every HTTP delivery the Standard Webhooks way (webhook-id, webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>) with each of these secrets, whsec_<base64> separated by spaces (two during a rotation: both signatures are sent); a destination with \"signing\": false is not signed; prefer the environment or the config file to the flag (the command line is visible to other users); unset = unsigned" },
 	{ "OUTBOX_LOG_LEVEL", "log-level", T_ENUM, OFF(log_level), "info", 0, 0, level_choices,
 	  "error, warning, info or debug (reloaded from the config file on SIGHUP)", true },
 	{ "OUTBOX_LOG_FORMAT", "log-format", T_ENUM, OFF(log_format), "text", 0, 0, format_choices,
@@ -437,6 +440,13 @@ int obr_config_load(struct obr_config *cfg, const char *const *envp, int argc, c
 		goto fail;
 	if (cfg->http_proxy && check_proxy(cfg->http_proxy, err, errlen))
 		goto fail;
+	if (cfg->webhook_secret) {
+		struct obr_webhook_keys keys; /* checked here, parsed again by the sender that uses them */
+		int bad = obr_webhook_keys_parse(cfg->webhook_secret, &keys, err, errlen);
+		obr_webhook_keys_clear(&keys);
+		if (bad)
+			goto fail;
+	}
 	for (const char *c = cfg->channel; *c; c++) {
 		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_')) {
 			snprintf(err, errlen, "invalid value for OUTBOX_CHANNEL: \"%s\" (use lower-case letters, digits and _)",

@@ -43,6 +43,7 @@ struct obr_config {
 	char *header_env;              /* variables {{NAME}} header values may read; NULL = any not refused */
 	bool deny_private_addresses;
 	char *http_proxy;              /* OUTBOX_HTTP_PROXY for destination requests; NULL = none */
+	char *webhook_secret;          /* OUTBOX_WEBHOOK_SECRET: whsec_ keys signing HTTP deliveries; NULL = unsigned */
 	int log_level;                 /* enum obr_log_level */
 	int log_format;                /* enum obr_log_format */
 	char *listen_addr;             /* /health, /ready, /metrics endpoint; NULL = disabled */

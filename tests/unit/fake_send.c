@@ -67,7 +67,7 @@ static void fake_free(void *self)
 
 static const struct obr_sender_ops fake_ops = { fake_submit, fake_in_flight, fake_abort_all, fake_free };
 
-/* In place of send/sender.c's: the engine gets the fake. */
+/* In place of send/senders.c's: the engine gets the fake. */
 struct obr_sender *obr_senders_new(struct event_base *base, const struct obr_send_options *opt, char *err,
                                    size_t errlen)
 {

@@ -191,6 +191,33 @@ static void test_http_proxy(void)
 	obr_config_free(&cfg);
 }
 
+/* OUTBOX_WEBHOOK_SECRET: whsec_<base64>, one or more; a bad one stops the start, never quoted. */
+static void test_webhook_secret(void)
+{
+	const char *good = "OUTBOX_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_c2Vjb25kLXNlY3JldC0yNC1ieXRlcyEh";
+	const char *env[] = { "DATABASE_URL=postgresql:///x", good, NULL };
+	struct obr_config cfg;
+	char err[512] = "";
+	CHECK_INT_EQ(load(&cfg, env, 0, NULL, err), 0);
+	CHECK_STR_EQ(cfg.webhook_secret, good + strlen("OUTBOX_WEBHOOK_SECRET="));
+	obr_config_free(&cfg);
+	const char *bad[] = { "", " ", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS!",
+		              "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_MfKQ9r8" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char var[160];
+		snprintf(var, sizeof(var), "OUTBOX_WEBHOOK_SECRET=%s", bad[i]);
+		const char *env_bad[] = { "DATABASE_URL=postgresql:///x", var, NULL };
+		err[0] = '\0';
+		CHECK(load(&cfg, env_bad, 0, NULL, err) != 0);
+		CHECK(strstr(err, "OUTBOX_WEBHOOK_SECRET") != NULL);
+		CHECK(strstr(err, "MfKQ9r8") == NULL);
+	}
+	/* the flag too */
+	const char *argv[] = { "--webhook-secret", "whsec_short" };
+	CHECK(load(&cfg, env, 2, argv, err) != 0);
+	CHECK(strstr(err, "OUTBOX_WEBHOOK_SECRET") != NULL && strstr(err, "whsec_short") == NULL);
+}
+
 static void test_database_required(void)
 {
 	const char *env[] = { "PATH=/bin", NULL };
@@ -212,6 +239,7 @@ int main(int argc, char **argv)
 		TEST(test_bad_database_url_is_refused_without_quoting_it),
 		TEST(test_database_required),
 		TEST(test_http_proxy),
+		TEST(test_webhook_secret),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);

@@ -79,6 +79,23 @@ static void test_methods(void)
 	obr_plan_clear(&plan);
 }
 
+/* "signing": false opts a destination out of the webhook signatures; true and null do not */
+static void test_signing_opt_out(void)
+{
+	struct obr_plan plan;
+	char err[256];
+	const char *dests = "[{\"url\":\"https://h/x\",\"signing\":false},{\"url\":\"https://h/y\",\"signing\":true},"
+	                    "{\"url\":\"https://h/z\",\"signing\":null},{\"url\":\"https://h/w\"}]";
+	CHECK_INT_EQ(obr_plan_parse(&plan, KEY, dests, NULL, NULL, fake_env, err, sizeof(err)), 0);
+	CHECK(plan.dests[0].no_signing);
+	CHECK(!plan.dests[1].no_signing && !plan.dests[2].no_signing && !plan.dests[3].no_signing);
+	CHECK(header(&plan.dests[0], "signing") == NULL); /* a member, never a header */
+	obr_plan_clear(&plan);
+	CHECK_INT_EQ(obr_plan_parse(&plan, KEY, "[{\"url\":\"https://h/x\",\"signing\":0}]", NULL, NULL, fake_env, err,
+	                            sizeof(err)), -1);
+	CHECK(strstr(err, "destinations[0].signing is not true, false or null") != NULL);
+}
+
 static void test_header_merge_row_wins_once(void)
 {
 	struct obr_plan plan;
@@ -339,6 +356,7 @@ int main(int argc, char **argv)
 	static const struct test tests[] = {
 		TEST(test_crate_http_post_shape),
 		TEST(test_methods),
+		TEST(test_signing_opt_out),
 		TEST(test_header_merge_row_wins_once),
 		TEST(test_env_placeholder),
 		TEST(test_sqs_sns_and_crate_precedence),

@@ -260,7 +260,7 @@ static void on_scan_result(void *arg, const PGresult *res, const char *err)
 			continue;
 		}
 		char key[OBR_KEY_LEN + 1];
-		if (!listen_normalize_key(PQgetvalue(res, i, 0), key))
+		if (!part_key_normalize(PQgetvalue(res, i, 0), key))
 			continue;
 		r->stats.scan_found++;
 		struct part *p = part_get(r, key);

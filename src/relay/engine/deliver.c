@@ -13,24 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void delivery_free(struct delivery *d)
-{
-	if (!d)
-		return;
-	obr_plan_clear(&d->plan);
-	free(d->ok);
-	free(d->ctx);
-	row_free(d->row);
-	free(d);
-}
-
-void mark_free(struct mark *m)
-{
-	free(m->error);
-	free(m->sent);
-	free(m);
-}
-
 static int64_t retry_delay_ms(const struct obr_config *cfg, long attempts)
 {
 	/* base * 2^(attempts-1), capped, then "equal jitter": [delay/2, delay] */
@@ -251,4 +233,10 @@ void deliver_abandon(struct obr_relay *r)
 			}
 		}
 	}
+}
+
+/* Partitions with a current row: what OUTBOX_MAX_IN_FLIGHT counts. */
+int relay_active(const struct obr_relay *r)
+{
+	return (int)(part_count(&r->parts, PS_DELIVERING) + part_count(&r->parts, PS_LOST));
 }

@@ -187,7 +187,7 @@ struct obr_relay {
 	struct obr_relay_stats stats;
 };
 
-/* ---- relay.c: the loop ---- */
+/* ---- loop.c: what every stage takes from the loop ---- */
 void relay_kick(struct obr_relay *r);           /* flush (and reap) at the end of this loop turn */
 int64_t relay_mono_us(void);
 int64_t relay_mono_ms(void);
@@ -198,12 +198,11 @@ void relay_arrived(const struct obr_relay *r, struct arrivals *a, bool first_wai
 bool relay_gathering(struct obr_relay *r, const struct arrivals *a, size_t have, size_t enough, struct event *timer);
 void relay_arm_due(struct obr_relay *r, int64_t in_ms);
 void relay_statement_error(const char *what, const char *err);
-void relay_forget_fetched_rows(struct obr_relay *r);
-int relay_active(const struct obr_relay *r);    /* partitions with a current row */
 void relay_check_ready(struct obr_relay *r);     /* logs and tells systemd once everything is up */
 bool relay_senders_idle(const struct obr_relay *r); /* no request in flight */
 
-/* statements (relay.c): send through the connection's ledger; the handler runs once */
+/* ---- stmt.c: statements ---- */
+/* Send through the connection's ledger through the connection's ledger; the handler runs once */
 struct stmt *stmt_new(struct obr_relay *r, struct conn *c);
 /* Returns false when the statement could not be queued: then the caller frees s (stmt_free).
  * On true s belongs to the ledger: fn may even have run already (connection lost at once). */
@@ -212,6 +211,14 @@ void stmt_free(struct stmt *s);
 /* In a handler: the statement its argument names, or NULL when the relay is being freed
  * (then the handler does nothing). */
 struct stmt *stmt_answer(void *arg, const char *err);
+/* Hands over the connection's answered statement once pg.c has read its end. */
+void stmt_settle(struct obr_relay *r, struct conn *c);
+/* The connection is lost: answers the statement in flight with why, forgets the rest. */
+void stmt_forget_all(struct conn *c, const char *why);
+void mark_free(struct mark *m);
+
+/* ---- relay.c: the loop ---- */
+void relay_forget_fetched_rows(struct obr_relay *r);
 
 /* ---- listen.c ---- */
 void listen_on_notify(void *arg, const char *channel, const char *payload);
@@ -219,7 +226,6 @@ void listen_on_connected(void *arg);
 void listen_on_disconnected(void *arg, const char *why);
 void listen_check(struct obr_relay *r);
 void listen_on_check_timeout(struct obr_relay *r);
-bool listen_normalize_key(const char *in, char out[OBR_KEY_LEN + 1]);
 
 /* ---- claim.c ---- */
 void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: claim it */
@@ -237,8 +243,7 @@ bool claim_send_scan(struct obr_relay *r);
 /* ---- deliver.c ---- */
 void deliver_dispatch(struct obr_relay *r);      /* starts rows of READY partitions, within the limit */
 void deliver_abandon(struct obr_relay *r);       /* grace period over: forget unfinished rows */
-void delivery_free(struct delivery *d);
-void mark_free(struct mark *m);
+int relay_active(const struct obr_relay *r);    /* partitions with a current row */
 
 /* ---- complete.c ---- */
 bool complete_wanted(struct obr_relay *r);
@@ -249,9 +254,14 @@ bool advance_drop_wanted(struct obr_relay *r);
 bool advance_drop(struct obr_relay *r);
 bool renew_wanted(struct obr_relay *r);
 bool renew_send(struct obr_relay *r);
-/* ---- lastlook.c ---- */
+/* ---- keyset.c (below the stages) ---- */
+void keyset_add(struct keyset *k, const char *key);
+void keyset_merge(struct keyset *into, struct keyset *from); /* empties from */
+void keyset_free(struct keyset *k);
 void lastlook_released(struct obr_relay *r, const char *key); /* a partition's lease was given back */
 void lastlook_rescan(struct obr_relay *r);                     /* scan once writers in progress ended */
+
+/* ---- lastlook.c: a stage beside listen (it finds partitions to claim) ---- */
 bool lastlook_wanted(struct obr_relay *r);
 bool lastlook_send(struct obr_relay *r);
 void lastlook_on_timer(struct obr_relay *r);

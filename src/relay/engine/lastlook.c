@@ -18,51 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LASTLOOK_MAX_KEYS 4096 /* per set; more: the look is a scan instead */
 #define LASTLOOK_BACKOFF_MIN_MS 1
 #define LASTLOOK_BACKOFF_MAX_MS 100
 #define LASTLOOK_ERROR_BACKOFF_MIN_MS 100 /* a failing statement backs off further */
 #define LASTLOOK_ERROR_BACKOFF_MAX_MS 10000
-
-static bool keyset_has(const struct keyset *k, const char *key)
-{
-	for (size_t i = 0; i < k->len; i++)
-		if (!memcmp(k->keys + i * OBR_KEY_LEN, key, OBR_KEY_LEN))
-			return true;
-	return false;
-}
-
-static void keyset_add(struct keyset *k, const char *key)
-{
-	if (keyset_has(k, key))
-		return;
-	if (k->len == k->cap) {
-		size_t cap = k->cap ? k->cap * 2 : 16;
-		char *keys = k->len < LASTLOOK_MAX_KEYS ? realloc(k->keys, cap * OBR_KEY_LEN) : NULL;
-		if (!keys) {
-			k->overflow = true;
-			return;
-		}
-		k->keys = keys;
-		k->cap = cap;
-	}
-	memcpy(k->keys + k->len++ * OBR_KEY_LEN, key, OBR_KEY_LEN);
-}
-
-static void keyset_merge(struct keyset *into, struct keyset *from)
-{
-	for (size_t i = 0; i < from->len; i++)
-		keyset_add(into, from->keys + i * OBR_KEY_LEN);
-	into->overflow |= from->overflow;
-	from->len = 0;
-	from->overflow = false;
-}
-
-static void keyset_free(struct keyset *k)
-{
-	free(k->keys);
-	memset(k, 0, sizeof(*k));
-}
 
 static char *keyset_array(const struct keyset *k)
 {
@@ -80,19 +39,6 @@ static char *keyset_array(const struct keyset *k)
 		return NULL;
 	}
 	return b.data;
-}
-
-void lastlook_released(struct obr_relay *r, const char *key)
-{
-	/* poll mode: nobody listens, the poll is the look */
-	if (r->cfg->mode != OBR_MODE_LISTEN)
-		return;
-	keyset_add(&r->lastlook.fresh, key);
-}
-
-void lastlook_rescan(struct obr_relay *r)
-{
-	r->lastlook.fresh.overflow = true; /* a set with keys left out is looked at with a scan */
 }
 
 /* Due now: as if notified. Later: the due timer. */

@@ -9,27 +9,6 @@
 #include <event2/event.h>
 #include <string.h>
 
-/* A notification payload must be a UUID; PostgreSQL prints them lower-case. */
-bool listen_normalize_key(const char *in, char out[OBR_KEY_LEN + 1])
-{
-	if (strlen(in) != OBR_KEY_LEN)
-		return false;
-	for (int i = 0; i < OBR_KEY_LEN; i++) {
-		char c = in[i];
-		if (i == 8 || i == 13 || i == 18 || i == 23) {
-			if (c != '-')
-				return false;
-		} else if (c >= 'A' && c <= 'F') {
-			c = (char)(c - 'A' + 'a');
-		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-			return false;
-		}
-		out[i] = c;
-	}
-	out[OBR_KEY_LEN] = '\0';
-	return true;
-}
-
 void listen_on_notify(void *arg, const char *channel, const char *payload)
 {
 	struct obr_relay *r = arg;
@@ -38,7 +17,7 @@ void listen_on_notify(void *arg, const char *channel, const char *payload)
 	r->stats.notifications++;
 	if (r->stopping || r->tearing_down)
 		return;
-	if (!listen_normalize_key(payload, key)) {
+	if (!part_key_normalize(payload, key)) {
 		obr_log_warn("ignoring notification on channel %s: payload \"%.64s\" is not a partition key", channel, payload);
 		return;
 	}

@@ -113,6 +113,28 @@ size_t part_held(const struct part_table *t)
 	return n;
 }
 
+/* A partition key as the relay keeps it: a UUID, lower-case as PostgreSQL prints it. A
+ * notification payload that is not one is not a partition. */
+bool part_key_normalize(const char *in, char out[OBR_KEY_LEN + 1])
+{
+	if (strlen(in) != OBR_KEY_LEN)
+		return false;
+	for (int i = 0; i < OBR_KEY_LEN; i++) {
+		char c = in[i];
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (c != '-')
+				return false;
+		} else if (c >= 'A' && c <= 'F') {
+			c = (char)(c - 'A' + 'a');
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+			return false;
+		}
+		out[i] = c;
+	}
+	out[OBR_KEY_LEN] = '\0';
+	return true;
+}
+
 static size_t key_hash(const char *key)
 {
 	size_t h = 1469598103934665603u;
@@ -192,6 +214,18 @@ void row_free(struct row *row)
 	free(row->payload);
 	free(row->sent);
 	free(row);
+}
+
+/* The row being delivered and its requests' bookkeeping. */
+void delivery_free(struct delivery *d)
+{
+	if (!d)
+		return;
+	obr_plan_clear(&d->plan);
+	free(d->ok);
+	free(d->ctx);
+	row_free(d->row);
+	free(d);
 }
 
 void part_drop_queue(struct part *p)

@@ -103,6 +103,9 @@ static inline size_t part_count(const struct part_table *t, enum part_state s)
 void part_reap(struct part_table *t);
 
 void row_free(struct row *row);
+void delivery_free(struct delivery *d);
+/* Normalizes a partition key (a UUID, any case) into out; false when it is not one. */
+bool part_key_normalize(const char *in, char out[OBR_KEY_LEN + 1]);
 void part_drop_queue(struct part *p);
 
 #endif

@@ -14,6 +14,7 @@
 #include "admin/sdnotify.h"
 #include "db/store.h"
 #include "send/sender.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 #include <event2/event.h>
@@ -22,255 +23,6 @@
 #include <string.h>
 #include <time.h>
 #include <uuid/uuid.h>
-
-const double obr_latency_bounds[OBR_LATENCY_BUCKETS] = {
-	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-};
-
-/* ---- small helpers ---- */
-
-int64_t relay_mono_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-int64_t relay_mono_ms(void)
-{
-	return relay_mono_us() / 1000;
-}
-
-int64_t relay_realtime_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static struct timeval ms_timeval(int64_t ms)
-{
-	return (struct timeval){ (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
-}
-
-void relay_timer_ms(struct event *ev, int64_t ms)
-{
-	struct timeval tv = ms_timeval(ms < 0 ? 0 : ms);
-	evtimer_add(ev, &tv);
-}
-
-int relay_vec_push(struct vec *v, void *item)
-{
-	if (v->len == v->cap) {
-		size_t cap = v->cap ? v->cap * 2 : 64;
-		void **items = realloc(v->items, cap * sizeof(*items));
-		if (!items)
-			return -1;
-		v->items = items;
-		v->cap = cap;
-	}
-	v->items[v->len++] = item;
-	return 0;
-}
-
-/* One arrival; gaps count up to twice the window, so that after a pause a few quick arrivals
- * are enough to open it again. */
-void relay_arrived(const struct obr_relay *r, struct arrivals *a, bool first_waiting)
-{
-	int64_t now = relay_mono_us();
-	int64_t gap = now - a->last_us, cap = 2 * r->cfg->batch_window_ms * 1000;
-	if (gap > cap)
-		gap = cap;
-	a->gap_us = a->last_us ? a->gap_us + (gap - a->gap_us) / 4 : gap;
-	a->last_us = now;
-	if (first_waiting)
-		a->waiting_since_us = now;
-}
-
-/*
- * OUTBOX_BATCH_WINDOW_MS: whether to hold back a statement (claim, results) so that more of its
- * kind can go with it. Only while work of that kind arrives more often than once per window on
- * average (a lone row, or rows at a slower pace, wait for nothing), at most one window after the
- * oldest waiting arrival, never once enough is there, nor at shutdown. The timer brings the flush
- * back when the window closes.
- */
-bool relay_gathering(struct obr_relay *r, const struct arrivals *a, size_t have, size_t enough, struct event *timer)
-{
-	int64_t window_us = r->cfg->batch_window_ms * 1000;
-	if (window_us <= 0 || r->cfg->mode != OBR_MODE_LISTEN || r->stopping || have >= enough || a->gap_us >= window_us)
-		return false;
-	int64_t left_us = a->waiting_since_us + window_us - relay_mono_us();
-	if (left_us <= 0)
-		return false;
-	struct timeval tv = { (time_t)(left_us / 1000000), (suseconds_t)(left_us % 1000000) };
-	evtimer_add(timer, &tv);
-	return true;
-}
-
-void relay_arm_due(struct obr_relay *r, int64_t in_ms)
-{
-	if (r->stopping)
-		return;
-	if (in_ms < 1)
-		in_ms = 1;
-	int64_t at = relay_mono_ms() + in_ms;
-	if (r->due_at_ms && r->due_at_ms <= at)
-		return;
-	r->due_at_ms = at;
-	relay_timer_ms(r->due_ev, in_ms);
-}
-
-void relay_statement_error(const char *what, const char *err)
-{
-	obr_log_warn("%s statement failed, will retry: %s", what, err ? err : "connection lost");
-}
-
-int relay_active(const struct obr_relay *r)
-{
-	return (int)(part_count(&r->parts, PS_DELIVERING) + part_count(&r->parts, PS_LOST));
-}
-
-bool relay_senders_idle(const struct obr_relay *r)
-{
-	return obr_sender_in_flight(r->sender) == 0;
-}
-
-/* ---- statements: the ledger of each connection ---- */
-
-struct stmt *stmt_new(struct obr_relay *r, struct conn *c)
-{
-	struct stmt *s = calloc(1, sizeof(*s));
-	if (s) {
-		s->relay = r;
-		s->conn = c;
-	}
-	return s;
-}
-
-void stmt_free(struct stmt *s)
-{
-	if (!s)
-		return;
-	for (size_t i = 0; i < s->marks.len; i++)
-		mark_free(s->marks.items[i]);
-	free(s->marks.items);
-	PQclear(s->res);
-	free(s->err);
-	free(s);
-}
-
-static void hand_over(struct stmt *s, const PGresult *res, const char *err)
-{
-	s->handed_over = true;
-	s->handler(s, res, err);
-}
-
-/* pg.c's callback for every statement of the ledger. */
-static void on_stmt_answer(void *arg, const PGresult *res, const char *err)
-{
-	struct stmt *s = arg;
-	if (s->answered) {
-		/* another result of the same statement: an error means it failed after all */
-		obr_log_warn("%s after the statement's result", err ? err : "another result");
-		if (err && !s->handed_over) {
-			free(s->err);
-			s->err = strdup(err);
-			if (!s->err) {
-				PQclear(s->res);
-				s->res = NULL; /* its outcome is unknown: as if the connection was lost */
-			}
-		}
-		return;
-	}
-	s->answered = true;
-	if (!res) {
-		hand_over(s, NULL, err); /* the connection was lost: pg.c is done with it */
-		return;
-	}
-	/* the answer itself, not a copy: a claim's rows can be many megabytes */
-	s->res = obr_pg_keep_result(s->conn->pg, res);
-	s->err = err ? strdup(err) : NULL;
-	if (!s->res || (err && !s->err)) {
-		PQclear(s->res);
-		s->res = NULL;
-		obr_log_error("out of memory keeping a statement's result");
-	}
-	relay_kick(s->relay); /* handed over when the statement has ended (stmt_settle) */
-}
-
-bool stmt_send(struct stmt *s, const char *sql, int nparams, const char *const *params, obr_pg_result_fn fn)
-{
-	struct conn *c = s->conn;
-	s->handler = fn;
-	if (c->tail)
-		c->tail->next = s;
-	else
-		c->head = s;
-	c->tail = s;
-	/* before the query: a connection that fails at once answers inside obr_pg_query */
-	c->running = true;
-	if (obr_pg_query(c->pg, sql, nparams, params, on_stmt_answer, s) == 0)
-		return true;
-	c->running = false;
-	struct stmt **pp = &c->head, *prev = NULL;
-	while (*pp != s) {
-		prev = *pp;
-		pp = &(*pp)->next;
-	}
-	*pp = NULL;
-	c->tail = prev;
-	return false;
-}
-
-struct stmt *stmt_answer(void *arg, const char *err)
-{
-	struct stmt *s = arg;
-	struct conn *c = s->conn;
-	c->running = false;
-	/* pg.c runs statements in order: whatever was sent before is done with */
-	while (c->head != s) {
-		struct stmt *done = c->head;
-		c->head = done->next;
-		stmt_free(done);
-	}
-	return s->relay->tearing_down ? NULL : s;
-}
-
-/* Hands over the connection's answered statement once pg.c has finished it (read its end);
- * until then the answer may still turn into an error. */
-static void stmt_settle(struct obr_relay *r, struct conn *c)
-{
-	struct stmt *s = c->tail;
-	if (!s || !s->answered || s->handed_over)
-		return;
-	if (obr_pg_pending(c->pg) > 0) {
-		relay_timer_ms(r->settle_ev, 1); /* its end is not read yet (rare: usually one packet) */
-		return;
-	}
-	PGresult *res = s->res;
-	s->res = NULL;
-	if (res)
-		hand_over(s, res, s->err);
-	else
-		hand_over(s, NULL, "out of memory");
-	PQclear(res);
-}
-
-/* The connection is lost: pg.c has answered every statement on it and forgotten them. A
- * statement answered but not ended did not commit, as far as anyone knows. */
-static void stmt_forget_all(struct conn *c, const char *why)
-{
-	struct stmt *s = c->tail;
-	if (s && s->answered && !s->handed_over && !s->relay->tearing_down)
-		hand_over(s, NULL, why);
-	while (c->head) {
-		s = c->head;
-		c->head = s->next;
-		stmt_free(s);
-	}
-	c->tail = NULL;
-	c->running = false;
-}
 
 /* ---- the scheduler ---- */
 
@@ -394,12 +146,6 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	part_reap(&r->parts);
 }
 
-void relay_kick(struct obr_relay *r)
-{
-	if (r->kick_ev)
-		event_active(r->kick_ev, EV_TIMEOUT, 0);
-}
-
 /* ---- timers ---- */
 
 static void on_lastlook(evutil_socket_t fd, short what, void *arg)
@@ -470,17 +216,6 @@ static void on_renew(evutil_socket_t fd, short what, void *arg)
 }
 
 /* ---- connections ---- */
-
-void relay_check_ready(struct obr_relay *r)
-{
-	if (r->ready_logged || r->cfg->mode != OBR_MODE_LISTEN)
-		return;
-	if (r->listen_ready && obr_pg_is_up(r->work.pg) && obr_pg_is_up(r->claim.pg)) {
-		r->ready_logged = true;
-		obr_log_info("relay ready: listening on channel %s, instance %s", r->cfg->channel, r->lock_id);
-		obr_sd_notify("READY=1");
-	}
-}
 
 static void on_work_connected(void *arg)
 {
@@ -584,7 +319,8 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 		                         .tls_verify = cfg->tls_verify,
 		                         .deny_private = cfg->deny_private_addresses,
 		                         .allowed_hosts = cfg->allowed_hosts,
-		                         .proxy = cfg->http_proxy };
+		                         .proxy = cfg->http_proxy,
+		                         .webhook_secret = cfg->webhook_secret };
 	if (!cfg->tls_verify)
 		obr_log_warn("OUTBOX_TLS_VERIFY is off: HTTPS certificates and host names are not checked");
 	char send_err[256];
@@ -664,9 +400,9 @@ fail:
 
 int obr_relay_start(struct obr_relay *r)
 {
-	struct timeval tv = ms_timeval(r->cfg->poll_interval_ms);
+	struct timeval tv = obr_timeval_from_ms(r->cfg->poll_interval_ms);
 	event_add(r->poll_ev, &tv);
-	tv = ms_timeval(r->cfg->lease_ms / 3);
+	tv = obr_timeval_from_ms(r->cfg->lease_ms / 3);
 	event_add(r->renew_ev, &tv);
 	r->sample_wanted = true;
 	r->last_sample_ms = relay_mono_ms();
@@ -676,7 +412,7 @@ int obr_relay_start(struct obr_relay *r)
 	}
 	if (r->listen_pg) {
 		if (r->cfg->health_check_ms > 0) {
-			tv = ms_timeval(r->cfg->health_check_ms);
+			tv = obr_timeval_from_ms(r->cfg->health_check_ms);
 			event_add(r->listen_check_ev, &tv);
 		}
 		obr_pg_start(r->listen_pg);

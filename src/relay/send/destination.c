@@ -211,6 +211,7 @@ static int plan_destination(struct obr_destination *d, const struct outbox__dest
 	d->index = index;
 	d->kind = kinds[view->kind];
 	d->method = methods[view->method];
+	d->no_signing = view->no_signing;
 	d->target = strdup(view->target);
 	if (!d->target) {
 		snprintf(err, errlen, "out of memory");

@@ -37,6 +37,7 @@ struct obr_destination {
 	bool already_sent;              /* listed in sent_destinations: skip on this attempt */
 	char *target;                   /* url, queue_url or topic_arn */
 	enum obr_http_method method;
+	bool no_signing;                /* HTTP: "signing": false, sent without webhook signatures */
 	/* HTTP: final request headers (destination's, then the row's; x-idempotent-key last).
 	 * SQS/SNS: the row's headers (message attributes). */
 	struct obr_header *headers;

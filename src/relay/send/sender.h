@@ -5,7 +5,7 @@
  * payload) and gets back a neutral result: delivered, failed and worth retrying, or failed for
  * good. Which protocol, which checks (OUTBOX_ALLOWED_HOSTS, private addresses, AWS hosts) and
  * which batching apply is the sender's business. HTTP (http.c) and SQS/SNS (aws.c) implement
- * it; obr_senders_new (sender.c) builds both on one curl multi and dispatches on the kind.
+ * it; obr_senders_new (senders.c) builds both on one curl multi and dispatches on the kind.
  */
 #ifndef OBR_SENDER_H
 #define OBR_SENDER_H
@@ -68,6 +68,7 @@ struct obr_send_options {
 	bool deny_private;           /* row-controlled requests never reach private addresses */
 	const char *allowed_hosts;   /* OUTBOX_ALLOWED_HOSTS; NULL = any host */
 	const char *proxy;           /* OUTBOX_HTTP_PROXY; NULL = no proxy (the environment's are ignored) */
+	const char *webhook_secret;  /* OUTBOX_WEBHOOK_SECRET: HTTP deliveries are signed; NULL = not */
 };
 
 /* The relay's sender: HTTP, SQS and SNS behind one object. Returns NULL with the reason in err. */

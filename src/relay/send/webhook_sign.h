@@ -36,4 +36,13 @@ int obr_webhook_sign(const struct obr_webhook_keys *keys, const char *id, int64_
 /* Wipes the keys (they are secrets). */
 void obr_webhook_keys_clear(struct obr_webhook_keys *keys);
 
+/* A sender (sender.h) that signs the HTTP deliveries it passes on to inner: each submit (each
+ * attempt) adds webhook-id (the row's idempotent_key), webhook-timestamp (now_fn, Unix seconds;
+ * NULL: time()) and webhook-signature of the payload, unless the destination opted out
+ * ("signing": false). Other kinds go through untouched. Takes inner (freed with the signer, also
+ * on failure) and copies keys. Returns NULL when out of memory. */
+struct obr_sender;
+struct obr_sender *obr_webhook_signer_new(struct obr_sender *inner, const struct obr_webhook_keys *keys,
+                                          int64_t (*now_fn)(void));
+
 #endif
