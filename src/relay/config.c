@@ -80,6 +80,8 @@ static const struct setting settings[] = {
 	  "on SIGTERM/SIGINT, how long in-flight requests may take to finish" },
 	{ "OUTBOX_HEALTH_CHECK_MS", "health-check-ms", T_INT, OFF(health_check_ms), "0", 0, 3600000, NULL,
 	  "interval of the cheap query that proves the listen connection alive; 0 = with each fallback poll, so an idle relay is silent between polls" },
+	{ "OUTBOX_LISTEN_SELFTEST_MS", "listen-selftest-ms", T_INT, OFF(listen_selftest_ms), "5000", 0, 600000, NULL,
+	  "listen mode: after LISTEN (and each reconnect) the relay notifies itself and waits this long for it; if it never comes (a pooler in transaction mode) it logs an error, reports not ready and polls every second until a later self-test passes (0 = no self-test)" },
 	{ "OUTBOX_TLS_VERIFY", "tls-verify", T_BOOL, OFF(tls_verify), "true", 0, 0, NULL,
 	  "verify HTTPS certificates and host names; false is for tests only and logs a warning at start" },
 	{ "OUTBOX_ALLOWED_HOSTS", "allowed-hosts", T_STRING, OFF(allowed_hosts), NULL, 0, 0, NULL,

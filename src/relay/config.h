@@ -37,6 +37,7 @@ struct obr_config {
 	int64_t batch_window_ms;       /* listen mode: gather claims and results this long first */
 	int64_t shutdown_grace_ms;
 	int64_t health_check_ms;
+	int64_t listen_selftest_ms;     /* listen mode: wait this long for our own notification; 0 = no self-test */
 	char *ca_file;
 	bool tls_verify;
 	char *allowed_hosts;           /* comma-separated host names, *.suffix wildcards; NULL = any */

@@ -118,7 +118,8 @@ static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 	snprintf(lease, sizeof(lease), "OUTBOX_LEASE_MS=%s", lease_ms);
 	snprintf(grace, sizeof(grace), "OUTBOX_SHUTDOWN_GRACE_MS=%s", grace_ms);
 	const char *envp[] = { "DATABASE_URL=postgresql://127.0.0.1/unit", "OUTBOX_BATCH_WINDOW_MS=0",
-		               "OUTBOX_POLL_INTERVAL_MS=3600000", "OUTBOX_RETENTION=0", lease, grace, NULL };
+		               "OUTBOX_POLL_INTERVAL_MS=3600000", "OUTBOX_RETENTION=0", "OUTBOX_LISTEN_SELFTEST_MS=0",
+		               lease, grace, NULL };
 	char err[512];
 	memset(e, 0, sizeof(*e));
 	fake_send_reset();

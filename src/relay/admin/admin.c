@@ -70,7 +70,7 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 	/* OBR_VERSION is ours (meson's project version): no label escaping needed */
 	obr_strbuf_printf(out, "outbox_relay_info{version=\"%s\"} 1\n", OBR_VERSION);
 	family(out, "outbox_relay_ready", "gauge",
-	       "1 when the database connections are up and, in listen mode, LISTEN is active");
+	       "1 when the database connections are up and, in listen mode, LISTEN is active and its self-test did not fail");
 	sample_u64(out, "outbox_relay_ready", NULL, ready ? 1 : 0);
 
 	family(out, "outbox_relay_delivered_total", "counter", "Successful requests, by destination kind");
@@ -105,6 +105,13 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 	           st->in_flight_requests > 0 ? (uint64_t)st->in_flight_requests : 0);
 	family(out, "outbox_relay_leases_held", "gauge", "Partition leases this instance holds");
 	sample_u64(out, "outbox_relay_leases_held", NULL, st->leases_held > 0 ? (uint64_t)st->leases_held : 0);
+
+	if (st->listen_selftest_ok >= 0) {
+		family(out, "outbox_relay_listen_selftest_ok", "gauge",
+		       "Listen mode: 1 when the relay's own notification reached its listen connection, 0 when the "
+		       "last self-test failed or none passed yet (rows then wait for the poll)");
+		sample_u64(out, "outbox_relay_listen_selftest_ok", NULL, (uint64_t)st->listen_selftest_ok);
+	}
 
 	/* sampled from the database: absent until the first sample (-1) */
 	if (st->due_rows >= 0) {

@@ -279,6 +279,10 @@ const char OBR_SQL_SAMPLE[] =
 	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
 	"   AND " DUE_AT("") " <= now()";
 
+/* One statement, so through a pooler it runs (and commits) on whatever server connection the
+ * pooler picks, as a writer's notification would. */
+const char OBR_SQL_NOTIFY_SELF[] = "SELECT pg_notify($1, $2)";
+
 /*
  * Retention: delete one bounded batch of processed rows older than the retention, and released
  * lease rows (left by the crate's scheduled mode). At most one instance works at a time: the

@@ -31,6 +31,9 @@
 #define COMPLETE_MAX_FAILURES 3        /* a result that fails alone this often is given up */
 #define HARD_STOP_AFTER_GRACE_MS 2000  /* results that still cannot be written do not hold the exit */
 #define RETENTION_EVERY_MS 60000       /* a retention pass (at a poll tick); a full batch asks for the next at once */
+#define SELFTEST_RETRY_MS 30000        /* after a failed LISTEN self-test, the next one */
+#define SELFTEST_POLL_MS 1000          /* the poll while notifications do not arrive (poll mode's default) */
+#define SELFTEST_PREFIX "obr-selftest " /* a self-test payload: never a partition key */
 
 struct obr_sender;
 struct event;
@@ -143,6 +146,10 @@ struct obr_relay {
 	bool stopping;
 	bool released_all;
 	bool listen_check_pending;
+	bool selftest_wanted;       /* the work connection should send our own notification */
+	bool selftest_pending;      /* waiting for it on the listen connection */
+	uint64_t selftest_seq;      /* in the payload: an older self-test's notification does not count */
+	enum { SELFTEST_UNKNOWN, SELFTEST_OK, SELFTEST_FAILED } selftest;
 	bool complete_isolate;      /* an SQL error: write results one per statement to find the bad one */
 	bool complete_paused;       /* backing off after an SQL error */
 	int complete_backoff_ms;
@@ -154,6 +161,7 @@ struct obr_relay {
 	struct event *renew_ev;
 	struct event *listen_check_ev;
 	struct event *listen_check_timeout_ev;
+	struct event *selftest_ev;  /* pending: the deadline; otherwise the next try */
 	struct event *grace_ev;
 	int64_t last_sample_ms;      /* monotonic: gauges are sampled when scraped, at most every SAMPLE_MS */
 	int64_t last_retention_ms;
@@ -207,6 +215,11 @@ void listen_on_connected(void *arg);
 void listen_on_disconnected(void *arg, const char *why);
 void listen_check(struct obr_relay *r);
 void listen_on_check_timeout(struct obr_relay *r);
+/* The LISTEN self-test: the work connection notifies our channel, the listen connection must
+ * hear it within OUTBOX_LISTEN_SELFTEST_MS; until it does the relay polls every second. */
+bool listen_selftest_wanted(struct obr_relay *r);
+bool listen_selftest_send(struct obr_relay *r);
+void listen_on_selftest_timer(struct obr_relay *r);
 
 /* ---- claim.c ---- */
 void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: claim it */

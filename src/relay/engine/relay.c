@@ -115,6 +115,7 @@ static const struct want work_wants[] = {
 	{ advance_drop_wanted, advance_drop },    /* at shutdown nothing is fetched any more */
 	{ advance_wanted, advance_send },         /* held with nothing left: more rows, or release */
 	{ release_all_wanted, release_all_send }, /* shutdown: nothing below runs any more */
+	{ listen_selftest_wanted, listen_selftest_send },
 	{ sample_wanted, sample_send },
 	{ retention_wanted, retention_send },
 };
@@ -155,6 +156,11 @@ static void on_listen_check(evutil_socket_t fd, short what, void *arg)
 static void on_listen_check_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	listen_on_check_timeout(arg);
+}
+
+static void on_selftest(evutil_socket_t fd, short what, void *arg)
+{
+	listen_on_selftest_timer(arg);
 }
 
 /* The fallback poll tick also carries the periodic chores (the listen connection's health
@@ -329,6 +335,7 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->renew_ev = event_new(base, -1, EV_PERSIST, on_renew, r);
 	r->listen_check_ev = event_new(base, -1, EV_PERSIST, on_listen_check, r);
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
+	r->selftest_ev = evtimer_new(base, on_selftest, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
 	r->complete_retry_ev = evtimer_new(base, on_complete_retry, r);
 	r->claim_window_ev = evtimer_new(base, on_window, r);
@@ -340,9 +347,10 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
+	r->stats.listen_selftest_ok = cfg->mode == OBR_MODE_LISTEN && cfg->listen_selftest_ms > 0 ? 0 : -1;
 	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
-	    !r->listen_check_timeout_ev || !r->grace_ev)
+	    !r->listen_check_timeout_ev || !r->selftest_ev || !r->grace_ev)
 		goto fail;
 
 	/* In listen mode the statement connections are ours alone: the hot statements are prepared
@@ -444,6 +452,11 @@ bool obr_relay_ready(const struct obr_relay *r, char *why, size_t whylen)
 		snprintf(why, whylen, "LISTEN is not active (listen connection down)");
 		return false;
 	}
+	if (r->listen_pg && r->selftest == SELFTEST_FAILED) {
+		snprintf(why, whylen, "LISTEN self-test failed: notifications do not reach the listen connection (a pooler "
+		         "in transaction mode, e.g. PgBouncer pool_mode=transaction?); polling instead");
+		return false;
+	}
 	if (!r->listen_pg && !r->first_scan_done) {
 		snprintf(why, whylen, "first poll not done yet");
 		return false;
@@ -470,7 +483,7 @@ void obr_relay_free(struct obr_relay *r)
 	free(r->marks.items);
 	obr_sender_free(r->sender);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
-		                r->listen_check_timeout_ev, r->grace_ev,
+		                r->listen_check_timeout_ev, r->selftest_ev, r->grace_ev,
 		                r->complete_retry_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])

@@ -44,6 +44,7 @@ struct obr_relay_stats {
 	/* gauges */
 	int64_t in_flight_requests;
 	int64_t leases_held;
+	int64_t listen_selftest_ok;               /* 1 heard, 0 not (yet); -1 poll mode or no self-test */
 	/* sampled from the database every OBR_SAMPLE_MS; -1 until the first sample */
 	int64_t due_rows;
 	double oldest_due_age_s;
@@ -59,8 +60,8 @@ int obr_relay_start(struct obr_relay *relay);
 void obr_relay_shutdown(struct obr_relay *relay);
 /* Updates the gauges and returns the statistics. */
 const struct obr_relay_stats *obr_relay_stats(struct obr_relay *relay);
-/* Ready: the database connections are up and, in listen mode, LISTEN is active. Otherwise
- * false with the reason in why. */
+/* Ready: the database connections are up and, in listen mode, LISTEN is active and its last
+ * self-test did not fail. Otherwise false with the reason in why. */
 bool obr_relay_ready(const struct obr_relay *relay, char *why, size_t whylen);
 void obr_relay_free(struct obr_relay *relay);
 
