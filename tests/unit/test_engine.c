@@ -672,6 +672,93 @@ static void test_results_split_at_string_limit(void)
 	env_free(&e);
 }
 
+/* The LISTEN self-test: the work connection notifies our channel with a payload that is no
+ * partition key; unheard within the setting, the relay is not ready, scans, and polls every
+ * second; a later self-test that is heard (after a reconnect here) sets it right again. */
+static bool wait_not_ready(struct env *e, char *why, size_t len)
+{
+	int64_t until = now_ms() + 10000;
+	while (now_ms() < until) {
+		if (!obr_relay_ready(e->r, why, len))
+			return true;
+		struct timeval tv = { 0, 20000 };
+		event_base_loopexit(e->base, &tv);
+		event_base_dispatch(e->base);
+	}
+	return false;
+}
+
+static void test_listen_selftest(void)
+{
+	struct env e;
+	memset(&e, 0, sizeof(e));
+	fake_send_reset();
+	const char *envp[] = { "DATABASE_URL=postgresql://127.0.0.1/unit", "OUTBOX_POLL_INTERVAL_MS=3600000",
+		               "OUTBOX_RETENTION=0", "OUTBOX_LISTEN_SELFTEST_MS=100", NULL };
+	char err[512], why[256], payload[128];
+	CHECK(obr_config_load(&e.cfg, envp, 0, NULL, err, sizeof(err)) == 0);
+	e.base = event_base_new();
+	e.r = obr_relay_new(e.base, &e.cfg);
+	CHECK(e.r && obr_relay_start(e.r) == 0);
+	e.work = fake_pg_find("outbox-relay work");
+	e.claim = fake_pg_find("outbox-relay claim");
+	e.listen = fake_pg_find("outbox-relay listen");
+	CHECK(e.work && e.claim && e.listen);
+	CHECK_INT_EQ(e.r->stats.listen_selftest_ok, 0);
+	fake_pg_connect(e.listen);
+	fake_pg_connect(e.work);
+	fake_pg_connect(e.claim);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_SCAN));
+	fake_pg_answer(e.claim, empty(2), NULL);
+	CHECK(head_is(e.work, OBR_SQL_NOTIFY_SELF));
+	CHECK_STR_EQ(param(e.work, 0), "outbox");
+	snprintf(payload, sizeof(payload), "%s", param(e.work, 1));
+	CHECK(!strncmp(payload, "obr-selftest ", 13));
+	fake_pg_answer(e.work, empty(1), NULL);
+	settle(&e);
+	if (head_is(e.work, OBR_SQL_SAMPLE))
+		fake_pg_answer(e.work, fake_error_result(), "not in this test");
+	/* another instance's self-test is neither ours nor a partition */
+	fake_pg_notify(e.listen, "outbox", "obr-selftest 00000000-0000-0000-0000-000000000000 1");
+	settle(&e);
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ((int)e.r->stats.notifications, 0);
+	CHECK(part_find(&e.r->parts, "00000000-0000-0000-0000-000000000000") == NULL);
+
+	/* never heard: not ready, with the reason; rows are looked for now and every second */
+	CHECK(wait_not_ready(&e, why, sizeof(why)));
+	CHECK(strstr(why, "self-test failed") != NULL);
+	CHECK_INT_EQ(e.r->stats.listen_selftest_ok, 0);
+	CHECK(wait_for(&e, e.claim, OBR_SQL_SCAN));
+	fake_pg_answer(e.claim, empty(2), NULL);
+	settle(&e);
+	int64_t t0 = now_ms();
+	CHECK(wait_for(&e, e.claim, OBR_SQL_SCAN)); /* the fallback poll is an hour away */
+	CHECK(now_ms() - t0 < 5000);
+	fake_pg_answer(e.claim, empty(2), NULL);
+	settle(&e);
+
+	/* the listen connection comes back: a new self-test; the old payload does not count */
+	fake_pg_drop(e.listen, "test");
+	fake_pg_connect(e.listen);
+	CHECK(wait_for(&e, e.work, OBR_SQL_NOTIFY_SELF));
+	char fresh[128];
+	snprintf(fresh, sizeof(fresh), "%s", param(e.work, 1));
+	CHECK(strcmp(fresh, payload) != 0);
+	fake_pg_notify(e.listen, "outbox", payload);
+	settle(&e);
+	CHECK(!obr_relay_ready(e.r, why, sizeof(why)));
+	fake_pg_notify(e.listen, "outbox", fresh); /* heard before the statement's answer: fine */
+	settle(&e);
+	fake_pg_answer(e.work, empty(1), NULL);
+	settle(&e);
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(e.r->stats.listen_selftest_ok, 1);
+	CHECK_INT_EQ((int)e.r->stats.notifications, 0);
+	env_free(&e);
+}
+
 int main(int argc, char **argv)
 {
 	obr_log_configure(getenv("OBR_TEST_LOG") ? OBR_LOG_DEBUG : OBR_LOG_ERROR, OBR_LOG_TEXT);
@@ -694,6 +781,7 @@ int main(int argc, char **argv)
 		TEST(test_notification_flood_forgotten),
 		TEST(test_fetch_budget),
 		TEST(test_results_split_at_string_limit),
+		TEST(test_listen_selftest),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);
