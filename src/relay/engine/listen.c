@@ -210,6 +210,8 @@ bool listen_selftest_send(struct obr_relay *r)
 /* The deadline of a pending self-test, or the time for the next one. */
 void listen_on_selftest_timer(struct obr_relay *r)
 {
+	if (r->stopping)
+		return;
 	if (r->selftest_pending)
 		selftest_failed(r);
 	else if (r->listen_ready)
