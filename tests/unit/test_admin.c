@@ -36,6 +36,8 @@ static struct obr_relay_stats sample_stats(void)
 	st.due_rows = -1;
 	st.oldest_due_age_s = -1;
 	st.notification_queue_usage = -1;
+	st.notify_lock_waiters = -1;
+	st.listen_selftest_ok = -1;
 	return st;
 }
 
@@ -147,17 +149,23 @@ static void test_sampled_gauges_absent_until_sampled(void)
 	CHECK(strstr(doc, "outbox_relay_due_rows") == NULL);
 	CHECK(strstr(doc, "outbox_relay_oldest_due_age_seconds") == NULL);
 	CHECK(strstr(doc, "outbox_relay_notification_queue_usage") == NULL);
+	CHECK(strstr(doc, "outbox_relay_notify_lock_waiters") == NULL);
+	CHECK(strstr(doc, "outbox_relay_listen_selftest_ok") == NULL);
 	free(doc);
 
 	st.due_rows = 17;
 	st.oldest_due_age_s = 2.25;
 	st.notification_queue_usage = 0;
+	st.notify_lock_waiters = 3;
+	st.listen_selftest_ok = 1;
 	st.sampled_at_unix = 1700000000;
 	doc = format(&st, true);
 	CHECK(doc != NULL);
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_due_rows", v, sizeof(v)), "17");
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_oldest_due_age_seconds", v, sizeof(v)), "2.25");
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_notification_queue_usage", v, sizeof(v)), "0");
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_notify_lock_waiters", v, sizeof(v)), "3");
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_listen_selftest_ok", v, sizeof(v)), "1");
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_last_sample_timestamp_seconds", v, sizeof(v)), "1700000000");
 	CHECK(strstr(doc, "# TYPE outbox_relay_due_rows gauge\n") != NULL);
 	free(doc);
@@ -170,6 +178,8 @@ static void test_exposition_format(void)
 	st.due_rows = 1;
 	st.oldest_due_age_s = 0.1;
 	st.notification_queue_usage = 0.5;
+	st.notify_lock_waiters = 0;
+	st.listen_selftest_ok = 0;
 	st.sampled_at_unix = 1700000000;
 	char *doc = format(&st, true);
 	CHECK(doc != NULL);
@@ -202,7 +212,7 @@ static void test_exposition_format(void)
 		samples++;
 	}
 	CHECK_INT_EQ(helps, types);
-	CHECK_INT_EQ(types, 21);
+	CHECK_INT_EQ(types, 22);
 	CHECK(samples > types);
 	/* no secrets: the document never names a database */
 	CHECK(strstr(doc, "postgres") == NULL);

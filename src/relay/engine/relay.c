@@ -32,10 +32,11 @@ static void on_sample_result(void *arg, const PGresult *res, const char *err)
 	if (!s)
 		return;
 	struct obr_relay *r = s->relay;
-	if (res && !err && PQntuples(res) == 1) {
+	if (res && !err && PQntuples(res) == 1 && PQnfields(res) == OBR_SAMPLE_COLUMNS) {
 		r->stats.due_rows = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 		r->stats.oldest_due_age_s = strtod(PQgetvalue(res, 0, 1), NULL);
 		r->stats.notification_queue_usage = strtod(PQgetvalue(res, 0, 2), NULL);
+		r->stats.notify_lock_waiters = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
 		r->stats.sampled_at_unix = relay_realtime_ms() / 1000;
 	} else {
 		relay_statement_error("sample", err);
@@ -347,6 +348,7 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
+	r->stats.notify_lock_waiters = -1;
 	r->stats.listen_selftest_ok = cfg->mode == OBR_MODE_LISTEN && cfg->listen_selftest_ms > 0 ? 0 : -1;
 	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
