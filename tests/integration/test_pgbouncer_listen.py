@@ -1,9 +1,12 @@
 """The LISTEN self-test (issue 15, section 3): behind PgBouncer in transaction pooling LISTEN
 succeeds and then hears nothing. The relay notifies itself after LISTEN, notices that its
 notification never arrives, says so (log, /ready, /metrics) and polls every second instead of
-leaving rows to the fallback poll. With a direct connection the self-test passes."""
+leaving rows to the fallback poll. With a direct connection the self-test passes. And the
+notify commit lock in sight (section 4): the gauge of writers waiting for it."""
 
+import contextlib
 import json
+import threading
 import urllib.error
 import urllib.request
 
@@ -78,3 +81,66 @@ def test_poll_mode_has_no_selftest(db, relay):
     wait_scanned(r, 1)
     assert metric(r, "outbox_relay_listen_selftest_ok") is None
     assert ready_answer(r)[0] == 200
+
+
+NOTIFY_LOCK_WAITERS_SQL = ("SELECT count(*) FILTER (WHERE granted), count(*) FILTER (WHERE NOT granted)"
+                           " FROM pg_locks WHERE locktype = 'object'"
+                           " AND classid = 'pg_database'::regclass AND objid = 0")
+
+
+def test_notify_lock_waiters_gauge(db, pg_cluster, relay):
+    """outbox_relay_notify_lock_waiters reads 0 when no writer waits, and counts a writer whose
+    NOTIFY waits for the commit lock another notifying transaction holds. The holder is kept in
+    its commit by synchronous replication to a standby that does not exist (the notify lock is
+    held until the commit ends); resetting synchronous_standby_names releases it."""
+    # poll mode: the relay itself never notifies, so its sampling never waits for the lock
+    r = relay(db, env=env(OUTBOX_MODE="poll", OUTBOX_POLL_INTERVAL_MS=100))
+    wait_until(lambda: metric(r, "outbox_relay_notify_lock_waiters") == 0, 20, "the gauge to read 0")
+
+    def system(*settings: str) -> None:
+        with contextlib.closing(pg_cluster.connect()) as c, c.cursor() as cur:
+            for s in settings:
+                cur.execute(s)
+            cur.execute("SELECT pg_reload_conf()")
+
+    writers, threads, errors = [], [], []
+
+    def notify_and_commit(conn):
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET synchronous_commit = on")
+                # a transaction that wrote nothing but its NOTIFY would not wait for the standby
+                cur.execute("INSERT INTO obr_lock_scratch VALUES (1)")
+                cur.execute("NOTIFY obr_lock_test")
+            conn.commit()
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    def start_writer():
+        conn = db.conn(autocommit=False)
+        writers.append(conn)
+        t = threading.Thread(target=notify_and_commit, args=(conn,), daemon=True)
+        threads.append(t)
+        t.start()
+
+    db.execute("CREATE TABLE obr_lock_scratch (x int)")
+    # everyone else keeps committing locally
+    system("ALTER SYSTEM SET synchronous_commit = 'local'",
+           "ALTER SYSTEM SET synchronous_standby_names = 'obr_no_such_standby'")
+    try:
+        start_writer()
+        wait_until(lambda: db.query(NOTIFY_LOCK_WAITERS_SQL)[0] == (1, 0), 10,
+                   "the first writer to hold the notify lock in its commit")
+        start_writer()
+        wait_until(lambda: db.query(NOTIFY_LOCK_WAITERS_SQL)[0] == (1, 1), 10,
+                   "the second writer to wait for the notify lock")
+        wait_until(lambda: (metric(r, "outbox_relay_notify_lock_waiters") or 0) >= 1, 20,
+                   "the gauge to count the waiting writer")
+    finally:
+        system("ALTER SYSTEM RESET synchronous_standby_names", "ALTER SYSTEM RESET synchronous_commit")
+        for t in threads:
+            t.join(30)
+        for c in writers:
+            c.close()
+    assert not errors, errors
+    assert all(not t.is_alive() for t in threads)
