@@ -179,6 +179,7 @@ static void on_selftest_result(void *arg, const PGresult *res, const char *err)
 	if (!s)
 		return;
 	struct obr_relay *r = s->relay;
+	relay_kick(r); /* the work connection is free for the next statement */
 	if (!r->selftest_pending)
 		return; /* heard already, or the listen connection went away meanwhile */
 	if (!res || err) {
