@@ -401,6 +401,6 @@ def test_sigterm_exits_within_grace_even_if_results_cannot_be_written(db, sink, 
     """)
     r = relay(db, env=env(OUTBOX_SHUTDOWN_GRACE_MS=1000, OUTBOX_LOG_LEVEL="info"))
     insert(db, [{"destinations": [http_dest(sink.url("/poison"))], "payload": "poison"}])
-    r.wait_for_log("could not record", timeout=10)
+    r.wait_for_log("results statement failed", timeout=10)
     code = r.stop(timeout=4)  # kills and fails if it does not exit within 4 s
     assert code == 0

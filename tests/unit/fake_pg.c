@@ -91,6 +91,13 @@ void obr_pg_reset(struct obr_pg *pg, const char *why)
 		fake_pg_drop(pg, why);
 }
 
+/* As pg.c: fake error results (PQmakeEmptyPGresult) carry no SQLSTATE. */
+const char *obr_pg_sqlstate(const PGresult *res)
+{
+	const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	return s ? s : "";
+}
+
 uint64_t obr_pg_reconnects(const struct obr_pg *pg)
 {
 	return pg->reconnects;

@@ -27,6 +27,9 @@
 #define ROW_1 "0190a000-0000-7000-8000-000000000001"
 #define ROW_2 "0190a000-0000-7000-8000-000000000002"
 #define ROW_3 "0190a000-0000-7000-8000-000000000003"
+#define ROW_4 "0190a000-0000-7000-8000-000000000004"
+#define PART_C "0190a000-0000-7000-8000-00000000000c"
+#define PART_D "0190a000-0000-7000-8000-00000000000d"
 #define DESTS "[{\"url\":\"http://127.0.0.1:9/hook\"}]"
 
 struct env {
@@ -448,8 +451,54 @@ static void test_error_after_result(void)
 	fake_pg_finish(e.work);
 	settle(&e);
 	CHECK_INT_EQ(fake_send_count(), 0);
-	CHECK(e.r->complete_paused); /* refused: backing off, then written again */
+	CHECK(relay_backing_off(e.r, SK_COMPLETE)); /* refused: backing off, then written again */
 	CHECK_INT_EQ(e.r->marks.len, 1);
+	env_free(&e);
+}
+
+/* Issue 12 item 6: a refused results statement backs off; then its results go one per
+ * statement (to find a bad one), but results that were not in it go together again: steady
+ * load must not keep the relay writing one result per statement. */
+static void test_isolate_only_the_refused_results(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *r1[] = { ROW_1 }, *r2[] = { ROW_2 }, *r3[] = { ROW_3 }, *r4[] = { ROW_4 };
+	CHECK(claim_with_rows(&e, PART_A, r1, 1));
+	CHECK(claim_with_rows(&e, PART_B, r2, 1));
+	fake_send_answer(0, true);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK(strstr(param(e.work, 0), ROW_1) && strstr(param(e.work, 0), ROW_2));
+	fake_pg_answer(e.work, fake_error_result(), "deadlock detected");
+	settle(&e);
+	CHECK(relay_backing_off(e.r, SK_COMPLETE));
+	CHECK(!fake_pg_head(e.work)); /* nothing during the backoff */
+	/* meanwhile two more partitions finish a row */
+	CHECK(claim_with_rows(&e, PART_C, r3, 1));
+	CHECK(claim_with_rows(&e, PART_D, r4, 1));
+	fake_send_answer(0, true);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(!fake_pg_head(e.work));
+	/* after the backoff: the two refused results, each alone */
+	const char *alone[2];
+	for (int i = 0; i < 2; i++) {
+		CHECK(wait_for(&e, e.work, OBR_SQL_COMPLETE));
+		const char *p0 = param(e.work, 0);
+		CHECK(p0 && (!strcmp(p0, "{" ROW_1 "}") || !strcmp(p0, "{" ROW_2 "}")));
+		alone[i] = p0 && strstr(p0, ROW_1) ? ROW_1 : ROW_2;
+		fake_pg_answer(e.work, heads(), NULL);
+		settle(&e);
+	}
+	CHECK(strcmp(alone[0], alone[1]) != 0);
+	CHECK(!relay_backing_off(e.r, SK_COMPLETE));
+	/* the others together */
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK(param(e.work, 0) && strstr(param(e.work, 0), ROW_3) && strstr(param(e.work, 0), ROW_4));
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
 	env_free(&e);
 }
 
@@ -685,6 +734,7 @@ int main(int argc, char **argv)
 		TEST(test_results_connection_lost),
 		TEST(test_results_answered_twice),
 		TEST(test_error_after_result),
+		TEST(test_isolate_only_the_refused_results),
 		TEST(test_result_final_at_statement_end),
 		TEST(test_lost_while_sending),
 		TEST(test_claim_connection_lost),

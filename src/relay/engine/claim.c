@@ -190,8 +190,9 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 		r->claim_seq++;
 		claim_take_heads(r, res, PS_CLAIMING, true);
 		r->stats.claims++;
+		relay_statement_ok(r, SK_CLAIM);
 	} else {
-		relay_statement_error("claim", err);
+		relay_statement_failed(r, SK_CLAIM, s, res, err);
 	}
 	/* partitions not in the result are held by another instance (or the statement failed) */
 	struct part *p;
@@ -245,11 +246,12 @@ static void on_scan_result(void *arg, const PGresult *res, const char *err)
 	struct obr_relay *r = s->relay;
 
 	if (!res || err) {
-		relay_statement_error("scan", err);
-		r->scan_wanted = true;
+		relay_statement_failed(r, SK_SCAN, s, res, err);
+		r->scan_wanted = true; /* after the backoff */
 		relay_kick(r);
 		return;
 	}
+	relay_statement_ok(r, SK_SCAN);
 	r->stats.scans++;
 	int n = PQntuples(res);
 	for (int i = 0; i < n; i++) {

@@ -38,6 +38,7 @@ static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool
 	m->success = success;
 	m->park = park;
 	m->counted = counted;
+	m->attempts = d->row->attempts;
 	if (!success) {
 		struct obr_strbuf sent;
 		size_t count = 0;

@@ -18,6 +18,8 @@
 #include "db/pg.h"
 #include "send/destination.h"
 
+#include "util/backoff.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,11 +28,25 @@
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
 #define SAMPLE_MS 5000                 /* gauges for /metrics, at most this often, when scraped */
-#define COMPLETE_BACKOFF_MIN_MS 200    /* after a complete statement failed with an SQL error */
-#define COMPLETE_BACKOFF_MAX_MS 30000
+#define STMT_BACKOFF_MIN_MS 100     /* a statement kind the database refused waits this, doubling */
+#define STMT_BACKOFF_MAX_MS 30000   /* ... up to this, until one succeeds */
+#define STMT_LOG_EVERY_MS 10000     /* a repeating statement error is logged this often, with a count */
 #define COMPLETE_MAX_FAILURES 3        /* a result that fails alone this often is given up */
 #define HARD_STOP_AFTER_GRACE_MS 2000  /* results that still cannot be written do not hold the exit */
 #define RETENTION_EVERY_MS 60000       /* a retention pass (at a poll tick); a full batch asks for the next at once */
+
+/* The statements the engine sends, each backing off on its own while the database refuses it. */
+enum stmt_kind {
+	SK_CLAIM,
+	SK_SCAN,
+	SK_ADVANCE,
+	SK_COMPLETE,
+	SK_RENEW,
+	SK_SAMPLE,
+	SK_RETENTION,
+	SK_KINDS,
+	SK_NONE = SK_KINDS, /* a scheduler entry that sends nothing */
+};
 
 struct obr_sender;
 struct event;
@@ -63,9 +79,11 @@ struct mark {
 	bool park;
 	bool counted;               /* an attempt was made (malformed rows are parked without one) */
 	int64_t delay_ms;
+	long attempts;              /* the row's attempts when fetched: a result is written only once */
 	char *error;
 	char *sent;                 /* int[] literal */
-	int failures;               /* complete statements that failed with this result in them */
+	int failures;               /* complete statements that failed with this result alone */
+	bool suspect;               /* in a complete statement that failed: written alone until it works */
 	bool advance;               /* the complete statement also advances its partition */
 };
 
@@ -107,6 +125,7 @@ struct conn {
 	struct obr_pg *pg;
 	struct stmt *head, *tail;
 	bool running;               /* a statement has not been handed over yet */
+	bool reset_wanted;          /* the server is read-only: reconnect (at the next flush) */
 };
 
 struct obr_relay {
@@ -143,9 +162,8 @@ struct obr_relay {
 	bool stopping;
 	bool released_all;
 	bool listen_check_pending;
-	bool complete_isolate;      /* an SQL error: write results one per statement to find the bad one */
-	bool complete_paused;       /* backing off after an SQL error */
-	int complete_backoff_ms;
+	struct obr_backoff backoff[SK_KINDS]; /* per statement kind: refused by the database */
+	bool read_only;             /* a write failed with SQLSTATE 25006 and none has worked since */
 
 	struct event *kick_ev;      /* one flush per loop turn */
 	struct event *poll_ev;
@@ -161,7 +179,7 @@ struct obr_relay {
 	struct arrivals mark_arrivals;    /* results to write (batch window) */
 	struct event *claim_window_ev;
 	struct event *marks_window_ev;
-	struct event *complete_retry_ev;
+	struct event *backoff_ev;   /* the earliest end of a statement kind's backoff */
 	struct event *hard_stop_ev;
 	struct event *settle_ev;    /* a statement answered but not ended yet: look again soon */
 
@@ -178,7 +196,13 @@ int relay_vec_push(struct vec *v, void *item);
 void relay_arrived(const struct obr_relay *r, struct arrivals *a, bool first_waiting);
 bool relay_gathering(struct obr_relay *r, const struct arrivals *a, size_t have, size_t enough, struct event *timer);
 void relay_arm_due(struct obr_relay *r, int64_t in_ms);
-void relay_statement_error(const char *what, const char *err);
+/* A statement's outcome, for its kind's backoff: failed with res (the error result; NULL when
+ * the connection was lost: pg.c's reconnect backs off then) and err. A read-only database
+ * (SQLSTATE 25006) also makes /ready say so and reconnects s's connection. */
+void relay_statement_failed(struct obr_relay *r, enum stmt_kind k, struct stmt *s, const PGresult *res, const char *err);
+void relay_statement_ok(struct obr_relay *r, enum stmt_kind k);
+bool relay_backing_off(const struct obr_relay *r, enum stmt_kind k);
+void relay_backoff_over(struct obr_relay *r);    /* the backoff timer fired */
 void relay_check_ready(struct obr_relay *r);     /* logs and tells systemd once everything is up */
 bool relay_senders_idle(const struct obr_relay *r); /* no request in flight */
 

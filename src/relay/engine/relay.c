@@ -37,8 +37,9 @@ static void on_sample_result(void *arg, const PGresult *res, const char *err)
 		r->stats.oldest_due_age_s = strtod(PQgetvalue(res, 0, 1), NULL);
 		r->stats.notification_queue_usage = strtod(PQgetvalue(res, 0, 2), NULL);
 		r->stats.sampled_at_unix = relay_realtime_ms() / 1000;
+		relay_statement_ok(r, SK_SAMPLE);
 	} else {
-		relay_statement_error("sample", err);
+		relay_statement_failed(r, SK_SAMPLE, s, res, err);
 	}
 	relay_kick(r);
 }
@@ -50,10 +51,12 @@ static void on_retention_result(void *arg, const PGresult *res, const char *err)
 		return;
 	struct obr_relay *r = s->relay;
 	if (!res || err || PQntuples(res) != 1) {
-		relay_statement_error("retention", err);
+		relay_statement_failed(r, SK_RETENTION, s, res, err ? err : "unexpected result");
+		r->retention_wanted = true; /* after the backoff */
 		relay_kick(r);
 		return;
 	}
+	relay_statement_ok(r, SK_RETENTION);
 	bool got = !strcmp(PQgetvalue(res, 0, 0), "t");
 	long long rows = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
 	long long leases = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
@@ -103,32 +106,44 @@ static bool retention_send(struct obr_relay *r)
 }
 
 /* One entry of a connection's priorities: when wanted, send; send returns true when the
- * connection is taken (or deliberately held back) for this turn, false to look further. */
+ * connection is taken (or deliberately held back) for this turn, false to look further. A
+ * kind the database refused waits out its backoff; the entries below it go meanwhile. */
 struct want {
+	enum stmt_kind kind;
 	bool (*wanted)(struct obr_relay *r);
 	bool (*send)(struct obr_relay *r);
 };
 
 static const struct want work_wants[] = {
-	{ renew_wanted, renew_send },             /* a late renewal lets another instance send our rows */
-	{ complete_wanted, complete_send },       /* results unblock their partitions */
-	{ advance_drop_wanted, advance_drop },    /* at shutdown nothing is fetched any more */
-	{ advance_wanted, advance_send },         /* held with nothing left: more rows, or release */
-	{ release_all_wanted, release_all_send }, /* shutdown: nothing below runs any more */
-	{ sample_wanted, sample_send },
-	{ retention_wanted, retention_send },
+	{ SK_RENEW, renew_wanted, renew_send },             /* a late renewal lets another instance send our rows */
+	{ SK_COMPLETE, complete_wanted, complete_send },    /* results unblock their partitions */
+	{ SK_NONE, advance_drop_wanted, advance_drop },     /* at shutdown nothing is fetched any more */
+	{ SK_ADVANCE, advance_wanted, advance_send },       /* held with nothing left: more rows, or release */
+	{ SK_NONE, release_all_wanted, release_all_send },  /* shutdown: nothing below runs any more */
+	{ SK_SAMPLE, sample_wanted, sample_send },
+	{ SK_RETENTION, retention_wanted, retention_send },
 };
 
 static const struct want claim_wants[] = {
-	{ claim_wanted, claim_send },             /* notified partitions first */
-	{ claim_scan_wanted, claim_send_scan },   /* then partitions no notification announced */
+	{ SK_CLAIM, claim_wanted, claim_send },             /* notified partitions first */
+	{ SK_SCAN, claim_scan_wanted, claim_send_scan },    /* then partitions no notification announced */
 };
 
 static void run_wants(struct obr_relay *r, const struct want *w, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		if (w[i].wanted(r) && w[i].send(r))
+		if (!relay_backing_off(r, w[i].kind) && w[i].wanted(r) && w[i].send(r))
 			return;
+}
+
+/* A statement found the server read-only: reconnect (pg.c backs off), now that its handler
+ * is done with the statement the reset frees. */
+static void reset_if_wanted(struct conn *c)
+{
+	if (c->reset_wanted) {
+		c->reset_wanted = false;
+		obr_pg_reset(c->pg, "the server is read-only");
+	}
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -136,6 +151,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	struct obr_relay *r = arg;
 	stmt_settle(r, &r->work);
 	stmt_settle(r, &r->claim);
+	reset_if_wanted(&r->work);
+	reset_if_wanted(&r->claim);
 	deliver_dispatch(r);
 	if (!r->work.running && obr_pg_is_up(r->work.pg))
 		run_wants(r, work_wants, sizeof(work_wants) / sizeof(work_wants[0]));
@@ -186,11 +203,10 @@ static void on_window(evutil_socket_t fd, short what, void *arg)
 	relay_kick(arg);
 }
 
-static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
+
+static void on_backoff(evutil_socket_t fd, short what, void *arg)
 {
-	struct obr_relay *r = arg;
-	r->complete_paused = false;
-	relay_kick(r);
+	relay_backoff_over(arg);
 }
 
 static void on_hard_stop(evutil_socket_t fd, short what, void *arg)
@@ -330,17 +346,18 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->listen_check_ev = event_new(base, -1, EV_PERSIST, on_listen_check, r);
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
-	r->complete_retry_ev = evtimer_new(base, on_complete_retry, r);
+	r->backoff_ev = evtimer_new(base, on_backoff, r);
 	r->claim_window_ev = evtimer_new(base, on_window, r);
 	r->marks_window_ev = evtimer_new(base, on_window, r);
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
 	r->settle_ev = evtimer_new(base, on_window, r);
-	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
+	for (int k = 0; k < SK_KINDS; k++)
+		obr_backoff_init(&r->backoff[k], STMT_BACKOFF_MIN_MS, STMT_BACKOFF_MAX_MS);
 	r->statement_limit = MAX_STATEMENT_BYTES;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
+	if (!r->backoff_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
@@ -436,6 +453,11 @@ bool obr_relay_ready(const struct obr_relay *r, char *why, size_t whylen)
 		snprintf(why, whylen, "shutting down");
 		return false;
 	}
+	if (r->read_only) {
+		snprintf(why, whylen, "the database is read-only (SQLSTATE 25006: a standby, or a primary fenced or demoted "
+		                      "in a failover); reconnecting until writes work");
+		return false;
+	}
 	if (!obr_pg_is_up(r->work.pg) || !obr_pg_is_up(r->claim.pg)) {
 		snprintf(why, whylen, "database connection is down");
 		return false;
@@ -471,7 +493,7 @@ void obr_relay_free(struct obr_relay *r)
 	obr_sender_free(r->sender);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev,
-		                r->complete_retry_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
+		                r->backoff_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);
