@@ -53,7 +53,8 @@ static const struct setting settings[] = {
 	{ "OUTBOX_POLL_INTERVAL_MS", "poll-interval-ms", T_INT, OFF(poll_interval_ms), NULL, 50, DAY_MS, NULL,
 	  "fallback poll interval; default 30000 in listen mode, 1000 in poll mode" },
 	{ "OUTBOX_LEASE_MS", "lease-ms", T_INT, OFF(lease_ms), "30000", 1000, DAY_MS, NULL,
-	  "partition lease length; renewed while work is in flight, taken over when expired" },
+	  "partition lease length; renewed every third of it while work is in flight, taken over when "
+	  "expired; in listen mode a third of it is also the work connection's statement_timeout" },
 	{ "OUTBOX_RETRY_BASE_MS", "retry-base-ms", T_INT, OFF(retry_base_ms), "1000", 1, DAY_MS, NULL,
 	  "first retry delay of a failed row; doubles per attempt, with jitter" },
 	{ "OUTBOX_RETRY_MAX_MS", "retry-max-ms", T_INT, OFF(retry_max_ms), "300000", 1, 7 * DAY_MS, NULL,

@@ -16,6 +16,7 @@ struct obr_pg {
 	bool fail_next_send;
 	PGresult *handing;          /* the result whose callback is running */
 	uint64_t reconnects;
+	int statement_timeout_ms;
 	struct fake_query *head, *tail;
 };
 
@@ -89,6 +90,17 @@ void obr_pg_reset(struct obr_pg *pg, const char *why)
 {
 	if (pg->up)
 		fake_pg_drop(pg, why);
+}
+
+int fake_pg_statement_timeout(const struct obr_pg *pg)
+{
+	return pg->statement_timeout_ms;
+}
+
+int obr_pg_set_statement_timeout(struct obr_pg *pg, int ms)
+{
+	pg->statement_timeout_ms = ms;
+	return 0;
 }
 
 /* As pg.c: fake error results (PQmakeEmptyPGresult) carry no SQLSTATE. */

@@ -53,4 +53,7 @@ void fake_result_row(PGresult *res, const char *const *values);
 /* An error result, for fake_pg_answer(pg, res, message). */
 PGresult *fake_error_result(void);
 
+/* What the engine asked for with obr_pg_set_statement_timeout (0: nothing). */
+int fake_pg_statement_timeout(const struct obr_pg *pg);
+
 #endif

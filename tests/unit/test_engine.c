@@ -502,6 +502,53 @@ static void test_isolate_only_the_refused_results(void)
 	env_free(&e);
 }
 
+/* Issue 12 item 4: a results statement stalls past the lease (a row lock, an I/O stall): the
+ * renewals cannot go out on the busy connection, so when it finally answers, the next fetched
+ * row must not start before the lease is confirmed; an advance renews it (or finds it lost)
+ * and fetches the head again. The work connection's statement_timeout is a third of the lease. */
+static void test_no_row_starts_past_the_lease_deadline(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "1000", "8000"));
+	CHECK_INT_EQ(fake_pg_statement_timeout(e.work), 333);
+	CHECK_INT_EQ(fake_pg_statement_timeout(e.claim), 0);
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	/* the statement stalls past 80% of the lease */
+	int64_t until = now_ms() + 900;
+	while (now_ms() < until) {
+		struct timeval tv = { 0, 20000 };
+		event_base_loopexit(e.base, &tv);
+		event_base_dispatch(e.base);
+	}
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE)); /* nothing else could go meanwhile */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0); /* ROW_2 fetched, but not started */
+	CHECK_INT_EQ(fake_send_started(), 1);
+	CHECK(state_of(&e, PART_A) == PS_ADVANCE_WANTED || state_of(&e, PART_A) == PS_ADVANCING);
+	if (head_is(e.work, OBR_SQL_RENEW)) {
+		PGresult *ren = empty(1);
+		const char *v[] = { PART_A };
+		fake_result_row(ren, v);
+		fake_pg_answer(e.work, ren, NULL);
+		settle(&e);
+	}
+	CHECK(head_is(e.work, OBR_SQL_ADVANCE));
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_2);
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 1); /* renewed by the advance: ROW_2 goes now */
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	fake_send_answer(0, true);
+	settle(&e);
+	env_free(&e);
+}
+
 /* The result arrives before the statement's end is read: it is acted on once the end is in. */
 static void test_result_final_at_statement_end(void)
 {
@@ -735,6 +782,7 @@ int main(int argc, char **argv)
 		TEST(test_results_answered_twice),
 		TEST(test_error_after_result),
 		TEST(test_isolate_only_the_refused_results),
+		TEST(test_no_row_starts_past_the_lease_deadline),
 		TEST(test_result_final_at_statement_end),
 		TEST(test_lost_while_sending),
 		TEST(test_claim_connection_lost),

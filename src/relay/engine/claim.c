@@ -66,7 +66,13 @@ static struct row *row_from_result(struct obr_relay *r, const PGresult *res, int
 	return row;
 }
 
-void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state expect, bool from_claim)
+int64_t claim_lease_deadline(const struct obr_relay *r, const struct stmt *s)
+{
+	return s->sent_ms + r->cfg->lease_ms * (100 - LEASE_MARGIN_PERCENT) / 100;
+}
+
+void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult *res, enum part_state expect,
+                      bool from_claim)
 {
 	int n = PQntuples(res);
 	for (int i = 0; i < n;) {
@@ -110,6 +116,9 @@ void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state 
 		/* held: queue the leading due rows; a row that is not due stops the queue */
 		if (from_claim)
 			p->held_since = r->claim_seq;
+		int64_t until = claim_lease_deadline(r, s); /* taken, or renewed by an advance */
+		if (until > p->lease_until_ms)
+			p->lease_until_ms = until;
 		p->notified = false;
 		p->fetched_full = i - first >= r->cfg->batch_size;
 		for (int j = first; j < i; j++) {
@@ -188,7 +197,7 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 
 	if (!failed) {
 		r->claim_seq++;
-		claim_take_heads(r, res, PS_CLAIMING, true);
+		claim_take_heads(r, s, res, PS_CLAIMING, true);
 		r->stats.claims++;
 		relay_statement_ok(r, SK_CLAIM);
 	} else {

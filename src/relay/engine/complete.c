@@ -105,7 +105,7 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 		else
 			part_set_state(r, p, PS_ADVANCE_WANTED);
 	}
-	claim_take_heads(r, res, PS_ADVANCING, false);
+	claim_take_heads(r, s, res, PS_ADVANCING, false);
 	advancing_not_answered(r);
 	for (size_t i = 0; i < marks->len; i++)
 		mark_free(marks->items[i]);
@@ -271,7 +271,7 @@ static void on_advance_result(void *arg, const PGresult *res, const char *err)
 
 	if (res && !err) {
 		relay_statement_ok(r, SK_ADVANCE);
-		claim_take_heads(r, res, PS_ADVANCING, false);
+		claim_take_heads(r, s, res, PS_ADVANCING, false);
 	} else {
 		relay_statement_failed(r, SK_ADVANCE, s, res, err);
 	}
@@ -346,8 +346,14 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 		for (; p; p = next) {
 			next = p->next;
 			/* claimed on the claim connection after this renewal was sent: not in its result */
-			if (p->held_since > r->renew_seq || renewal_knows(res, p))
+			if (p->held_since > r->renew_seq)
 				continue;
+			if (renewal_knows(res, p)) {
+				int64_t until = claim_lease_deadline(r, s);
+				if (until > p->lease_until_ms)
+					p->lease_until_ms = until;
+				continue;
+			}
 			obr_log_warn("lease on partition %s expired and was taken over; its fetched rows are dropped", p->key);
 			part_drop_queue(p);
 			part_set_state(r, p, p->current ? PS_LOST : PS_IDLE);

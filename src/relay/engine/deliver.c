@@ -211,12 +211,28 @@ static void on_sent(void *arg, const struct obr_send_result *res)
 		finish_delivery(r, d);
 }
 
+/* A row starts only while the lease is surely ours: past the local deadline (a statement
+ * stalled, renewals could not go out) another instance may have taken the partition over, so
+ * the fetched rows are dropped and the advance renews the lease (or finds it lost) and fetches
+ * the head again. */
+static bool lease_deadline_passed(struct obr_relay *r, struct part *p)
+{
+	if (relay_mono_ms() < p->lease_until_ms)
+		return false;
+	obr_log_warn("lease on partition %s not renewed in time; checking it before the next row", p->key);
+	part_drop_queue(p);
+	part_set_state(r, p, PS_ADVANCE_WANTED);
+	relay_kick(r);
+	return true;
+}
+
 void deliver_dispatch(struct obr_relay *r)
 {
 	struct part *p;
 	while ((p = part_first(&r->parts, PS_READY)) && relay_active(r) < r->cfg->max_in_flight && !r->stopping &&
 	       !r->tearing_down)
-		start_delivery(r, p);
+		if (!lease_deadline_passed(r, p))
+			start_delivery(r, p);
 }
 
 void deliver_abandon(struct obr_relay *r)

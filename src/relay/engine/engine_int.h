@@ -28,6 +28,8 @@
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
 #define SAMPLE_MS 5000                 /* gauges for /metrics, at most this often, when scraped */
+#define LEASE_MARGIN_PERCENT 20      /* a lease is ours until 80% of it from when it was taken or renewed */
+#define STATEMENT_TIMEOUT_SHARE 3    /* the work connection's statement_timeout: a third of the lease */
 #define STMT_BACKOFF_MIN_MS 100     /* a statement kind the database refused waits this, doubling */
 #define STMT_BACKOFF_MAX_MS 30000   /* ... up to this, until one succeeds */
 #define STMT_LOG_EVERY_MS 10000     /* a repeating statement error is logged this often, with a count */
@@ -114,6 +116,7 @@ struct stmt {
 	struct obr_relay *relay;
 	struct conn *conn;
 	obr_pg_result_fn handler;   /* the engine's callback: called once, with the outcome */
+	int64_t sent_ms;            /* monotonic: when it was queued (leases it takes or renews count from here) */
 	bool answered;              /* pg.c called back */
 	bool handed_over;           /* handler called */
 	PGresult *res;              /* the answer, until the statement has ended */
@@ -236,7 +239,10 @@ void listen_on_check_timeout(struct obr_relay *r);
 void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: claim it */
 /* Takes a claim or advance result: rows per partition, in order, for partitions in state
  * expect (others are not ours to change and are skipped). */
-void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state expect, bool from_claim);
+void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult *res, enum part_state expect,
+                      bool from_claim);
+/* Where the lease of a partition held by statement s ends for us, on the monotonic clock. */
+int64_t claim_lease_deadline(const struct obr_relay *r, const struct stmt *s);
 /* What a statement may fetch now: OUTBOX_FETCH_BYTES less the rows held, as text; 0 when full. */
 size_t claim_fetch_budget(const struct obr_relay *r, char out[24]);
 bool claim_send_heads(struct obr_relay *r, struct conn *c, const char *sql, enum part_state in, obr_pg_result_fn fn);

@@ -139,7 +139,7 @@ void relay_statement_failed(struct obr_relay *r, enum stmt_kind k, struct stmt *
 	const char *what = stmt_kind_names[k];
 	if (!res) {
 		/* the connection was lost: pg.c logs it and reconnects with its own backoff */
-		obr_log_warn("%s statement lost with its connection: %s", what, err ? err : "connection lost");
+		obr_log_warn("%s statement failed, connection lost: %s", what, err ? err : "connection lost");
 		return;
 	}
 	struct obr_backoff *b = &r->backoff[k];

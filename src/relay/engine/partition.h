@@ -61,6 +61,9 @@ struct part {
 	bool notified;              /* notified while held: look again before letting go */
 	bool fetched_full;          /* the last fetch returned a full batch: more rows are likely */
 	uint64_t held_since;        /* claim_seq when it was claimed: a renewal sent before cannot know it */
+	int64_t lease_until_ms;     /* monotonic: no row starts after this without a newer claim, advance
+	                               or renewal (the sending time of the last one that held it, plus
+	                               the lease, less a margin) */
 	struct row *queue, *queue_tail;
 	struct delivery *current;   /* DELIVERING and LOST only */
 };

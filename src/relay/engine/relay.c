@@ -393,6 +393,10 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	                         &claim_cb, r);
 	if (!r->work.pg || !r->claim.pg)
 		goto fail;
+	/* a statement stalled on the connection that renews (a lock wait, an I/O stall, a
+	 * synchronous standby away) is cancelled well before the lease could expire behind it */
+	if (session && obr_pg_set_statement_timeout(r->work.pg, (int)(cfg->lease_ms / STATEMENT_TIMEOUT_SHARE)))
+		goto fail;
 	if (cfg->mode == OBR_MODE_LISTEN) {
 		char listen_sql[128];
 		snprintf(listen_sql, sizeof(listen_sql), "LISTEN %s", cfg->channel);
