@@ -92,30 +92,65 @@ static void record_latency(struct obr_relay *r, int64_t created_ms)
 	}
 }
 
+/* The host[:port] of a URL target, for log fields; "" for an SNS topic ARN. */
+static void target_host(const char *target, char *out, size_t cap)
+{
+	const char *p = strstr(target, "://");
+	size_t n = 0;
+	if (p) {
+		p += 3;
+		n = strcspn(p, "/?#");
+	}
+	snprintf(out, cap, "%.*s", (int)(n < 255 ? n : 255), p ? p : "");
+}
+
 static void finish_delivery(struct obr_relay *r, struct delivery *d)
 {
 	struct row *row = d->row;
+	long attempts = row->attempts + 1;
+	long long duration_ms = (relay_mono_us() - d->started_us) / 1000;
 	if (!d->error[0]) {
 		r->stats.rows_delivered++;
 		record_latency(r, row->created_ms);
-		obr_log_debug("delivered row %s partition %s", row->key, d->part->key);
+		obr_log_event(OBR_LOG_DEBUG,
+		              OBR_LOGF(OBR_LOGF_S("event", "delivered"), OBR_LOGF_S("row", row->key),
+		                       OBR_LOGF_S("partition", d->part->key), OBR_LOGF_I("attempt", attempts),
+		                       OBR_LOGF_I("destinations", d->plan.ndests), OBR_LOGF_I("duration_ms", duration_ms)),
+		              "delivered row %s partition %s", row->key, d->part->key);
 		add_mark(r, d, true, false, true, NULL);
 		return;
 	}
 	obr_utf8_sanitize(d->error);
-	long attempts = row->attempts + 1;
 	bool park = attempts >= r->cfg->failure_limit || d->permanent;
+	const struct obr_destination *dest = d->fail_dest >= 0 ? &d->plan.dests[d->fail_dest] : NULL;
+	char host[256] = "";
+	if (dest)
+		target_host(dest->target, host, sizeof(host));
+	struct obr_log_field facts[] = {
+		OBR_LOGF_S("event", park ? "parked" : "retry"),
+		OBR_LOGF_S("row", row->key),
+		OBR_LOGF_S("partition", d->part->key),
+		OBR_LOGF_I("attempt", attempts),
+		OBR_LOGF_I("failure_limit", r->cfg->failure_limit),
+		OBR_LOGF_S("dest_kind", dest ? obr_dest_kind_name(dest->kind) : NULL),
+		OBR_LOGF_S("host", host[0] ? host : NULL),
+		OBR_LOGF_S("error", d->error),
+		OBR_LOGF_I("duration_ms", duration_ms),
+		OBR_LOGF_I("status", d->fail_status), /* last: left out when there was no HTTP answer */
+	};
+	size_t nfacts = sizeof(facts) / sizeof(facts[0]) - (d->fail_status > 0 ? 0 : 1);
 	if (park) {
 		for (int i = 0; i < d->plan.ndests; i++)
-			if (!d->ok[i]) {
+			if (!d->ok || !d->ok[i]) { /* no d->ok: out of memory before the first request */
 				r->stats.parked[d->plan.dests[i].kind]++;
 				break;
 			}
-		obr_log_warn("parking row %s partition %s after %ld attempts%s: %s", row->key, d->part->key, attempts,
-		         d->permanent ? " (permanent error)" : "", d->error);
+		obr_log_event(OBR_LOG_WARN, facts, nfacts, "parking row %s partition %s after %ld attempts%s: %s", row->key,
+		              d->part->key, attempts, d->permanent ? " (permanent error)" : "", d->error);
 	} else {
-		obr_log_warn("delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
-		         d->part->key, attempts, (long)r->cfg->failure_limit, d->error);
+		obr_log_event(OBR_LOG_WARN, facts, nfacts,
+		              "delivery failed for row %s partition %s (attempt %ld of %ld), will retry: %s", row->key,
+		              d->part->key, attempts, (long)r->cfg->failure_limit, d->error);
 	}
 	add_mark(r, d, false, park, true, d->error);
 }
@@ -129,6 +164,8 @@ static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const st
 	const char *why = res->message;
 	if (d->error[0])
 		return; /* keep the first reason; the others are in the log */
+	d->fail_dest = i;
+	d->fail_status = res->http_status;
 	const struct obr_destination *dest = &d->plan.dests[i];
 	char where[256];
 	url_for_log(dest->target, where, sizeof(where));
@@ -154,6 +191,8 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 	}
 	d->part = p;
 	d->row = row;
+	d->fail_dest = -1;
+	d->started_us = relay_mono_us();
 	p->current = d;
 	part_set_state(r, p, PS_DELIVERING);
 
@@ -161,7 +200,10 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 	if (obr_plan_parse(&d->plan, row->key, row->destinations, row->headers, row->sent, NULL, err, sizeof(err))) {
 		obr_utf8_sanitize(err);
 		r->stats.parked_malformed++;
-		obr_log_warn("parking malformed row %s partition %s: %s", row->key, p->key, err);
+		obr_log_event(OBR_LOG_WARN,
+		              OBR_LOGF(OBR_LOGF_S("event", "parked"), OBR_LOGF_S("row", row->key),
+		                       OBR_LOGF_S("partition", p->key), OBR_LOGF_S("error", err)),
+		              "parking malformed row %s partition %s: %s", row->key, p->key, err);
 		add_mark(r, d, false, true, false, err);
 		return;
 	}

@@ -69,6 +69,9 @@ struct delivery {
 	bool *ok;                   /* per destination */
 	struct request_ctx *ctx;    /* per destination: what a request's callback needs */
 	char error[1024];           /* first failure */
+	int fail_dest;              /* the destination of the first failure; -1: none */
+	long fail_status;           /* its HTTP status; 0: none */
+	int64_t started_us;         /* monotonic: the first request */
 	bool permanent;             /* a destination said retrying cannot help */
 	bool finished;
 };

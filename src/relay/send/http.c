@@ -552,6 +552,7 @@ static void on_sent(void *arg, const struct obr_http_result *res)
 		out.status = OBR_SEND_OK;
 	else
 		obr_send_result_set(&out, res->permanent ? OBR_SEND_PERMANENT : OBR_SEND_RETRY, "%s", res->error);
+	out.http_status = res->status;
 	c->done(c->arg, &out);
 	free(c);
 }

@@ -29,6 +29,7 @@ struct obr_send_result {
 	enum obr_send_status status;
 	char message[OBR_SEND_MESSAGE_MAX]; /* why not OK, for last_error and the log; no secrets */
 	long retry_after_ms;                /* the destination asked for this pause (Retry-After); -1: none */
+	long http_status;                   /* HTTP destinations: the answer's status; 0: none (or not HTTP) */
 };
 
 /* One delivery. Everything is copied by submit. */
