@@ -17,6 +17,7 @@ struct obr_pg {
 	PGresult *handing;          /* the result whose callback is running */
 	uint64_t reconnects;
 	int statement_timeout_ms;
+	bool session_dropped;       /* obr_pg_drop_session_state was called */
 	struct fake_query *head, *tail;
 };
 
@@ -90,6 +91,18 @@ void obr_pg_reset(struct obr_pg *pg, const char *why)
 {
 	if (pg->up)
 		fake_pg_drop(pg, why);
+}
+
+int obr_pg_drop_session_state(struct obr_pg *pg)
+{
+	pg->statement_timeout_ms = 0;
+	pg->session_dropped = true;
+	return 0;
+}
+
+bool fake_pg_session_dropped(const struct obr_pg *pg)
+{
+	return pg->session_dropped;
 }
 
 int fake_pg_statement_timeout(const struct obr_pg *pg)

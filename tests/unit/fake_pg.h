@@ -56,4 +56,7 @@ PGresult *fake_error_result(void);
 /* What the engine asked for with obr_pg_set_statement_timeout (0: nothing). */
 int fake_pg_statement_timeout(const struct obr_pg *pg);
 
+/* Whether the engine dropped the connection's session state (obr_pg_drop_session_state). */
+bool fake_pg_session_dropped(const struct obr_pg *pg);
+
 #endif

@@ -114,6 +114,22 @@ static enum part_state state_of(struct env *e, const char *key)
 	return p ? p->state : PS_COUNT; /* PS_COUNT: not in the table (freed) */
 }
 
+/* The work connection's running statement is the self-test's NOTIFY: answer it, and deliver
+ * the notification on the listen connection when heard. */
+static bool selftest_answered(struct env *e, bool heard)
+{
+	struct fake_query *q = fake_pg_head(e->work);
+	if (!q || !strstr(q->sql, "pg_notify") || q->nparams != 2 || strcmp(q->params[0], "outbox") != 0)
+		return false;
+	char token[128];
+	snprintf(token, sizeof(token), "%s", q->params[1]);
+	fake_pg_answer(e->work, empty(1), NULL);
+	if (heard)
+		fake_pg_notify(e->listen, "outbox", token);
+	settle(e);
+	return true;
+}
+
 /* A relay with its three connections up, its first scan and sample answered: idle. */
 static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 {
@@ -142,6 +158,9 @@ static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 	fake_pg_connect(e->work);
 	fake_pg_connect(e->claim);
 	settle(e);
+	/* the LISTEN self-test: the relay notifies itself from the work connection and hears it */
+	if (!selftest_answered(e, true))
+		return false;
 	if (!head_is(e->work, OBR_SQL_SAMPLE) || !head_is(e->claim, OBR_SQL_SCAN))
 		return false;
 	fake_pg_answer(e->work, fake_error_result(), "not in this test");
@@ -549,6 +568,43 @@ static void test_no_row_starts_past_the_lease_deadline(void)
 	env_free(&e);
 }
 
+/* Issue 15 item 3: LISTEN that hears nothing (a transaction pooler) is found by the self-test:
+ * /ready says so, the relay polls every second, and tests again; a passing test ends it. Other
+ * instances' self-tests are not partitions. */
+static void test_listen_selftest(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	char why[256];
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
+	/* another instance's self-test: ignored, no scan, no claim */
+	fake_pg_notify(e.listen, "outbox", "outbox-relay-selftest 11111111-2222-4333-8444-555555555555 1");
+	settle(&e);
+	CHECK(!fake_pg_head(e.claim) && !fake_pg_head(e.work));
+
+	/* the listen connection comes back, and this time nothing is heard */
+	fake_pg_drop(e.listen, "gone");
+	fake_pg_connect(e.listen);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_SCAN)); /* the catch-up scan */
+	fake_pg_answer(e.claim, empty(2), NULL);
+	CHECK(selftest_answered(&e, false));
+	listen_selftest_timeout(e.r); /* what its timer does after SELFTEST_TIMEOUT_MS */
+	CHECK(!obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK(strstr(why, "LISTEN hears no notifications") != NULL);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 0);
+	CHECK(e.r->listen_deaf);
+	/* tested again later: heard */
+	listen_selftest_retry(e.r);
+	settle(&e);
+	CHECK(selftest_answered(&e, true));
+	CHECK(!e.r->listen_deaf);
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
+	env_free(&e);
+}
+
 /* The result arrives before the statement's end is read: it is acted on once the end is in. */
 static void test_result_final_at_statement_end(void)
 {
@@ -783,6 +839,7 @@ int main(int argc, char **argv)
 		TEST(test_error_after_result),
 		TEST(test_isolate_only_the_refused_results),
 		TEST(test_no_row_starts_past_the_lease_deadline),
+		TEST(test_listen_selftest),
 		TEST(test_result_final_at_statement_end),
 		TEST(test_lost_while_sending),
 		TEST(test_claim_connection_lost),

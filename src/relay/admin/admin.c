@@ -106,6 +106,12 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 	family(out, "outbox_relay_leases_held", "gauge", "Partition leases this instance holds");
 	sample_u64(out, "outbox_relay_leases_held", NULL, st->leases_held > 0 ? (uint64_t)st->leases_held : 0);
 
+	if (st->listen_selftest_ok >= 0) {
+		family(out, "outbox_relay_listen_selftest_ok", "gauge",
+		       "1 when LISTEN heard the relay's own test notification; 0 when not (polling instead: a transaction pooler?)");
+		sample_u64(out, "outbox_relay_listen_selftest_ok", NULL, (uint64_t)st->listen_selftest_ok);
+	}
+
 	/* sampled from the database: absent until the first sample (-1) */
 	if (st->due_rows >= 0) {
 		family(out, "outbox_relay_due_rows", "gauge", "Rows due for delivery now (sampled from the database)");

@@ -27,6 +27,10 @@
 #define MAX_CLAIM_SET 8192           /* notified partitions remembered; beyond, forgotten: a scan catches up */
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
+#define SELFTEST_TIMEOUT_MS 5000       /* the relay's own notification must arrive this soon ... */
+#define SELFTEST_RETRY_MS 30000        /* ... else it polls and tests LISTEN again this often */
+#define SELFTEST_PREFIX "outbox-relay-selftest " /* a payload no partition key can be */
+#define DEAF_POLL_MS 1000              /* the poll interval while LISTEN hears nothing (as poll mode's) */
 #define SAMPLE_MS 5000                 /* gauges for /metrics, at most this often, when scraped */
 #define LEASE_MARGIN_PERCENT 20      /* a lease is ours until 80% of it from when it was taken or renewed */
 #define STATEMENT_TIMEOUT_SHARE 3    /* the work connection's statement_timeout: a third of the lease */
@@ -46,6 +50,7 @@ enum stmt_kind {
 	SK_RENEW,
 	SK_SAMPLE,
 	SK_RETENTION,
+	SK_SELFTEST,
 	SK_KINDS,
 	SK_NONE = SK_KINDS, /* a scheduler entry that sends nothing */
 };
@@ -132,6 +137,7 @@ struct conn {
 	struct stmt *head, *tail;
 	bool running;               /* a statement has not been handed over yet */
 	bool reset_wanted;          /* the server is read-only: reconnect (at the next flush) */
+	bool drop_session_wanted;   /* a prepared statement was missing: a transaction pooler */
 };
 
 struct obr_relay {
@@ -168,6 +174,11 @@ struct obr_relay {
 	bool stopping;
 	bool released_all;
 	bool listen_check_pending;
+	bool selftest_wanted;       /* LISTEN (re)connected: send ourselves a notification */
+	bool selftest_pending;      /* sent, not heard yet */
+	bool listen_deaf;           /* the self-test failed: polling every DEAF_POLL_MS until one passes */
+	uint64_t selftest_seq;
+	char selftest_token[sizeof(SELFTEST_PREFIX) + OBR_KEY_LEN + 24];
 	struct obr_backoff backoff[SK_KINDS]; /* per statement kind: refused by the database */
 	bool read_only;             /* a write failed with SQLSTATE 25006 and none has worked since */
 
@@ -186,6 +197,8 @@ struct obr_relay {
 	struct event *claim_window_ev;
 	struct event *marks_window_ev;
 	struct event *backoff_ev;   /* the earliest end of a statement kind's backoff */
+	struct event *selftest_timeout_ev;
+	struct event *selftest_retry_ev;
 	struct event *hard_stop_ev;
 	struct event *settle_ev;    /* a statement answered but not ended yet: look again soon */
 
@@ -209,6 +222,7 @@ void relay_statement_failed(struct obr_relay *r, enum stmt_kind k, struct stmt *
 void relay_statement_ok(struct obr_relay *r, enum stmt_kind k);
 bool relay_backing_off(const struct obr_relay *r, enum stmt_kind k);
 void relay_backoff_over(struct obr_relay *r);    /* the backoff timer fired */
+void relay_poll_every(struct obr_relay *r, int64_t ms); /* the fallback poll's interval from now on */
 void relay_check_ready(struct obr_relay *r);     /* logs and tells systemd once everything is up */
 bool relay_senders_idle(const struct obr_relay *r); /* no request in flight */
 
@@ -237,6 +251,10 @@ void listen_on_connected(void *arg);
 void listen_on_disconnected(void *arg, const char *why);
 void listen_check(struct obr_relay *r);
 void listen_on_check_timeout(struct obr_relay *r);
+bool listen_selftest_wanted(struct obr_relay *r);
+bool listen_selftest_send(struct obr_relay *r);
+void listen_selftest_timeout(struct obr_relay *r);  /* not heard in time: poll, test again later */
+void listen_selftest_retry(struct obr_relay *r);
 
 /* ---- claim.c ---- */
 void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: claim it */

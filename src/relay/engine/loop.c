@@ -108,10 +108,11 @@ void relay_arm_due(struct obr_relay *r, int64_t in_ms)
 static const char *const stmt_kind_names[SK_KINDS] = {
 	[SK_CLAIM] = "claim",         [SK_SCAN] = "scan",     [SK_ADVANCE] = "advance",
 	[SK_COMPLETE] = "results",    [SK_RENEW] = "lease renewal",
-	[SK_SAMPLE] = "sample",       [SK_RETENTION] = "retention",
+	[SK_SAMPLE] = "sample",       [SK_RETENTION] = "retention", [SK_SELFTEST] = "LISTEN self-test",
 };
 
 #define SQLSTATE_READ_ONLY "25006"
+#define SQLSTATE_NO_PREPARED_STATEMENT "26000"
 
 static void arm_backoff_timer(struct obr_relay *r)
 {
@@ -121,6 +122,13 @@ static void arm_backoff_timer(struct obr_relay *r)
 			first = r->backoff[k].until_ms;
 	if (first)
 		relay_timer_ms(r->backoff_ev, first - now);
+}
+
+void relay_poll_every(struct obr_relay *r, int64_t ms)
+{
+	struct timeval tv = obr_timeval_from_ms(ms);
+	event_del(r->poll_ev);
+	event_add(r->poll_ev, &tv);
 }
 
 void relay_backoff_over(struct obr_relay *r)
@@ -163,6 +171,14 @@ void relay_statement_failed(struct obr_relay *r, enum stmt_kind k, struct stmt *
 			              "writes work again");
 		r->read_only = true;
 		s->conn->reset_wanted = true; /* not from inside the handler: the reset frees s */
+	}
+	if (!strcmp(obr_pg_sqlstate(res), SQLSTATE_NO_PREPARED_STATEMENT) && s && !s->conn->drop_session_wanted) {
+		/* prepared at connect, missing now: another server session, i.e. a transaction pooler */
+		obr_log_error("a prepared statement is missing (SQLSTATE 26000): %s goes through a transaction pooler; "
+		              "its statements run unprepared from the next connect on (prefer OUTBOX_MODE=poll there)",
+		              s->conn == &r->work ? "the work connection" : "the claim connection");
+		s->conn->drop_session_wanted = true;
+		s->conn->reset_wanted = true;
 	}
 }
 

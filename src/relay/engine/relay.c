@@ -120,6 +120,7 @@ static const struct want work_wants[] = {
 	{ SK_NONE, advance_drop_wanted, advance_drop },     /* at shutdown nothing is fetched any more */
 	{ SK_ADVANCE, advance_wanted, advance_send },       /* held with nothing left: more rows, or release */
 	{ SK_NONE, release_all_wanted, release_all_send },  /* shutdown: nothing below runs any more */
+	{ SK_SELFTEST, listen_selftest_wanted, listen_selftest_send },
 	{ SK_SAMPLE, sample_wanted, sample_send },
 	{ SK_RETENTION, retention_wanted, retention_send },
 };
@@ -140,10 +141,14 @@ static void run_wants(struct obr_relay *r, const struct want *w, size_t n)
  * is done with the statement the reset frees. */
 static void reset_if_wanted(struct conn *c)
 {
-	if (c->reset_wanted) {
-		c->reset_wanted = false;
-		obr_pg_reset(c->pg, "the server is read-only");
+	if (!c->reset_wanted)
+		return;
+	c->reset_wanted = false;
+	if (c->drop_session_wanted && obr_pg_drop_session_state(c->pg) == 0) {
+		obr_pg_reset(c->pg, "statements run unprepared from now on (a transaction pooler)");
+		return;
 	}
+	obr_pg_reset(c->pg, "the server is read-only");
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -172,6 +177,16 @@ static void on_listen_check(evutil_socket_t fd, short what, void *arg)
 static void on_listen_check_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	listen_on_check_timeout(arg);
+}
+
+static void on_selftest_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	listen_selftest_timeout(arg);
+}
+
+static void on_selftest_retry(evutil_socket_t fd, short what, void *arg)
+{
+	listen_selftest_retry(arg);
 }
 
 /* The fallback poll tick also carries the periodic chores (the listen connection's health
@@ -347,6 +362,8 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
 	r->backoff_ev = evtimer_new(base, on_backoff, r);
+	r->selftest_timeout_ev = evtimer_new(base, on_selftest_timeout, r);
+	r->selftest_retry_ev = evtimer_new(base, on_selftest_retry, r);
 	r->claim_window_ev = evtimer_new(base, on_window, r);
 	r->marks_window_ev = evtimer_new(base, on_window, r);
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
@@ -357,7 +374,8 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->backoff_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
+	r->stats.listen_selftest_ok = -1;
+	if (!r->backoff_ev || !r->selftest_timeout_ev || !r->selftest_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
@@ -470,6 +488,12 @@ bool obr_relay_ready(const struct obr_relay *r, char *why, size_t whylen)
 		snprintf(why, whylen, "LISTEN is not active (listen connection down)");
 		return false;
 	}
+	if (r->listen_deaf) {
+		snprintf(why, whylen, "LISTEN hears no notifications (the relay's own test notification did not arrive: a "
+		                      "transaction pooler?); polling every %lld ms instead",
+		         (long long)(r->cfg->poll_interval_ms < DEAF_POLL_MS ? r->cfg->poll_interval_ms : DEAF_POLL_MS));
+		return false;
+	}
 	if (!r->listen_pg && !r->first_scan_done) {
 		snprintf(why, whylen, "first poll not done yet");
 		return false;
@@ -497,7 +521,7 @@ void obr_relay_free(struct obr_relay *r)
 	obr_sender_free(r->sender);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev,
-		                r->backoff_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
+		                r->backoff_ev, r->selftest_timeout_ev, r->selftest_retry_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);

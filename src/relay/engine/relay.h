@@ -44,6 +44,8 @@ struct obr_relay_stats {
 	/* gauges */
 	int64_t in_flight_requests;
 	int64_t leases_held;
+	int64_t listen_selftest_ok;               /* 1: LISTEN heard the relay's own notification; 0: not
+	                                             (polling instead); -1: not tested (poll mode, or not yet) */
 	/* sampled from the database every OBR_SAMPLE_MS; -1 until the first sample */
 	int64_t due_rows;
 	double oldest_due_age_s;
