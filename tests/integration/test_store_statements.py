@@ -6,6 +6,7 @@ re-read signal after a requeue."""
 import os
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,55 @@ def test_due_times_are_clamped_and_never_fail(db):
     assert rows == [(None, day_ms)], "nothing is due for another instance; the timer waits a day"
     cols, rows = st.run("sample")
     assert rows[0][0] == 1, "the '-infinity' row is due"
+
+
+def test_sample_counts_sessions_waiting_for_the_notify_lock(db):
+    """Issue 15 item 4: the sample's last column counts sessions waiting for the cluster-wide
+    lock that a committing transaction which notified holds through its commit. Forced here: a
+    synchronous standby that never comes makes session A wait at its commit (after NOTIFY and a
+    write) with the lock held, so session B's commit after its NOTIFY waits for the lock."""
+    st = Statements(db)
+    _, rows = st.run("sample")
+    assert rows[0][3] == 0
+    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'obr_nobody'")
+    db.execute("SELECT pg_reload_conf()")
+    conns, threads = [], []
+
+    def commit_after_notify(tag):
+        """A transaction that wrote and notified, committing in a thread; returns its thread and pid."""
+        c = db.conn(autocommit=False)
+        conns.append(c)
+        with c.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+            cur.execute(f"CREATE TEMP TABLE obr_lock_test_{tag} (x int)")  # WAL: the commit waits for the standby
+            cur.execute(f"NOTIFY obr_lock_test, '{tag}'")
+        t = threading.Thread(target=c.commit, daemon=True)
+        t.start()
+        threads.append(t)
+        return t, pid
+
+    def waits_for_standby(t, pid):
+        while t.is_alive():
+            if db.scalar("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)) == "SyncRep":
+                return True
+        return False  # committed: the reload had not reached the checkpointer yet
+
+    try:
+        # until the server applies the setting (the checkpointer reads it after the reload)
+        wait_until(lambda: waits_for_standby(*commit_after_notify(f"a{len(threads)}")), 20,
+                   "a commit to wait for the standby with the notify lock held")
+        commit_after_notify("b")
+        wait_until(lambda: st.run("sample")[1][0][3] == 1, 10, "the sample to count session B")
+    finally:
+        db.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        db.execute("SELECT pg_reload_conf()")
+        for t in threads:
+            t.join(timeout=30)
+        for c in conns:
+            c.close()
+    assert not any(t.is_alive() for t in threads)
+    wait_until(lambda: st.run("sample")[1][0][3] == 0, 10, "no waiter once the commits went through")
 
 
 def test_heads_fetch_at_most_the_byte_budget(db):

@@ -127,6 +127,11 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 		       "pg_notification_queue_usage(): fraction 0..1 of the NOTIFY queue in use (sampled)");
 		sample_double(out, "outbox_relay_notification_queue_usage", NULL, st->notification_queue_usage);
 	}
+	if (st->notify_lock_waiters >= 0) {
+		family(out, "outbox_relay_notify_lock_waiters", "gauge",
+		       "Sessions waiting for the cluster-wide lock a committing transaction that notified takes (sampled)");
+		sample_u64(out, "outbox_relay_notify_lock_waiters", NULL, (uint64_t)st->notify_lock_waiters);
+	}
 	if (st->sampled_at_unix > 0) {
 		family(out, "outbox_relay_last_sample_timestamp_seconds", "gauge",
 		       "Unix time of the last database sample behind the sampled gauges");

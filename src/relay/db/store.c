@@ -276,10 +276,14 @@ const char OBR_SQL_RELEASE_ALL[] =
 
 /* The gauges behind /metrics, sampled every few seconds (never per scrape): due rows and the
  * age of the oldest (a '-infinity' process_after, possible in rows older than sql/007, is left
- * out of the age), from the partial index of pending rows; the notification queue's fill. */
+ * out of the age), from the partial index of pending rows; the notification queue's fill; the
+ * sessions waiting for the cluster-wide lock that every committing transaction which notified
+ * takes (held through its WAL flush): the first sign that notifying writers queue on it. */
 const char OBR_SQL_SAMPLE[] =
 	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after) FILTER (WHERE isfinite(process_after))), 0)::float8, "
-	"       pg_notification_queue_usage() "
+	"       pg_notification_queue_usage(), "
+	"       (SELECT count(*) FROM pg_locks WHERE locktype = 'object' AND classid = 'pg_database'::regclass "
+	"           AND objid = 0 AND NOT granted) "
 	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
 	"   AND " DUE_AT("") " <= now()";
 

@@ -32,10 +32,11 @@ static void on_sample_result(void *arg, const PGresult *res, const char *err)
 	if (!s)
 		return;
 	struct obr_relay *r = s->relay;
-	if (res && !err && PQntuples(res) == 1) {
-		r->stats.due_rows = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-		r->stats.oldest_due_age_s = strtod(PQgetvalue(res, 0, 1), NULL);
-		r->stats.notification_queue_usage = strtod(PQgetvalue(res, 0, 2), NULL);
+	if (res && !err && PQntuples(res) == 1 && PQnfields(res) == OBR_SAMPLE_COLUMNS) {
+		r->stats.due_rows = strtoll(PQgetvalue(res, 0, OBR_SAMPLE_DUE_ROWS), NULL, 10);
+		r->stats.oldest_due_age_s = strtod(PQgetvalue(res, 0, OBR_SAMPLE_OLDEST_DUE_AGE_S), NULL);
+		r->stats.notification_queue_usage = strtod(PQgetvalue(res, 0, OBR_SAMPLE_QUEUE_USAGE), NULL);
+		r->stats.notify_lock_waiters = strtoll(PQgetvalue(res, 0, OBR_SAMPLE_NOTIFY_LOCK_WAITERS), NULL, 10);
 		r->stats.sampled_at_unix = relay_realtime_ms() / 1000;
 		relay_statement_ok(r, SK_SAMPLE);
 	} else {
@@ -374,6 +375,7 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
+	r->stats.notify_lock_waiters = -1;
 	r->stats.listen_selftest_ok = -1;
 	if (!r->backoff_ev || !r->selftest_timeout_ev || !r->selftest_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||

@@ -50,6 +50,7 @@ struct obr_relay_stats {
 	int64_t due_rows;
 	double oldest_due_age_s;
 	double notification_queue_usage;
+	int64_t notify_lock_waiters;              /* sessions waiting for the notify commit lock */
 	int64_t sampled_at_unix;
 };
 
