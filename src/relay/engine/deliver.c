@@ -56,7 +56,12 @@ static void add_mark(struct obr_relay *r, struct delivery *d, bool success, bool
 		m->error = strdup(error ? error : "unknown error");
 		if (m->error)
 			obr_utf8_sanitize(m->error); /* answers and row data may be any bytes, cut anywhere */
-		m->delay_ms = park ? 0 : retry_delay_ms(r->cfg, d->row->attempts + 1);
+		if (park)
+			m->delay_ms = 0;
+		else if (d->retry_after_ms >= 0) /* the destination said when: as asked, within the maximum */
+			m->delay_ms = d->retry_after_ms < r->cfg->retry_max_ms ? d->retry_after_ms : r->cfg->retry_max_ms;
+		else
+			m->delay_ms = retry_delay_ms(r->cfg, d->row->attempts + 1);
 	}
 	relay_arrived(r, &r->mark_arrivals, r->marks.len == 0);
 	if (relay_vec_push(&r->marks, m)) {
@@ -162,6 +167,8 @@ static void dest_failed(struct obr_relay *r, struct delivery *d, int i, const st
 	r->stats.failed[d->plan.dests[i].kind]++;
 	d->permanent |= res->status == OBR_SEND_PERMANENT;
 	const char *why = res->message;
+	if (res->retry_after_ms > d->retry_after_ms)
+		d->retry_after_ms = res->retry_after_ms;
 	if (d->error[0])
 		return; /* keep the first reason; the others are in the log */
 	d->fail_dest = i;
@@ -192,6 +199,7 @@ static void start_delivery(struct obr_relay *r, struct part *p)
 	d->part = p;
 	d->row = row;
 	d->fail_dest = -1;
+	d->retry_after_ms = -1;
 	d->started_us = relay_mono_us();
 	p->current = d;
 	part_set_state(r, p, PS_DELIVERING);

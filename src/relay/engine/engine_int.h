@@ -76,6 +76,7 @@ struct delivery {
 	char error[1024];           /* first failure */
 	int fail_dest;              /* the destination of the first failure; -1: none */
 	long fail_status;           /* its HTTP status; 0: none */
+	int64_t retry_after_ms;     /* the longest pause a destination asked for (Retry-After); -1: none */
 	int64_t started_us;         /* monotonic: the first request */
 	bool permanent;             /* a destination said retrying cannot help */
 	bool finished;
