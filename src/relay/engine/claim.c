@@ -218,7 +218,9 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 /* Notified partitions, as many as there are free delivery slots. */
 static size_t claim_room(const struct obr_relay *r)
 {
-	size_t held = part_held(&r->parts);
+	/* partitions waiting for a busy host (OUTBOX_HOST_MAX_IN_FLIGHT) take no slot */
+	size_t held = part_held(&r->parts), waiting = r->host_waiting < held ? r->host_waiting : held;
+	held -= waiting;
 	return (size_t)r->cfg->max_in_flight > held ? (size_t)r->cfg->max_in_flight - held : 0;
 }
 

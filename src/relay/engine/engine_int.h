@@ -18,6 +18,7 @@
 #include "db/pg.h"
 #include "send/destination.h"
 
+#include "engine/hosts.h"
 #include "util/backoff.h"
 
 #include <stdbool.h>
@@ -63,6 +64,8 @@ struct request_ctx {
 	struct obr_relay *relay;
 	struct delivery *delivery;
 	int dest;
+	struct obr_host *host;      /* an HTTP destination's host (hosts.c), or NULL */
+	bool probe;                 /* the request probes the host's open circuit */
 };
 
 /* One row being delivered: its destinations' requests, then its result until committed. */
@@ -155,6 +158,8 @@ struct obr_relay {
 	struct conn claim;          /* claims and scans: the path from a notification to a request
 	                               never waits behind the results of earlier rows */
 	struct obr_sender *sender;  /* HTTP, SQS and SNS destinations */
+	struct obr_hosts hosts;     /* per HTTP host: requests in flight, circuit breaker */
+	size_t host_waiting;        /* READY partitions the last dispatch left for a busy host */
 
 	struct part_table parts;    /* every known partition, and one list per state */
 	struct vec marks;           /* struct mark *, not sent yet */

@@ -19,6 +19,8 @@
 #ifndef OBR_PARTITION_H
 #define OBR_PARTITION_H
 
+#include "send/destination.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,6 +53,10 @@ struct row {
 	int64_t created_ms;
 	size_t bytes;               /* of destinations, headers and payload */
 	size_t *held_bytes;         /* the relay's sum of fetched rows' bytes, less this row's when freed */
+	bool planned;               /* destinations parsed into plan (or plan_error), at the first look */
+	struct obr_plan plan;       /* moves to the delivery when the row starts */
+	bool plan_failed;           /* they could not be parsed ... */
+	char *plan_error;           /* ... and why (NULL when out of memory) */
 };
 
 struct part {

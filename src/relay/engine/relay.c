@@ -339,7 +339,8 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	snprintf(r->param.retention_ms, sizeof(r->param.retention_ms), "%lld", (long long)cfg->retention_ms);
 	snprintf(r->param.retention_batch, sizeof(r->param.retention_batch), "%lld", (long long)cfg->retention_batch);
 
-	bool table_ok = part_table_init(&r->parts) == 0;
+	bool table_ok = part_table_init(&r->parts) == 0 &&
+	                obr_hosts_init(&r->hosts, (int)cfg->host_max_in_flight, (int)cfg->circuit_failures) == 0;
 	struct obr_send_options sopt = { .timeout_ms = (long)cfg->http_timeout_ms,
 		                         .ca_file = cfg->ca_file,
 		                         .tls_verify = cfg->tls_verify,
@@ -468,6 +469,18 @@ const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 	}
 	r->stats.in_flight_requests = obr_sender_in_flight(r->sender);
 	r->stats.leases_held = (int64_t)part_held(&r->parts);
+	r->stats.circuits_open = (int64_t)obr_hosts_open_count(&r->hosts);
+	r->stats.nhosts = 0;
+	for (size_t i = 0; i < r->hosts.nbuckets && r->stats.nhosts < OBR_HOST_STATS; i++)
+		for (const struct obr_host *h = r->hosts.buckets[i]; h && r->stats.nhosts < OBR_HOST_STATS; h = h->hash_next) {
+			if (!h->in_flight && !h->failures && !h->open_until_ms)
+				continue; /* idle and healthy: no series */
+			size_t k = r->stats.nhosts++;
+			snprintf(r->stats.hosts[k].name, sizeof(r->stats.hosts[k].name), "%s", h->name);
+			r->stats.hosts[k].in_flight = h->in_flight;
+			r->stats.hosts[k].failures = h->failures;
+			r->stats.hosts[k].open = h->open_until_ms != 0;
+		}
 	return &r->stats;
 }
 
@@ -517,6 +530,7 @@ void obr_relay_free(struct obr_relay *r)
 	stmt_forget_all(&r->claim, NULL);
 	obr_sender_abort_all(r->sender);
 	part_table_free(&r->parts);
+	obr_hosts_free(&r->hosts);
 	for (size_t i = 0; i < r->marks.len; i++)
 		mark_free(r->marks.items[i]);
 	free(r->marks.items);
