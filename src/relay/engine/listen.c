@@ -24,7 +24,7 @@ void listen_on_notify(void *arg, const char *channel, const char *payload)
 	char key[OBR_KEY_LEN + 1];
 
 	r->stats.notifications++;
-	if (r->stopping || r->tearing_down)
+	if (r->tearing_down)
 		return;
 	if (!strncmp(payload, SELFTEST_PREFIX, strlen(SELFTEST_PREFIX))) {
 		/* ours, or another instance's (every listener hears every self-test) */
@@ -32,6 +32,8 @@ void listen_on_notify(void *arg, const char *channel, const char *payload)
 			selftest_heard(r);
 		return;
 	}
+	if (r->stopping)
+		return;
 	if (!part_key_normalize(payload, key)) {
 		obr_log_warn("ignoring notification on channel %s: payload \"%.64s\" is not a partition key", channel, payload);
 		return;
@@ -111,6 +113,7 @@ static void on_selftest_sent(void *arg, const PGresult *res, const char *err)
 		return;
 	}
 	relay_statement_ok(r, SK_SELFTEST);
+	relay_kick(r);
 }
 
 bool listen_selftest_wanted(struct obr_relay *r)
@@ -152,8 +155,8 @@ static void selftest_heard(struct obr_relay *r)
 
 void listen_selftest_timeout(struct obr_relay *r)
 {
-	if (!r->selftest_pending)
-		return;
+	if (!r->selftest_pending || r->stopping)
+		return; /* no verdict at shutdown: the test may simply have been cut short */
 	r->selftest_pending = false;
 	r->stats.listen_selftest_ok = 0;
 	if (!r->listen_deaf) {
