@@ -31,13 +31,14 @@ struct obr_config {
 	bool synchronous_commit;       /* the work connection's own commits wait for the WAL flush */
 	int64_t http_timeout_ms;
 	int64_t max_in_flight;
+	int64_t host_max_in_flight;
+	int64_t circuit_failures;
 	int64_t batch_size;
 	int64_t claim_limit;
 	int64_t fetch_bytes;           /* row data fetched and not delivered yet, at most (one row more) */
 	int64_t batch_window_ms;       /* listen mode: gather claims and results this long first */
 	int64_t shutdown_grace_ms;
 	int64_t health_check_ms;
-	int64_t listen_selftest_ms;     /* listen mode: wait this long for our own notification; 0 = no self-test */
 	char *ca_file;
 	bool tls_verify;
 	char *allowed_hosts;           /* comma-separated host names, *.suffix wildcards; NULL = any */

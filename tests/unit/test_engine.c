@@ -27,6 +27,9 @@
 #define ROW_1 "0190a000-0000-7000-8000-000000000001"
 #define ROW_2 "0190a000-0000-7000-8000-000000000002"
 #define ROW_3 "0190a000-0000-7000-8000-000000000003"
+#define ROW_4 "0190a000-0000-7000-8000-000000000004"
+#define PART_C "0190a000-0000-7000-8000-00000000000c"
+#define PART_D "0190a000-0000-7000-8000-00000000000d"
 #define DESTS "[{\"url\":\"http://127.0.0.1:9/hook\"}]"
 
 struct env {
@@ -111,6 +114,22 @@ static enum part_state state_of(struct env *e, const char *key)
 	return p ? p->state : PS_COUNT; /* PS_COUNT: not in the table (freed) */
 }
 
+/* The work connection's running statement is the self-test's NOTIFY: answer it, and deliver
+ * the notification on the listen connection when heard. */
+static bool selftest_answered(struct env *e, bool heard)
+{
+	struct fake_query *q = fake_pg_head(e->work);
+	if (!q || !strstr(q->sql, "pg_notify") || q->nparams != 2 || strcmp(q->params[0], "outbox") != 0)
+		return false;
+	char token[128];
+	snprintf(token, sizeof(token), "%s", q->params[1]);
+	fake_pg_answer(e->work, empty(1), NULL);
+	if (heard)
+		fake_pg_notify(e->listen, "outbox", token);
+	settle(e);
+	return true;
+}
+
 /* A relay with its three connections up, its first scan and sample answered: idle. */
 static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 {
@@ -118,8 +137,7 @@ static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 	snprintf(lease, sizeof(lease), "OUTBOX_LEASE_MS=%s", lease_ms);
 	snprintf(grace, sizeof(grace), "OUTBOX_SHUTDOWN_GRACE_MS=%s", grace_ms);
 	const char *envp[] = { "DATABASE_URL=postgresql://127.0.0.1/unit", "OUTBOX_BATCH_WINDOW_MS=0",
-		               "OUTBOX_POLL_INTERVAL_MS=3600000", "OUTBOX_RETENTION=0", "OUTBOX_LISTEN_SELFTEST_MS=0",
-		               lease, grace, NULL };
+		               "OUTBOX_POLL_INTERVAL_MS=3600000", "OUTBOX_RETENTION=0", lease, grace, NULL };
 	char err[512];
 	memset(e, 0, sizeof(*e));
 	fake_send_reset();
@@ -140,6 +158,9 @@ static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 	fake_pg_connect(e->work);
 	fake_pg_connect(e->claim);
 	settle(e);
+	/* the LISTEN self-test: the relay notifies itself from the work connection and hears it */
+	if (!selftest_answered(e, true))
+		return false;
 	if (!head_is(e->work, OBR_SQL_SAMPLE) || !head_is(e->claim, OBR_SQL_SCAN))
 		return false;
 	fake_pg_answer(e->work, fake_error_result(), "not in this test");
@@ -449,8 +470,138 @@ static void test_error_after_result(void)
 	fake_pg_finish(e.work);
 	settle(&e);
 	CHECK_INT_EQ(fake_send_count(), 0);
-	CHECK(e.r->complete_paused); /* refused: backing off, then written again */
+	CHECK(relay_backing_off(e.r, SK_COMPLETE)); /* refused: backing off, then written again */
 	CHECK_INT_EQ(e.r->marks.len, 1);
+	env_free(&e);
+}
+
+/* Issue 12 item 6: a refused results statement backs off; then its results go one per
+ * statement (to find a bad one), but results that were not in it go together again: steady
+ * load must not keep the relay writing one result per statement. */
+static void test_isolate_only_the_refused_results(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *r1[] = { ROW_1 }, *r2[] = { ROW_2 }, *r3[] = { ROW_3 }, *r4[] = { ROW_4 };
+	CHECK(claim_with_rows(&e, PART_A, r1, 1));
+	CHECK(claim_with_rows(&e, PART_B, r2, 1));
+	fake_send_answer(0, true);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK(strstr(param(e.work, 0), ROW_1) && strstr(param(e.work, 0), ROW_2));
+	fake_pg_answer(e.work, fake_error_result(), "deadlock detected");
+	settle(&e);
+	CHECK(relay_backing_off(e.r, SK_COMPLETE));
+	CHECK(!fake_pg_head(e.work)); /* nothing during the backoff */
+	/* meanwhile two more partitions finish a row */
+	CHECK(claim_with_rows(&e, PART_C, r3, 1));
+	CHECK(claim_with_rows(&e, PART_D, r4, 1));
+	fake_send_answer(0, true);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(!fake_pg_head(e.work));
+	/* after the backoff: the two refused results, each alone */
+	const char *alone[2];
+	for (int i = 0; i < 2; i++) {
+		CHECK(wait_for(&e, e.work, OBR_SQL_COMPLETE));
+		const char *p0 = param(e.work, 0);
+		CHECK(p0 && (!strcmp(p0, "{" ROW_1 "}") || !strcmp(p0, "{" ROW_2 "}")));
+		alone[i] = p0 && strstr(p0, ROW_1) ? ROW_1 : ROW_2;
+		fake_pg_answer(e.work, heads(), NULL);
+		settle(&e);
+	}
+	CHECK(strcmp(alone[0], alone[1]) != 0);
+	CHECK(!relay_backing_off(e.r, SK_COMPLETE));
+	/* the others together */
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK(param(e.work, 0) && strstr(param(e.work, 0), ROW_3) && strstr(param(e.work, 0), ROW_4));
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	env_free(&e);
+}
+
+/* Issue 12 item 4: a results statement stalls past the lease (a row lock, an I/O stall): the
+ * renewals cannot go out on the busy connection, so when it finally answers, the next fetched
+ * row must not start before the lease is confirmed; an advance renews it (or finds it lost)
+ * and fetches the head again. The work connection's statement_timeout is a third of the lease. */
+static void test_no_row_starts_past_the_lease_deadline(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "1000", "8000"));
+	CHECK_INT_EQ(fake_pg_statement_timeout(e.work), 333);
+	CHECK_INT_EQ(fake_pg_statement_timeout(e.claim), 0);
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	/* the statement stalls past 80% of the lease */
+	int64_t until = now_ms() + 900;
+	while (now_ms() < until) {
+		struct timeval tv = { 0, 20000 };
+		event_base_loopexit(e.base, &tv);
+		event_base_dispatch(e.base);
+	}
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE)); /* nothing else could go meanwhile */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0); /* ROW_2 fetched, but not started */
+	CHECK_INT_EQ(fake_send_started(), 1);
+	CHECK(state_of(&e, PART_A) == PS_ADVANCE_WANTED || state_of(&e, PART_A) == PS_ADVANCING);
+	if (head_is(e.work, OBR_SQL_RENEW)) {
+		PGresult *ren = empty(1);
+		const char *v[] = { PART_A };
+		fake_result_row(ren, v);
+		fake_pg_answer(e.work, ren, NULL);
+		settle(&e);
+	}
+	CHECK(head_is(e.work, OBR_SQL_ADVANCE));
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_2);
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 1); /* renewed by the advance: ROW_2 goes now */
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	fake_send_answer(0, true);
+	settle(&e);
+	env_free(&e);
+}
+
+/* Issue 15 item 3: LISTEN that hears nothing (a transaction pooler) is found by the self-test:
+ * /ready says so, the relay polls every second, and tests again; a passing test ends it. Other
+ * instances' self-tests are not partitions. */
+static void test_listen_selftest(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	char why[256];
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
+	/* another instance's self-test: ignored, no scan, no claim */
+	fake_pg_notify(e.listen, "outbox", "outbox-relay-selftest 11111111-2222-4333-8444-555555555555 1");
+	settle(&e);
+	CHECK(!fake_pg_head(e.claim) && !fake_pg_head(e.work));
+
+	/* the listen connection comes back, and this time nothing is heard */
+	fake_pg_drop(e.listen, "gone");
+	fake_pg_connect(e.listen);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_SCAN)); /* the catch-up scan */
+	fake_pg_answer(e.claim, empty(2), NULL);
+	CHECK(selftest_answered(&e, false));
+	listen_selftest_timeout(e.r); /* what its timer does after SELFTEST_TIMEOUT_MS */
+	CHECK(!obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK(strstr(why, "LISTEN hears no notifications") != NULL);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 0);
+	CHECK(e.r->listen_deaf);
+	/* tested again later: heard */
+	listen_selftest_retry(e.r);
+	settle(&e);
+	CHECK(selftest_answered(&e, true));
+	CHECK(!e.r->listen_deaf);
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
 	env_free(&e);
 }
 
@@ -672,94 +823,6 @@ static void test_results_split_at_string_limit(void)
 	env_free(&e);
 }
 
-/* The LISTEN self-test: the work connection notifies our channel with a payload that is no
- * partition key; unheard within the setting, the relay is not ready, scans, and polls every
- * second; a later self-test that is heard (after a reconnect here) sets it right again. */
-static bool wait_not_ready(struct env *e, char *why, size_t len)
-{
-	int64_t until = now_ms() + 10000;
-	while (now_ms() < until) {
-		if (!obr_relay_ready(e->r, why, len))
-			return true;
-		struct timeval tv = { 0, 20000 };
-		event_base_loopexit(e->base, &tv);
-		event_base_dispatch(e->base);
-	}
-	return false;
-}
-
-static void test_listen_selftest(void)
-{
-	struct env e;
-	memset(&e, 0, sizeof(e));
-	fake_send_reset();
-	const char *envp[] = { "DATABASE_URL=postgresql://127.0.0.1/unit", "OUTBOX_POLL_INTERVAL_MS=3600000",
-		               "OUTBOX_RETENTION=0", "OUTBOX_LISTEN_SELFTEST_MS=100", NULL };
-	char err[512], why[256], payload[128];
-	CHECK(obr_config_load(&e.cfg, envp, 0, NULL, err, sizeof(err)) == 0);
-	e.base = event_base_new();
-	e.r = obr_relay_new(e.base, &e.cfg);
-	CHECK(e.r && obr_relay_start(e.r) == 0);
-	e.work = fake_pg_find("outbox-relay work");
-	e.claim = fake_pg_find("outbox-relay claim");
-	e.listen = fake_pg_find("outbox-relay listen");
-	CHECK(e.work && e.claim && e.listen);
-	CHECK_INT_EQ(e.r->stats.listen_selftest_ok, 0);
-	fake_pg_connect(e.listen);
-	fake_pg_connect(e.work);
-	fake_pg_connect(e.claim);
-	settle(&e);
-	CHECK(head_is(e.claim, OBR_SQL_SCAN));
-	fake_pg_answer(e.claim, empty(2), NULL);
-	CHECK(head_is(e.work, OBR_SQL_NOTIFY_SELF));
-	CHECK_STR_EQ(param(e.work, 0), "outbox");
-	snprintf(payload, sizeof(payload), "%s", param(e.work, 1));
-	CHECK(!strncmp(payload, "obr-selftest ", 13));
-	fake_pg_answer(e.work, empty(1), NULL);
-	settle(&e);
-	/* the work connection goes on at once with what waited (the gauges) */
-	CHECK(head_is(e.work, OBR_SQL_SAMPLE));
-	fake_pg_answer(e.work, fake_error_result(), "not in this test");
-	/* another instance's self-test is neither ours nor a partition */
-	fake_pg_notify(e.listen, "outbox", "obr-selftest 00000000-0000-0000-0000-000000000000 1");
-	settle(&e);
-	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
-	CHECK_INT_EQ((int)e.r->stats.notifications, 0);
-	CHECK(part_find(&e.r->parts, "00000000-0000-0000-0000-000000000000") == NULL);
-
-	/* never heard: not ready, with the reason; rows are looked for now and every second */
-	CHECK(wait_not_ready(&e, why, sizeof(why)));
-	CHECK(strstr(why, "self-test failed") != NULL);
-	CHECK_INT_EQ(e.r->stats.listen_selftest_ok, 0);
-	CHECK(wait_for(&e, e.claim, OBR_SQL_SCAN));
-	fake_pg_answer(e.claim, empty(2), NULL);
-	settle(&e);
-	int64_t t0 = now_ms();
-	CHECK(wait_for(&e, e.claim, OBR_SQL_SCAN)); /* the fallback poll is an hour away */
-	CHECK(now_ms() - t0 < 5000);
-	fake_pg_answer(e.claim, empty(2), NULL);
-	settle(&e);
-
-	/* the listen connection comes back: a new self-test; the old payload does not count */
-	fake_pg_drop(e.listen, "test");
-	fake_pg_connect(e.listen);
-	CHECK(wait_for(&e, e.work, OBR_SQL_NOTIFY_SELF));
-	char fresh[128];
-	snprintf(fresh, sizeof(fresh), "%s", param(e.work, 1));
-	CHECK(strcmp(fresh, payload) != 0);
-	fake_pg_notify(e.listen, "outbox", payload);
-	settle(&e);
-	CHECK(!obr_relay_ready(e.r, why, sizeof(why)));
-	fake_pg_notify(e.listen, "outbox", fresh); /* heard before the statement's answer: fine */
-	settle(&e);
-	fake_pg_answer(e.work, empty(1), NULL);
-	settle(&e);
-	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
-	CHECK_INT_EQ(e.r->stats.listen_selftest_ok, 1);
-	CHECK_INT_EQ((int)e.r->stats.notifications, 0);
-	env_free(&e);
-}
-
 int main(int argc, char **argv)
 {
 	obr_log_configure(getenv("OBR_TEST_LOG") ? OBR_LOG_DEBUG : OBR_LOG_ERROR, OBR_LOG_TEXT);
@@ -774,6 +837,9 @@ int main(int argc, char **argv)
 		TEST(test_results_connection_lost),
 		TEST(test_results_answered_twice),
 		TEST(test_error_after_result),
+		TEST(test_isolate_only_the_refused_results),
+		TEST(test_no_row_starts_past_the_lease_deadline),
+		TEST(test_listen_selftest),
 		TEST(test_result_final_at_statement_end),
 		TEST(test_lost_while_sending),
 		TEST(test_claim_connection_lost),
@@ -782,7 +848,6 @@ int main(int argc, char **argv)
 		TEST(test_notification_flood_forgotten),
 		TEST(test_fetch_budget),
 		TEST(test_results_split_at_string_limit),
-		TEST(test_listen_selftest),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);

@@ -89,9 +89,6 @@ enum obr_sample_col {
 };
 extern const char OBR_SQL_SAMPLE[];
 
-/* OBR_SQL_NOTIFY_SELF: the LISTEN self-test's notification. $1 channel, $2 payload */
-extern const char OBR_SQL_NOTIFY_SELF[];
-
 /* Result of OBR_SQL_RETENTION: one row. $1 retention ms, $2 batch size */
 enum obr_retention_col {
 	OBR_RETENTION_GOT_LOCK = 0,     /* 't': this instance did the work */

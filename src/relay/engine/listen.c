@@ -1,29 +1,37 @@
 /*
  * listen.c - the listen connection: notifications name partitions to claim; a health check
- * finds a connection that stopped answering; a self-test proves that notifications arrive at
- * all (behind a pooler in transaction mode LISTEN succeeds and then hears nothing).
+ * finds a connection that stopped answering; a self-test finds a LISTEN that hears nothing.
+ *
+ * Behind a transaction pooler (PgBouncer pool_mode=transaction, some managed poolers) LISTEN
+ * succeeds on whichever server session ran it and the relay's connection then hears nothing,
+ * silently: rows would wait for the fallback poll. So after every LISTEN the relay notifies
+ * itself from the work connection and expects to hear it; if it does not, it says so (log,
+ * /ready, metric) and polls as poll mode does until a later self-test passes.
  */
 #include "engine/engine_int.h"
 
-#include "db/store.h"
-#include "util/clock.h"
 #include "util/log.h"
 
 #include <event2/event.h>
 #include <stdio.h>
 #include <string.h>
 
-static bool selftest_heard(struct obr_relay *r, const char *payload);
-static void selftest_start(struct obr_relay *r);
+static void selftest_heard(struct obr_relay *r);
 
 void listen_on_notify(void *arg, const char *channel, const char *payload)
 {
 	struct obr_relay *r = arg;
 	char key[OBR_KEY_LEN + 1];
 
-	if (r->tearing_down || selftest_heard(r, payload))
-		return;
 	r->stats.notifications++;
+	if (r->tearing_down)
+		return;
+	if (!strncmp(payload, SELFTEST_PREFIX, strlen(SELFTEST_PREFIX))) {
+		/* ours, or another instance's (every listener hears every self-test) */
+		if (r->selftest_pending && !strcmp(payload, r->selftest_token))
+			selftest_heard(r);
+		return;
+	}
 	if (r->stopping)
 		return;
 	if (!part_key_normalize(payload, key)) {
@@ -50,8 +58,8 @@ void listen_on_connected(void *arg)
 	r->listen_check_pending = false;
 	/* notifications sent while we were not listening are lost: catch up with a scan */
 	r->scan_wanted = true;
+	r->selftest_wanted = true; /* and is this LISTEN really heard? */
 	relay_check_ready(r);
-	selftest_start(r);
 	relay_kick(r);
 }
 
@@ -61,10 +69,8 @@ void listen_on_disconnected(void *arg, const char *why)
 	r->listen_ready = false;
 	r->stats.reconnects++;
 	evtimer_del(r->listen_check_timeout_ev);
-	/* the next connection tests itself again; until then the verdict stands */
-	r->selftest_wanted = false;
 	r->selftest_pending = false;
-	evtimer_del(r->selftest_ev);
+	evtimer_del(r->selftest_timeout_ev);
 }
 
 static void on_check_result(void *arg, const PGresult *res, const char *err)
@@ -92,129 +98,82 @@ void listen_on_check_timeout(struct obr_relay *r)
 
 /* ---- the self-test ---- */
 
-static int64_t deaf_poll_ms(const struct obr_relay *r)
-{
-	return r->cfg->poll_interval_ms < SELFTEST_POLL_MS ? r->cfg->poll_interval_ms : SELFTEST_POLL_MS;
-}
-
-/* The fallback poll's interval: that of poll mode while notifications do not arrive. */
-static void set_poll_interval(struct obr_relay *r, int64_t ms)
-{
-	if (r->stopping)
-		return;
-	struct timeval tv = obr_timeval_from_ms(ms);
-	event_add(r->poll_ev, &tv);
-}
-
-/* After LISTEN: notify ourselves (from the work connection, as a writer would). */
-static void selftest_start(struct obr_relay *r)
-{
-	evtimer_del(r->selftest_ev);
-	if (r->cfg->listen_selftest_ms <= 0 || r->stopping)
-		return;
-	r->selftest_seq++;
-	r->selftest_wanted = true;
-	r->selftest_pending = true;
-	relay_kick(r);
-}
-
-static void selftest_passed(struct obr_relay *r)
-{
-	r->selftest_pending = false;
-	evtimer_del(r->selftest_ev);
-	if (r->selftest == SELFTEST_FAILED) {
-		obr_log_info("LISTEN self-test passed: notifications reach the listen connection again; "
-		             "back to the fallback poll every %lld ms", (long long)r->cfg->poll_interval_ms);
-		set_poll_interval(r, r->cfg->poll_interval_ms);
-	} else if (r->selftest == SELFTEST_UNKNOWN) {
-		obr_log_debug("LISTEN self-test passed: notifications reach the listen connection");
-	}
-	r->selftest = SELFTEST_OK;
-	r->stats.listen_selftest_ok = 1;
-}
-
-static void selftest_failed(struct obr_relay *r)
-{
-	r->selftest_pending = false;
-	if (r->selftest != SELFTEST_FAILED)
-		obr_log_error("LISTEN self-test failed: a notification this relay sent on channel %s did not reach its "
-		              "listen connection within %lld ms. Likely cause: a connection pooler in transaction mode "
-		              "(e.g. PgBouncer with pool_mode=transaction) between the relay and PostgreSQL, which does "
-		              "not keep the LISTEN session; connect the relay directly or use a session pool, or set "
-		              "OUTBOX_MODE=poll. Polling every %lld ms until a later self-test passes (every %d s)",
-		              r->cfg->channel, (long long)r->cfg->listen_selftest_ms, (long long)deaf_poll_ms(r),
-		              SELFTEST_RETRY_MS / 1000);
-	else
-		obr_log_debug("LISTEN self-test failed again: still polling every %lld ms", (long long)deaf_poll_ms(r));
-	if (r->selftest != SELFTEST_FAILED)
-		set_poll_interval(r, deaf_poll_ms(r));
-	r->selftest = SELFTEST_FAILED;
-	r->stats.listen_selftest_ok = 0;
-	/* rows may have waited for a notification that did not come */
-	r->scan_wanted = true;
-	relay_kick(r);
-	relay_timer_ms(r->selftest_ev, SELFTEST_RETRY_MS);
-}
-
-/* Our own notification, or another instance's (ignored): true when payload is a self-test's. */
-static bool selftest_heard(struct obr_relay *r, const char *payload)
-{
-	if (strncmp(payload, SELFTEST_PREFIX, strlen(SELFTEST_PREFIX)))
-		return false;
-	char mine[OBR_KEY_LEN + 64];
-	snprintf(mine, sizeof(mine), SELFTEST_PREFIX "%s %llu", r->lock_id, (unsigned long long)r->selftest_seq);
-	if (r->selftest_pending && !strcmp(payload, mine))
-		selftest_passed(r);
-	return true;
-}
-
-bool listen_selftest_wanted(struct obr_relay *r)
-{
-	return r->selftest_wanted && r->listen_ready && !r->stopping;
-}
-
-static void on_selftest_result(void *arg, const PGresult *res, const char *err)
+static void on_selftest_sent(void *arg, const PGresult *res, const char *err)
 {
 	struct stmt *s = stmt_answer(arg, err);
 	if (!s)
 		return;
 	struct obr_relay *r = s->relay;
-	relay_kick(r); /* the work connection is free for the next statement */
-	if (!r->selftest_pending)
-		return; /* heard already, or the listen connection went away meanwhile */
 	if (!res || err) {
-		/* not a verdict on LISTEN: try again later */
-		relay_statement_error("LISTEN self-test notification", err);
+		relay_statement_failed(r, SK_SELFTEST, s, res, err);
 		r->selftest_pending = false;
-		relay_timer_ms(r->selftest_ev, SELFTEST_RETRY_MS);
+		evtimer_del(r->selftest_timeout_ev);
+		r->selftest_wanted = true; /* after the backoff */
+		relay_kick(r);
 		return;
 	}
-	/* committed: from now on it should arrive within the setting */
-	relay_timer_ms(r->selftest_ev, r->cfg->listen_selftest_ms);
+	relay_statement_ok(r, SK_SELFTEST);
+	relay_kick(r);
 }
 
+bool listen_selftest_wanted(struct obr_relay *r)
+{
+	return r->selftest_wanted && r->listen_pg && r->listen_ready && !r->stopping;
+}
+
+/* From the work connection, as a writer's transaction would (through the same pooler, if any). */
 bool listen_selftest_send(struct obr_relay *r)
 {
 	r->selftest_wanted = false;
-	char payload[OBR_KEY_LEN + 64];
-	snprintf(payload, sizeof(payload), SELFTEST_PREFIX "%s %llu", r->lock_id, (unsigned long long)r->selftest_seq);
-	const char *params[] = { r->cfg->channel, payload };
+	snprintf(r->selftest_token, sizeof(r->selftest_token), SELFTEST_PREFIX "%s %llu", r->lock_id,
+	         (unsigned long long)++r->selftest_seq);
 	struct stmt *s = stmt_new(r, &r->work);
-	if (s && stmt_send(s, OBR_SQL_NOTIFY_SELF, 2, params, on_selftest_result))
-		return true;
-	stmt_free(s);
-	r->selftest_pending = false;
-	relay_timer_ms(r->selftest_ev, SELFTEST_RETRY_MS);
-	return false;
+	const char *params[] = { r->cfg->channel, r->selftest_token };
+	if (!s || !stmt_send(s, "SELECT pg_notify($1, $2)", 2, params, on_selftest_sent)) {
+		stmt_free(s);
+		relay_timer_ms(r->selftest_retry_ev, SELFTEST_RETRY_MS);
+		return false;
+	}
+	r->selftest_pending = true;
+	relay_timer_ms(r->selftest_timeout_ev, SELFTEST_TIMEOUT_MS);
+	return true;
 }
 
-/* The deadline of a pending self-test, or the time for the next one. */
-void listen_on_selftest_timer(struct obr_relay *r)
+static void selftest_heard(struct obr_relay *r)
 {
-	if (r->stopping)
-		return;
-	if (r->selftest_pending)
-		selftest_failed(r);
-	else if (r->listen_ready)
-		selftest_start(r);
+	r->selftest_pending = false;
+	evtimer_del(r->selftest_timeout_ev);
+	evtimer_del(r->selftest_retry_ev);
+	r->stats.listen_selftest_ok = 1;
+	if (r->listen_deaf) {
+		r->listen_deaf = false;
+		relay_poll_every(r, r->cfg->poll_interval_ms);
+		obr_log_info("LISTEN hears notifications again (self-test passed): back to the fallback poll every %lld ms",
+		             (long long)r->cfg->poll_interval_ms);
+	}
+}
+
+void listen_selftest_timeout(struct obr_relay *r)
+{
+	if (!r->selftest_pending || r->stopping)
+		return; /* no verdict at shutdown: the test may simply have been cut short */
+	r->selftest_pending = false;
+	r->stats.listen_selftest_ok = 0;
+	if (!r->listen_deaf) {
+		r->listen_deaf = true;
+		int64_t every = r->cfg->poll_interval_ms < DEAF_POLL_MS ? r->cfg->poll_interval_ms : DEAF_POLL_MS;
+		relay_poll_every(r, every);
+		obr_log_error("LISTEN heard nothing: the relay's own notification on channel %s did not arrive within %d ms. "
+		              "Behind a transaction pooler (PgBouncer pool_mode=transaction, a managed pooler) LISTEN never "
+		              "hears notifications: use OUTBOX_MODE=poll there, or connect to PostgreSQL or a session pool. "
+		              "Polling every %lld ms meanwhile, testing again every %d s",
+		              r->cfg->channel, SELFTEST_TIMEOUT_MS, (long long)every, SELFTEST_RETRY_MS / 1000);
+	}
+	relay_timer_ms(r->selftest_retry_ev, SELFTEST_RETRY_MS);
+}
+
+void listen_selftest_retry(struct obr_relay *r)
+{
+	r->selftest_wanted = true;
+	relay_kick(r);
 }

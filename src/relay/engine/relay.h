@@ -21,6 +21,7 @@ struct event_base;
 struct obr_relay;
 
 #define OBR_LATENCY_BUCKETS 16
+#define OBR_HOST_STATS 20   /* hosts with their own series on /metrics, at most (names come from rows) */
 
 /* Upper bounds (seconds) of the commit-to-delivery latency histogram buckets. */
 extern const double obr_latency_bounds[OBR_LATENCY_BUCKETS];
@@ -38,13 +39,23 @@ struct obr_relay_stats {
 	uint64_t claims;
 	uint64_t reconnects;
 	uint64_t retention_deleted;               /* processed rows deleted by retention */
+	uint64_t circuit_deferred;                /* rows put off, without an attempt, for an open circuit */
 	uint64_t latency_count;                   /* created_at -> destination's answer */
 	double latency_sum;                       /* seconds */
 	uint64_t latency_buckets[OBR_LATENCY_BUCKETS]; /* cumulative is computed by the exporter */
 	/* gauges */
 	int64_t in_flight_requests;
 	int64_t leases_held;
-	int64_t listen_selftest_ok;               /* 1 heard, 0 not (yet); -1 poll mode or no self-test */
+	int64_t circuits_open;                    /* HTTP hosts whose circuit is open */
+	size_t nhosts;                            /* per-host figures below: hosts in use or sick, at most OBR_HOST_STATS */
+	struct {
+		char name[128];
+		int64_t in_flight;
+		int64_t failures;
+		bool open;
+	} hosts[OBR_HOST_STATS];
+	int64_t listen_selftest_ok;               /* 1: LISTEN heard the relay's own notification; 0: not
+	                                             (polling instead); -1: not tested (poll mode, or not yet) */
 	/* sampled from the database every OBR_SAMPLE_MS; -1 until the first sample */
 	int64_t due_rows;
 	double oldest_due_age_s;
@@ -61,8 +72,8 @@ int obr_relay_start(struct obr_relay *relay);
 void obr_relay_shutdown(struct obr_relay *relay);
 /* Updates the gauges and returns the statistics. */
 const struct obr_relay_stats *obr_relay_stats(struct obr_relay *relay);
-/* Ready: the database connections are up and, in listen mode, LISTEN is active and its last
- * self-test did not fail. Otherwise false with the reason in why. */
+/* Ready: the database connections are up and, in listen mode, LISTEN is active. Otherwise
+ * false with the reason in why. */
 bool obr_relay_ready(const struct obr_relay *relay, char *why, size_t whylen);
 void obr_relay_free(struct obr_relay *relay);
 
