@@ -605,6 +605,51 @@ static void test_listen_selftest(void)
 	env_free(&e);
 }
 
+/* The self-test's deadline runs from the commit of its NOTIFY, not from the send: a NOTIFY
+ * whose commit waits (for the notify commit lock behind busy writers, a slow WAL flush, a
+ * statement backoff) says nothing about LISTEN, and must not make the relay unready. A
+ * notification heard before the statement's answer needs no deadline at all. */
+static void test_listen_selftest_deadline_from_commit(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	char why[256];
+	fake_pg_drop(e.listen, "gone");
+	fake_pg_connect(e.listen);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_SCAN));
+	fake_pg_answer(e.claim, empty(2), NULL);
+	struct fake_query *q = fake_pg_head(e.work);
+	CHECK(q && strstr(q->sql, "pg_notify") != NULL);
+	/* sent, not committed yet: no deadline runs */
+	CHECK(!evtimer_pending(e.r->selftest_timeout_ev, NULL));
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK(!e.r->listen_deaf);
+	/* committed: now it must arrive in time */
+	CHECK(selftest_answered(&e, false));
+	CHECK(evtimer_pending(e.r->selftest_timeout_ev, NULL));
+	listen_selftest_timeout(e.r);
+	CHECK(e.r->listen_deaf);
+	CHECK(!obr_relay_ready(e.r, why, sizeof(why)));
+
+	/* heard before its statement's answer came in: passed, and no deadline is left behind */
+	listen_selftest_retry(e.r);
+	settle(&e);
+	q = fake_pg_head(e.work);
+	CHECK(q && strstr(q->sql, "pg_notify") != NULL && q->nparams == 2);
+	char token[128];
+	snprintf(token, sizeof(token), "%s", q->params[1]);
+	fake_pg_notify(e.listen, "outbox", token);
+	settle(&e);
+	CHECK(!e.r->listen_deaf);
+	fake_pg_answer(e.work, empty(1), NULL);
+	settle(&e);
+	CHECK(!evtimer_pending(e.r->selftest_timeout_ev, NULL));
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
+	env_free(&e);
+}
+
 /* The result arrives before the statement's end is read: it is acted on once the end is in. */
 static void test_result_final_at_statement_end(void)
 {
@@ -840,6 +885,7 @@ int main(int argc, char **argv)
 		TEST(test_isolate_only_the_refused_results),
 		TEST(test_no_row_starts_past_the_lease_deadline),
 		TEST(test_listen_selftest),
+		TEST(test_listen_selftest_deadline_from_commit),
 		TEST(test_result_final_at_statement_end),
 		TEST(test_lost_while_sending),
 		TEST(test_claim_connection_lost),

@@ -28,7 +28,7 @@
 #define MAX_CLAIM_SET 8192           /* notified partitions remembered; beyond, forgotten: a scan catches up */
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
-#define SELFTEST_TIMEOUT_MS 5000       /* the relay's own notification must arrive this soon ... */
+#define SELFTEST_TIMEOUT_MS 5000       /* the relay's own notification must arrive this soon after its commit ... */
 #define SELFTEST_RETRY_MS 30000        /* ... else it polls and tests LISTEN again this often */
 #define SELFTEST_PREFIX "outbox-relay-selftest " /* a payload no partition key can be */
 #define DEAF_POLL_MS 1000              /* the poll interval while LISTEN hears nothing (as poll mode's) */

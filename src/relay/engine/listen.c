@@ -113,6 +113,10 @@ static void on_selftest_sent(void *arg, const PGresult *res, const char *err)
 		return;
 	}
 	relay_statement_ok(r, SK_SELFTEST);
+	/* committed: from now on it must arrive soon. Not from the send: a commit that waited (for
+	 * the notify commit lock behind busy writers, a slow WAL flush) says nothing about LISTEN */
+	if (r->selftest_pending)
+		relay_timer_ms(r->selftest_timeout_ev, SELFTEST_TIMEOUT_MS);
 	relay_kick(r);
 }
 
@@ -135,7 +139,6 @@ bool listen_selftest_send(struct obr_relay *r)
 		return false;
 	}
 	r->selftest_pending = true;
-	relay_timer_ms(r->selftest_timeout_ev, SELFTEST_TIMEOUT_MS);
 	return true;
 }
 
