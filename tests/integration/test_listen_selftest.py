@@ -3,24 +3,13 @@ succeeds on whichever server session ran it and the relay then hears nothing: ro
 for the fallback poll. The relay notifies itself after every LISTEN and, when it hears nothing,
 says so (log, /ready, metric) and polls every second until a later self-test passes."""
 
-import threading
 import time
-import urllib.error
-import urllib.request
 
 from conftest import wait_until
-from relay_util import (LISTEN_APP, WORK_APP, assert_not_within, env, http_dest, insert, keys, metric,
-                        ready_code, wait_processed)
+from relay_util import (LISTEN_APP, WORK_APP, NotifyLockHeld, assert_not_within, env, http_dest, insert, keys,
+                        metric, ready_code, ready_text, wait_processed)
 
 HOUR_MS = 3_600_000
-
-
-def ready_text(r) -> str:
-    try:
-        with urllib.request.urlopen(r.http_url("/ready"), timeout=2) as resp:
-            return resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.read().decode()
 
 
 def test_direct_connection_passes_the_selftest(db, sink, relay):
@@ -54,40 +43,13 @@ NOTIFY_LOCK_WAIT_BY_APP = ("SELECT count(*) FROM pg_locks l JOIN pg_stat_activit
                            " AND l.objid = 0 AND NOT l.granted AND a.application_name = %s")
 
 
-def hold_notify_lock(db, conns, threads):
-    """A writer that wrote and notified, left in its commit (holding the notify commit lock) by a
-    synchronous standby that never comes; the caller resets synchronous_standby_names."""
-    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'obr_nobody'")
-    db.execute("SELECT pg_reload_conf()")
-
-    def commit_after_notify():
-        c = db.conn(autocommit=False)
-        conns.append(c)
-        with c.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            pid = cur.fetchone()[0]
-            cur.execute(f"CREATE TEMP TABLE obr_hold_{len(conns)} (x int)")  # WAL: the commit waits
-            cur.execute("NOTIFY obr_lock_test")
-        t = threading.Thread(target=c.commit, daemon=True)
-        t.start()
-        threads.append(t)
-        while t.is_alive():
-            if db.scalar("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)) == "SyncRep":
-                return True
-        return False  # committed: the reload had not reached the checkpointer yet
-
-    wait_until(commit_after_notify, 20, "a writer's commit to wait for the standby with the notify lock held")
-
-
 def test_selftest_deadline_runs_from_its_commit(db, sink, relay):
     """The relay's own NOTIFY can wait at its commit for the notify commit lock (busy writers)
     longer than the self-test's 5 s. That says nothing about LISTEN: the relay stays ready and
     does not declare LISTEN deaf; once the lock is free its notification commits and is heard."""
     r = relay(db, env=env(OUTBOX_POLL_INTERVAL_MS=HOUR_MS, OUTBOX_LOG_LEVEL="info"))
     wait_until(lambda: metric(r, "outbox_relay_listen_selftest_ok") == 1, 15, "the self-test to pass")
-    conns, threads = [], []
-    try:
-        hold_notify_lock(db, conns, threads)
+    with NotifyLockHeld(db):
         # a new LISTEN: the relay tests itself again; its NOTIFY's commit waits for the lock
         db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                    " WHERE datname = %s AND application_name = %s", (db.name, LISTEN_APP))
@@ -96,14 +58,6 @@ def test_selftest_deadline_runs_from_its_commit(db, sink, relay):
         # longer than the 5 s deadline, which must not have started
         assert_not_within(lambda: ready_code(r) != 200 or "LISTEN heard nothing" in r.log(), 8,
                           "a verdict on LISTEN while its own NOTIFY waited to commit")
-    finally:
-        db.execute("ALTER SYSTEM RESET synchronous_standby_names")
-        db.execute("SELECT pg_reload_conf()")
-        for t in threads:
-            t.join(timeout=30)
-        for c in conns:
-            c.close()
-    assert not any(t.is_alive() for t in threads)
     wait_until(lambda: db.scalar(NOTIFY_LOCK_WAIT_BY_APP, (WORK_APP,)) == 0, 10, "the relay's NOTIFY to commit")
     assert ready_code(r) == 200 and metric(r, "outbox_relay_listen_selftest_ok") == 1
     assert "LISTEN heard nothing" not in r.log()
@@ -114,23 +68,7 @@ def test_notify_lock_waiters_on_metrics(db, relay):
     mode: the relay never notifies, so its own sampling never waits for that lock)."""
     r = relay(db, env=env(OUTBOX_MODE="poll", OUTBOX_POLL_INTERVAL_MS=100))
     wait_until(lambda: metric(r, "outbox_relay_notify_lock_waiters") == 0, 20, "the gauge to read 0")
-    conns, threads = [], []
-    try:
-        hold_notify_lock(db, conns, threads)
-        c = db.conn(autocommit=False)  # a second writer: its commit waits for the lock
-        conns.append(c)
-        with c.cursor() as cur:
-            cur.execute("NOTIFY obr_lock_test")
-        t = threading.Thread(target=c.commit, daemon=True)
-        t.start()
-        threads.append(t)
+    with NotifyLockHeld(db) as held:
+        held.waiter()  # a second writer: its commit waits for the lock
         wait_until(lambda: (metric(r, "outbox_relay_notify_lock_waiters") or 0) >= 1, 20,
                    "the gauge to count the waiting writer")
-    finally:
-        db.execute("ALTER SYSTEM RESET synchronous_standby_names")
-        db.execute("SELECT pg_reload_conf()")
-        for t in threads:
-            t.join(timeout=30)
-        for c in conns:
-            c.close()
-    assert not any(t.is_alive() for t in threads)

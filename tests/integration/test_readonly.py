@@ -9,11 +9,10 @@ the claim being tested); everything else waits for conditions."""
 
 import os
 import time
-import urllib.error
-import urllib.request
 
 from conftest import wait_until
-from relay_util import env, http_dest, insert, insert_on, keys, ready_code, relay_backends, wait_processed
+from relay_util import (env, http_dest, insert, insert_on, keys, ready_code, ready_text, relay_backends,
+                        wait_processed)
 
 WINDOW_S = 4.0
 CORE_SHARE = 0.1  # the issue's bound: well under a tenth of a core, relay and PostgreSQL together
@@ -48,14 +47,6 @@ def cluster_cpu_s(datadir) -> float:
     return total / TICK
 
 
-def ready_reason(r) -> str:
-    try:
-        with urllib.request.urlopen(r.http_url("/ready"), timeout=2) as resp:
-            return resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.read().decode()
-
-
 def test_read_only_database_costs_little_and_recovers(db, sink, relay, pg_cluster):
     r = relay(db, env=env(OUTBOX_POLL_INTERVAL_MS=1000))
     first = insert(db, [{"destinations": [http_dest(sink.url("/before"))], "payload": "before"}])
@@ -69,7 +60,7 @@ def test_read_only_database_costs_little_and_recovers(db, sink, relay, pg_cluste
             db.execute("SELECT pg_terminate_backend(%s)", (b["pid"],))
         rows = insert_on(writer, [{"destinations": [http_dest(sink.url(f"/during/{i}"))], "payload": str(i)}
                                   for i in range(20)])
-        wait_until(lambda: "read-only" in ready_reason(r), 30, "/ready to name the read-only database")
+        wait_until(lambda: "read-only" in ready_text(r), 30, "/ready to name the read-only database")
         assert ready_code(r) == 503
 
         log_mark = len(r.log())

@@ -6,12 +6,12 @@ re-read signal after a requeue."""
 import os
 import re
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import run_relay_command, uuid7, wait_until
+from relay_util import NotifyLockHeld
 
 SOURCE_ROOT = Path(os.environ.get("OBR_SOURCE_ROOT", Path(__file__).resolve().parents[2]))
 LOCK_ID = "20000000-0000-4000-8000-000000000001"
@@ -188,44 +188,9 @@ def test_sample_counts_sessions_waiting_for_the_notify_lock(db):
     st = Statements(db)
     _, rows = st.run("sample")
     assert rows[0][3] == 0
-    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'obr_nobody'")
-    db.execute("SELECT pg_reload_conf()")
-    conns, threads = [], []
-
-    def commit_after_notify(tag):
-        """A transaction that wrote and notified, committing in a thread; returns its thread and pid."""
-        c = db.conn(autocommit=False)
-        conns.append(c)
-        with c.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            pid = cur.fetchone()[0]
-            cur.execute(f"CREATE TEMP TABLE obr_lock_test_{tag} (x int)")  # WAL: the commit waits for the standby
-            cur.execute(f"NOTIFY obr_lock_test, '{tag}'")
-        t = threading.Thread(target=c.commit, daemon=True)
-        t.start()
-        threads.append(t)
-        return t, pid
-
-    def waits_for_standby(t, pid):
-        while t.is_alive():
-            if db.scalar("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)) == "SyncRep":
-                return True
-        return False  # committed: the reload had not reached the checkpointer yet
-
-    try:
-        # until the server applies the setting (the checkpointer reads it after the reload)
-        wait_until(lambda: waits_for_standby(*commit_after_notify(f"a{len(threads)}")), 20,
-                   "a commit to wait for the standby with the notify lock held")
-        commit_after_notify("b")
-        wait_until(lambda: st.run("sample")[1][0][3] == 1, 10, "the sample to count session B")
-    finally:
-        db.execute("ALTER SYSTEM RESET synchronous_standby_names")
-        db.execute("SELECT pg_reload_conf()")
-        for t in threads:
-            t.join(timeout=30)
-        for c in conns:
-            c.close()
-    assert not any(t.is_alive() for t in threads)
+    with NotifyLockHeld(db) as held:
+        held.waiter()
+        wait_until(lambda: st.run("sample")[1][0][3] == 1, 10, "the sample to count the waiting writer")
     wait_until(lambda: st.run("sample")[1][0][3] == 0, 10, "no waiter once the commits went through")
 
 

@@ -97,16 +97,26 @@ static void record_latency(struct obr_relay *r, int64_t created_ms)
 	}
 }
 
-/* The host[:port] of a URL target, for log fields; "" for an SNS topic ARN. */
-static void target_host(const char *target, char *out, size_t cap)
+/* The host's circuit is open: the row waits for the cool-down (or the probe), and this
+ * attempt does not count; the host is sick, not the row. Logged at info when a request failed,
+ * at debug when the row was put off before any (one line per row and cool-down otherwise). */
+static void defer_for_host(struct obr_relay *r, struct delivery *d, const struct obr_host *h,
+                           enum obr_log_level level)
 {
-	const char *p = strstr(target, "://");
-	size_t n = 0;
-	if (p) {
-		p += 3;
-		n = strcspn(p, "/?#");
-	}
-	snprintf(out, cap, "%.*s", (int)(n < 255 ? n : 255), p ? p : "");
+	int64_t wait = obr_host_wait_ms(h, relay_mono_ms());
+	if (wait > d->retry_after_ms)
+		d->retry_after_ms = wait;
+	if (!d->error[0])
+		snprintf(d->error, sizeof(d->error), "circuit open for host %s after %d failures in a row", h->name,
+		         h->failures);
+	r->stats.circuit_deferred++;
+	obr_log_event(level,
+	              OBR_LOGF(OBR_LOGF_S("event", "deferred"), OBR_LOGF_S("row", d->row->key),
+	                       OBR_LOGF_S("partition", d->part->key), OBR_LOGF_S("host", h->name),
+	                       OBR_LOGF_S("error", d->error), OBR_LOGF_I("wait_ms", d->retry_after_ms)),
+	              "row %s partition %s waits %lld ms for host %s, whose circuit is open; no attempt counted: %s",
+	              d->row->key, d->part->key, (long long)d->retry_after_ms, h->name, d->error);
+	add_mark(r, d, false, false, false, d->error);
 }
 
 static void finish_delivery(struct obr_relay *r, struct delivery *d)
@@ -130,25 +140,14 @@ static void finish_delivery(struct obr_relay *r, struct delivery *d)
 	 * probe): the host is sick, not the row; it waits for the cool-down without an attempt */
 	struct obr_host *sick = d->fail_dest >= 0 && d->ctx ? d->ctx[d->fail_dest].host : NULL;
 	if (sick && sick->open_until_ms && !d->permanent) {
-		int64_t wait = obr_host_wait_ms(sick, relay_mono_ms());
-		if (wait > d->retry_after_ms)
-			d->retry_after_ms = wait;
-		r->stats.circuit_deferred++;
-		obr_log_event(OBR_LOG_INFO,
-		              OBR_LOGF(OBR_LOGF_S("event", "deferred"), OBR_LOGF_S("row", row->key),
-		                       OBR_LOGF_S("partition", d->part->key), OBR_LOGF_S("host", sick->name),
-		                       OBR_LOGF_S("error", d->error), OBR_LOGF_I("wait_ms", d->retry_after_ms)),
-		              "delivery failed for row %s partition %s while the circuit of host %s is open: no attempt "
-		              "counted, waiting %lld ms: %s",
-		              row->key, d->part->key, sick->name, (long long)d->retry_after_ms, d->error);
-		add_mark(r, d, false, false, false, d->error);
+		defer_for_host(r, d, sick, OBR_LOG_INFO);
 		return;
 	}
 	bool park = attempts >= r->cfg->failure_limit || d->permanent;
 	const struct obr_destination *dest = d->fail_dest >= 0 ? &d->plan.dests[d->fail_dest] : NULL;
-	char host[256] = "";
-	if (dest)
-		target_host(dest->target, host, sizeof(host));
+	char host[OBR_HOST_NAME_MAX + 1] = "";
+	if (dest && !obr_host_of_url(dest->target, host))
+		host[0] = '\0'; /* an SNS topic ARN */
 	struct obr_log_field facts[] = {
 		OBR_LOGF_S("event", park ? "parked" : "retry"),
 		OBR_LOGF_S("row", row->key),
@@ -324,18 +323,7 @@ static void start_delivery(struct obr_relay *r, struct part *p, struct obr_host 
 	for (int i = 0; i < d->plan.ndests; i++)
 		d->ok[i] = d->plan.dests[i].already_sent;
 	if (open_host) {
-		/* the host is sick: the row waits for the cool-down, and the attempt does not count */
-		int64_t wait = obr_host_wait_ms(open_host, relay_mono_ms());
-		snprintf(d->error, sizeof(d->error), "circuit open for host %s after %d failures in a row; waiting %lld ms",
-		         open_host->name, open_host->failures, (long long)wait);
-		d->retry_after_ms = wait;
-		obr_log_event(OBR_LOG_DEBUG,
-		              OBR_LOGF(OBR_LOGF_S("event", "deferred"), OBR_LOGF_S("row", row->key),
-		                       OBR_LOGF_S("partition", p->key), OBR_LOGF_S("host", open_host->name),
-		                       OBR_LOGF_I("wait_ms", wait)),
-		              "row %s partition %s waits for host %s: %s", row->key, p->key, open_host->name, d->error);
-		r->stats.circuit_deferred++;
-		add_mark(r, d, false, false, false, d->error);
+		defer_for_host(r, d, open_host, OBR_LOG_DEBUG);
 		return;
 	}
 	for (int i = 0; i < d->plan.ndests; i++) {
