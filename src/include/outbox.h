@@ -237,6 +237,20 @@ outbox_row_set_header(struct outbox_row *row, const char *name, const char *valu
 		      struct outbox_error *err);
 
 /*
+ * W3C Trace Context: sets the row-level headers traceparent and (when tracestate is neither
+ * NULL nor empty) tracestate, which the relay sends as HTTP headers and as SQS/SNS message
+ * attributes, so the consumer continues the writer's trace. The same as migration 008 does
+ * for a transaction that sets outbox.traceparent, except that a bad value is refused here
+ * (OUTBOX_E_INVALID) rather than ignored: traceparent must be version-format
+ * "vv-<32 hex>-<16 hex>-<2 hex>", lowercase, version not ff, neither id all zeros; tracestate
+ * at most 512 printable ASCII characters. Replaces headers of these names in any case. On
+ * failure the row is as it was.
+ */
+OUTBOX_API OUTBOX_MUST_CHECK enum outbox_rc
+outbox_row_set_trace_context(struct outbox_row *row, const char *traceparent, const char *tracestate,
+			     struct outbox_error *err);
+
+/*
  * Replaces the generated idempotent key, e.g. with one derived from a business id so that
  * enqueueing the same event twice fails on the primary key instead of sending twice.
  */

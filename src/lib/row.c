@@ -574,6 +574,79 @@ outbox_row_set_header(struct outbox_row *row, const char *name, const char *valu
 	return OUTBOX_OK;
 }
 
+#define TRACESTATE_MAX 512
+
+static int
+all_lower_hex(const char *s, size_t n, int *all_zero)
+{
+	*all_zero = 1;
+	for (size_t i = 0; i < n; i++) {
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+		if (s[i] != '0')
+			*all_zero = 0;
+	}
+	return 1;
+}
+
+/* vv-<trace id 32>-<parent id 16>-<flags 2>: what 008's trigger accepts. */
+static int
+traceparent_valid(const char *tp)
+{
+	int zero;
+
+	if (strlen(tp) != 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-')
+		return 0;
+	if (!all_lower_hex(tp, 2, &zero) || (tp[0] == 'f' && tp[1] == 'f'))
+		return 0;
+	if (!all_lower_hex(tp + 3, 32, &zero) || zero)
+		return 0;
+	if (!all_lower_hex(tp + 36, 16, &zero) || zero)
+		return 0;
+	return all_lower_hex(tp + 53, 2, &zero);
+}
+
+enum outbox_rc
+outbox_row_set_trace_context(struct outbox_row *row, const char *traceparent, const char *tracestate,
+			     struct outbox_error *err)
+{
+	struct json_object *backup = NULL;
+	enum outbox_rc rc;
+
+	if (row == NULL)
+		return outbox__fail(err, OUTBOX_E_INVALID, "row is NULL");
+	if (traceparent == NULL)
+		return outbox__fail(err, OUTBOX_E_INVALID, "traceparent is NULL");
+	if (!traceparent_valid(traceparent))
+		return outbox__fail(err, OUTBOX_E_INVALID,
+				    "traceparent is not a W3C trace context (vv-<32 hex>-<16 hex>-<2 hex>, lowercase, "
+				    "ids not all zeros)");
+	if (tracestate != NULL) {
+		size_t len = strlen(tracestate);
+
+		if (len > TRACESTATE_MAX)
+			return outbox__fail(err, OUTBOX_E_TOO_BIG, "tracestate is %zu bytes, more than %d", len,
+					    TRACESTATE_MAX);
+		for (size_t i = 0; i < len; i++)
+			if ((unsigned char)tracestate[i] < 0x20 || (unsigned char)tracestate[i] > 0x7e)
+				return outbox__fail(err, OUTBOX_E_INVALID,
+						    "tracestate has a byte outside printable ASCII at offset %zu", i);
+	}
+	/* Two headers: a failure of the second puts the first one back. */
+	if (row->headers != NULL && json_object_deep_copy(row->headers, &backup, NULL) != 0)
+		return nomem(err, OUTBOX_E_NOMEM, "setting the trace context");
+	rc = outbox_row_set_header(row, "traceparent", traceparent, err);
+	if (rc == OUTBOX_OK && tracestate != NULL && tracestate[0] != '\0')
+		rc = outbox_row_set_header(row, "tracestate", tracestate, err);
+	if (rc != OUTBOX_OK) {
+		json_object_put(row->headers);
+		row->headers = backup;
+		return rc;
+	}
+	json_object_put(backup);
+	return OUTBOX_OK;
+}
+
 enum outbox_rc
 outbox__row_check(const struct outbox_row *row, size_t index, struct outbox_error *err)
 {

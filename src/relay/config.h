@@ -31,6 +31,8 @@ struct obr_config {
 	bool synchronous_commit;       /* the work connection's own commits wait for the WAL flush */
 	int64_t http_timeout_ms;
 	int64_t max_in_flight;
+	int64_t host_max_in_flight;
+	int64_t circuit_failures;
 	int64_t batch_size;
 	int64_t claim_limit;
 	int64_t fetch_bytes;           /* row data fetched and not delivered yet, at most (one row more) */

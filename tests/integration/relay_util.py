@@ -20,9 +20,11 @@ import psycopg2.extras
 from conftest import header_values, uuid7, wait_until
 
 # Listen mode with the fallback poll out of the way: whatever is delivered was pushed by NOTIFY
-# (or found by the start-up / reconnect catch-up scan, or the due timer).
+# (or found by the start-up / reconnect catch-up scan, or the due timer). The circuit breaker is
+# off: tests of retries count exact attempts of endpoints that keep failing, which an open
+# circuit would put off without counting (test_sick_endpoint.py turns it on).
 HOUR_MS = 3_600_000
-PUSH_ENV = {"OUTBOX_POLL_INTERVAL_MS": HOUR_MS, "OUTBOX_LOG_LEVEL": "debug"}
+PUSH_ENV = {"OUTBOX_POLL_INTERVAL_MS": HOUR_MS, "OUTBOX_LOG_LEVEL": "debug", "OUTBOX_CIRCUIT_FAILURES": 0}
 
 WORK_APP = "outbox-relay work"
 CLAIM_APP = "outbox-relay claim"
@@ -501,3 +503,70 @@ class SequenceWriter:
 
 
 CLAIM_APP = "outbox-relay claim"  # the connection that runs claims and scans (listen mode)
+
+
+# ---- the notify commit lock ------------------------------------------------------------------
+
+
+class NotifyLockHeld:
+    """with NotifyLockHeld(db) as held: a writer that wrote and notified is left in its commit,
+    holding the cluster-wide notify commit lock, by a synchronous standby that never comes.
+    held.waiter() adds a writer whose commit after its NOTIFY waits for that lock. On exit the
+    standby setting is reset, every commit goes through, and the connections are closed."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.conns: list = []
+        self.threads: list[threading.Thread] = []
+
+    def _commit_after_notify(self, write: bool) -> tuple[threading.Thread, int]:
+        c = self.db.conn(autocommit=False)
+        self.conns.append(c)
+        with c.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+            if write:  # WAL: the commit waits for the standby
+                cur.execute(f"CREATE TEMP TABLE obr_lock_holder_{len(self.conns)} (x int)")
+            cur.execute("NOTIFY obr_lock_test")
+        t = threading.Thread(target=c.commit, daemon=True)
+        t.start()
+        self.threads.append(t)
+        return t, pid
+
+    def _holds(self) -> bool:
+        t, pid = self._commit_after_notify(write=True)
+        while t.is_alive():
+            if self.db.scalar("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)) == "SyncRep":
+                return True
+        return False  # committed: the reload had not reached the checkpointer yet
+
+    def waiter(self) -> None:
+        self._commit_after_notify(write=False)
+
+    def __enter__(self) -> "NotifyLockHeld":
+        self.db.execute("ALTER SYSTEM SET synchronous_standby_names = 'obr_nobody'")
+        self.db.execute("SELECT pg_reload_conf()")
+        try:
+            wait_until(self._holds, 20, "a writer's commit to wait for the standby with the notify lock held")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.db.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        self.db.execute("SELECT pg_reload_conf()")
+        for t in self.threads:
+            t.join(timeout=30)
+        for c in self.conns:
+            c.close()
+        assert not any(t.is_alive() for t in self.threads), "a commit still waits after the reset"
+
+
+def ready_text(relay_proc, timeout: float = 2) -> str:
+    """The body of GET /ready (its reason when not ready)."""
+    try:
+        with urllib.request.urlopen(relay_proc.http_url("/ready"), timeout=timeout) as resp:
+            return resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()

@@ -1,7 +1,9 @@
 """Failures: retries with backoff and head-of-line blocking, parking at the failure limit,
 re-sending only the failed destinations, timeouts and dropped connections, malformed rows."""
 
+import email.utils
 import re
+import time
 
 import pytest
 
@@ -250,7 +252,7 @@ def wait_recorded(db, relay_proc, row_keys, timeout):
     row_keys = [str(k) for k in row_keys]
 
     def settled():
-        if "could not record" in relay_proc.log():
+        if "results statement failed" in relay_proc.log():
             return "the results statement failed"
         if db.scalar("SELECT count(*) FROM outbox WHERE idempotent_key = ANY(%s::uuid[])"
                      " AND processed_at IS NOT NULL", (row_keys,)) == len(row_keys):
@@ -264,7 +266,7 @@ def wait_recorded(db, relay_proc, row_keys, timeout):
         if state != "done":
             relay_proc.kill()
     assert state == "done", "\n".join(line for line in relay_proc.log().splitlines()
-                                       if "could not record" in line or "statement failed" in line)[:1500]
+                                       if "statement failed" in line)[:1500]
 
 
 def test_long_multibyte_error_answer_is_stored(db, sink, relay):
@@ -324,3 +326,32 @@ def test_error_answer_that_is_not_utf8_is_stored(db, sink, relay):
         assert len(server.requests) == 2
     finally:
         server.close()
+
+
+def test_retry_after_sets_the_next_attempt(db, sink, relay):
+    """Issue 15 item 2: a 429 or 503 with Retry-After (seconds, or an HTTP date) sets that row's
+    next attempt, capped by OUTBOX_RETRY_MAX_MS; on other statuses it is ignored. The normal
+    backoff here is at least 30 s, so a retry within seconds can only come from Retry-After."""
+    soon = email.utils.formatdate(time.time() + 3, usegmt=True)
+    sink.rules([{"path": "/429", "status": 429, "headers": {"Retry-After": "2"}, "times": 1},
+                {"path": "/503", "status": 503, "headers": {"Retry-After": soon}, "times": 1},
+                {"path": "/capped", "status": 503, "headers": {"Retry-After": "86400"}, "times": 1},
+                {"path": "/500", "status": 500, "headers": {"Retry-After": "1"}, "times": 1}])
+    relay(db, env=env(OUTBOX_RETRY_BASE_MS=60000, OUTBOX_RETRY_MAX_MS=90000))
+    rows = insert(db, [{"destinations": [http_dest(sink.url(p))], "payload": p}
+                       for p in ("/429", "/503", "/capped", "/500")])
+    k429, k503, kcap, k500 = keys(rows)
+    failed = {k: wait_row(db, k, lambda r: r["attempts"] == 1, f"the first attempt of {k}") for k in keys(rows)}
+    sent = {}
+    for rec in sorted(sink.requests(), key=lambda rec: rec["seq"]):
+        sent.setdefault(rec["path"], rec["time_us"] / 1e6)  # the first attempt's
+
+    def pause(key, path):
+        return failed[key]["retry_after"].timestamp() - sent[path]
+
+    assert 1.0 <= pause(k429, "/429") <= 3.5, pause(k429, "/429")
+    assert 1.0 <= pause(k503, "/503") <= 4.5, pause(k503, "/503")
+    assert 80 <= pause(kcap, "/capped") <= 91, pause(kcap, "/capped")  # OUTBOX_RETRY_MAX_MS
+    assert pause(k500, "/500") >= 29, pause(k500, "/500")               # the normal backoff
+    assert "429" in failed[k429]["last_error"]
+    wait_processed(db, [k429, k503], timeout=20)

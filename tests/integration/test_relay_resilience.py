@@ -1,6 +1,7 @@
 """Resilience: a PostgreSQL restart mid-run, graceful and forced shutdown, leases shorter than
 a slow endpoint, takeover after a crash, and configuration checks at start."""
 
+import collections
 import json
 import random
 import re
@@ -12,7 +13,8 @@ import pytest
 
 from conftest import SOURCE_ROOT, uuid7, wait_until
 from relay_util import (CLAIM_APP, LISTEN_APP, WORK_APP, assert_each_once, by_key, env, http_dest, insert,
-                        instance_id, keys, relay_backends, rows_by_key, wait_no_leases, wait_processed)
+                        instance_id, keys, metric, relay_backends, rows_by_key, wait_no_leases,
+                        wait_processed)
 
 
 def rows_for(sink_url, parts, seq, tag):
@@ -190,6 +192,57 @@ def test_lease_shorter_than_slow_endpoint_is_renewed(db, sink, relay):
         log = r.log()
         assert "taken over" not in log and "lost to another instance" not in log, log[-2000:]
     wait_no_leases(db)
+
+
+def test_results_statement_stalled_past_the_lease(db, sink, relay):
+    """Issue 12 item 4: two instances, 1 s leases. The holder's results statement for row 0 waits
+    on a row lock another session holds, longer than the lease. Its work connection cancels the
+    statement at a third of the lease (statement_timeout), so renewals still go out, and no row
+    starts after the lease's local deadline without a renewal. Afterwards no row of the
+    partition was delivered twice except row 0 (in flight when the stall began), and order
+    holds. Without both, the lease expired behind the stalled statement, the other instance took
+    the partition over, and both sent row 1."""
+    part = str(uuid7())
+    sink.rules([{"path": f"/fence/{part}/0", "delay_ms": 1500, "times": 1}])
+    settings = env(OUTBOX_LEASE_MS=1000, OUTBOX_POLL_INTERVAL_MS=200, OUTBOX_LOG_LEVEL="info")
+    holder = relay(db, env=settings)
+    rows = insert(db, [{"partition_key": part, "destinations": [http_dest(f"{sink.base_url}/fence/{part}/{i}")],
+                        "payload": json.dumps({"p": part, "s": i})} for i in range(8)])
+    wait_until(lambda: any(r["path"] == f"/fence/{part}/0" for r in sink.requests()), 15, "row 0 to be sent")
+    other = relay(db, env=settings)
+    locker = db.conn(autocommit=False)
+    try:
+        with locker.cursor() as cur:  # row 0's result must wait for this transaction
+            cur.execute("SELECT 1 FROM outbox WHERE idempotent_key = %s FOR UPDATE", (rows[0]["idempotent_key"],))
+
+        def stalled_past_lease():
+            log = holder.log()
+            if "statement timeout" in log:
+                return "cancelled"
+            expired = db.scalar("SELECT count(*) FROM outbox_lock WHERE partition_key = %s"
+                                " AND processing_until < clock_timestamp()", (part,))
+            return "expired" if expired else None
+
+        wait_until(stalled_past_lease, 20, "the results statement to stall past the lease")
+        # the other instance has looked for partitions to take over since: three more scans,
+        # or a claim of the expired lease that waits for the stalled statement's lease lock
+        scans = metric(other, "outbox_relay_polls_total") or 0
+
+        def other_looked():
+            if any(b["wait_event_type"] == "Lock" for b in relay_backends(db, CLAIM_APP)):
+                return "claim waits"
+            return (metric(other, "outbox_relay_polls_total") or 0) >= scans + 3
+
+        wait_until(other_looked, 15, "the other instance to look for partitions to take over")
+    finally:
+        locker.commit()
+        locker.close()
+    wait_processed(db, keys(rows), timeout=30)
+    records = [r for r in sink.requests() if r["path"].startswith(f"/fence/{part}/")]
+    counts = collections.Counter(r["path"] for r in records)
+    assert all(counts[f"/fence/{part}/{i}"] == 1 for i in range(1, 8)), counts
+    assert collapsed_sequences(records) == {part: list(range(8))}
+    assert holder.alive() and other.alive()
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -401,6 +454,6 @@ def test_sigterm_exits_within_grace_even_if_results_cannot_be_written(db, sink, 
     """)
     r = relay(db, env=env(OUTBOX_SHUTDOWN_GRACE_MS=1000, OUTBOX_LOG_LEVEL="info"))
     insert(db, [{"destinations": [http_dest(sink.url("/poison"))], "payload": "poison"}])
-    r.wait_for_log("could not record", timeout=10)
+    r.wait_for_log("results statement failed", timeout=10)
     code = r.stop(timeout=4)  # kills and fails if it does not exit within 4 s
     assert code == 0

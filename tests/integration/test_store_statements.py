@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_relay_command, uuid7, wait_until
+from relay_util import NotifyLockHeld
 
 SOURCE_ROOT = Path(os.environ.get("OBR_SOURCE_ROOT", Path(__file__).resolve().parents[2]))
 LOCK_ID = "20000000-0000-4000-8000-000000000001"
@@ -77,7 +78,7 @@ def test_every_result_column_the_engine_reads_is_named_in_store_h(db):
     cols, _ = st.run("advance", LOCK_ID, [part], 4, 30000, BUDGET)
     assert len(cols) == heads
     for name in ("complete", "complete_delete"):
-        cols, _ = st.run(name, [], [], [], [], [], [], [], LOCK_ID, [part], 4, 30000, BUDGET)
+        cols, _ = st.run(name, [], [], [], [], [], [], [], LOCK_ID, [part], 4, 30000, BUDGET, [])
         assert len(cols) == heads, name
     assert len(st.run("scan", 10, LOCK_ID)[0]) == len(enum_members("obr_scan_col"))
     assert len(st.run("renew", LOCK_ID, 30000)[0]) == len(enum_members("obr_renew_col"))
@@ -179,6 +180,20 @@ def test_due_times_are_clamped_and_never_fail(db):
     assert rows[0][0] == 1, "the '-infinity' row is due"
 
 
+def test_sample_counts_sessions_waiting_for_the_notify_lock(db):
+    """Issue 15 item 4: the sample's last column counts sessions waiting for the cluster-wide
+    lock that a committing transaction which notified holds through its commit. Forced here: a
+    synchronous standby that never comes makes session A wait at its commit (after NOTIFY and a
+    write) with the lock held, so session B's commit after its NOTIFY waits for the lock."""
+    st = Statements(db)
+    _, rows = st.run("sample")
+    assert rows[0][3] == 0
+    with NotifyLockHeld(db) as held:
+        held.waiter()
+        wait_until(lambda: st.run("sample")[1][0][3] == 1, 10, "the sample to count the waiting writer")
+    wait_until(lambda: st.run("sample")[1][0][3] == 0, 10, "no waiter once the commits went through")
+
+
 def test_heads_fetch_at_most_the_byte_budget(db):
     """The claim, the advance and the results statement return a due row's data (destinations,
     headers, payload) only while the due rows before it in the result came to less than the
@@ -209,7 +224,7 @@ def test_heads_fetch_at_most_the_byte_budget(db):
     _, rows = st.run("advance", LOCK_ID, [a, b], 10, 30000, 0)
     assert fetched(rows) == [(a, k, False) for k in keys_a] + [(b, key_b, False)]
     none = ([], [], [], [], [], [], [])
-    _, rows = st.run("complete", *none, LOCK_ID, [b], 10, 30000, 10)
+    _, rows = st.run("complete", *none, LOCK_ID, [b], 10, 30000, 10, [])
     assert fetched(rows) == [(b, key_b, True)]
 
     with st.conn.cursor() as cur:
@@ -239,12 +254,12 @@ def test_complete_asks_for_a_reread_when_a_requeued_row_sorts_first(db, name):
     none = ([], [], [], [], [], [], [])
 
     # row 2 delivered, nothing requeued: no extra row
-    _, rows = st.run(name, [r2], *none[1:], LOCK_ID, [], 4, 30000, BUDGET)
+    _, rows = st.run(name, [r2], *none[1:], LOCK_ID, [], 4, 30000, BUDGET, [])
     assert rows == []
 
     res = run_relay_command(["requeue", "--key", r1], db.url)
     assert res.returncode == 0, res.stdout + res.stderr
-    _, rows = st.run(name, [r3], *none[1:], LOCK_ID, [], 4, 30000, BUDGET)
+    _, rows = st.run(name, [r3], *none[1:], LOCK_ID, [], 4, 30000, BUDGET, [])
     assert rows == [(part, "reread") + (None,) * 9]
     cols, rows = st.run("advance", LOCK_ID, [part], 4, 30000, BUDGET)
     assert [(r[1], r[2]) for r in rows] == [("held", r1), ("held", r4)]
@@ -252,8 +267,37 @@ def test_complete_asks_for_a_reread_when_a_requeued_row_sorts_first(db, name):
     # a partition the statement advances anyway gets no reread row: the advance is the re-read
     db.execute("UPDATE outbox SET dead_at = now() WHERE idempotent_key = %s", (r1,))
     r0 = insert(db, part, process_after="now() - interval '10 seconds'")
-    _, rows = st.run(name, [r4], *none[1:], LOCK_ID, [part], 4, 30000, BUDGET)
+    _, rows = st.run(name, [r4], *none[1:], LOCK_ID, [part], 4, 30000, BUDGET, [])
     assert [(r[1], r[2]) for r in rows] == [("held", r0)]
+
+
+@pytest.mark.parametrize("name", ["complete", "complete_delete"])
+def test_a_results_statement_applied_twice_counts_once(db, name):
+    """Issue 12 item 6: a results statement that committed but whose answer was lost with its
+    connection is sent again after the reconnect. Its failures carry the attempts each row was
+    fetched with, so the second application changes nothing: a retry is counted once, a
+    parking happens once (its dead_at and error stay the first's), a success stays done."""
+    st = Statements(db)
+    part, parked_part, done_part = str(uuid7()), str(uuid7()), str(uuid7())
+    retried, parked, done = insert(db, part), insert(db, parked_part), insert(db, done_part)
+    db.execute("UPDATE outbox SET attempts = 4 WHERE idempotent_key = %s", (parked,))
+    st.run("claim", LOCK_ID, [part, parked_part, done_part], 4, 30000, BUDGET)
+    for _ in range(2):
+        st.run(name, [done], [retried, parked], '{"first error","parked error"}', [1000, 0], ["f", "t"],
+               '{"{}","{}"}', ["t", "t"], LOCK_ID, [], 4, 30000, BUDGET, [0, 4])
+    rows = {r["idempotent_key"]: r for r in db.query_dicts(
+        "SELECT idempotent_key::text, attempts, dead_at, last_error, processed_at FROM outbox")}
+    assert rows[retried]["attempts"] == 1 and rows[retried]["dead_at"] is None
+    assert rows[parked]["attempts"] == 5 and rows[parked]["dead_at"] is not None
+    if name == "complete":
+        assert rows[done]["processed_at"] is not None and rows[done]["attempts"] == 1
+    else:
+        assert done not in rows
+    # the relay's next attempt of the retried row (fetched again with attempts 1) counts
+    st.run(name, [], [retried], '{"second error"}', [1000], ["f"], '{"{}"}', ["t"], LOCK_ID, [], 4, 30000,
+           BUDGET, [1])
+    assert db.scalar("SELECT attempts FROM outbox WHERE idempotent_key = %s", (retried,)) == 2
+    assert db.scalar("SELECT last_error FROM outbox WHERE idempotent_key = %s", (retried,)) == "second error"
 
 
 def test_a_row_requeued_while_its_partition_is_held_keeps_its_place(db, sink, relay):

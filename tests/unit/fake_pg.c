@@ -16,6 +16,8 @@ struct obr_pg {
 	bool fail_next_send;
 	PGresult *handing;          /* the result whose callback is running */
 	uint64_t reconnects;
+	int statement_timeout_ms;
+	bool session_dropped;       /* obr_pg_drop_session_state was called */
 	struct fake_query *head, *tail;
 };
 
@@ -89,6 +91,36 @@ void obr_pg_reset(struct obr_pg *pg, const char *why)
 {
 	if (pg->up)
 		fake_pg_drop(pg, why);
+}
+
+int obr_pg_drop_session_state(struct obr_pg *pg)
+{
+	pg->statement_timeout_ms = 0;
+	pg->session_dropped = true;
+	return 0;
+}
+
+bool fake_pg_session_dropped(const struct obr_pg *pg)
+{
+	return pg->session_dropped;
+}
+
+int fake_pg_statement_timeout(const struct obr_pg *pg)
+{
+	return pg->statement_timeout_ms;
+}
+
+int obr_pg_set_statement_timeout(struct obr_pg *pg, int ms)
+{
+	pg->statement_timeout_ms = ms;
+	return 0;
+}
+
+/* As pg.c: fake error results (PQmakeEmptyPGresult) carry no SQLSTATE. */
+const char *obr_pg_sqlstate(const PGresult *res)
+{
+	const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	return s ? s : "";
 }
 
 uint64_t obr_pg_reconnects(const struct obr_pg *pg)

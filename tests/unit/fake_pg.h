@@ -53,4 +53,10 @@ void fake_result_row(PGresult *res, const char *const *values);
 /* An error result, for fake_pg_answer(pg, res, message). */
 PGresult *fake_error_result(void);
 
+/* What the engine asked for with obr_pg_set_statement_timeout (0: nothing). */
+int fake_pg_statement_timeout(const struct obr_pg *pg);
+
+/* Whether the engine dropped the connection's session state (obr_pg_drop_session_state). */
+bool fake_pg_session_dropped(const struct obr_pg *pg);
+
 #endif

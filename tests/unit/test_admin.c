@@ -163,6 +163,33 @@ static void test_sampled_gauges_absent_until_sampled(void)
 	free(doc);
 }
 
+/* Per-host series for the hosts in use or sick; host names come from rows: escaped. */
+static void test_host_series(void)
+{
+	struct obr_relay_stats st = sample_stats();
+	st.circuits_open = 1;
+	st.circuit_deferred = 7;
+	char *doc = format(&st, true);
+	char v[64];
+	CHECK(doc != NULL);
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_circuits_open", v, sizeof(v)), "1");
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_circuit_deferred_total", v, sizeof(v)), "7");
+	CHECK(strstr(doc, "outbox_relay_host_") == NULL); /* no host in use */
+	free(doc);
+	st.nhosts = 2;
+	snprintf(st.hosts[0].name, sizeof(st.hosts[0].name), "sick.example:8443");
+	st.hosts[0].failures = 12;
+	st.hosts[0].open = true;
+	snprintf(st.hosts[1].name, sizeof(st.hosts[1].name), "a\"b\\c");
+	st.hosts[1].in_flight = 3;
+	doc = format(&st, true);
+	CHECK(doc != NULL);
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_host_circuit_open{host=\"sick.example:8443\"}", v, sizeof(v)), "1");
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_host_failures{host=\"sick.example:8443\"}", v, sizeof(v)), "12");
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_host_requests_in_flight{host=\"a\\\"b\\\\c\"}", v, sizeof(v)), "3");
+	free(doc);
+}
+
 /* Every line is a HELP, a TYPE or a sample of the family last typed; each family is typed once. */
 static void test_exposition_format(void)
 {
@@ -202,7 +229,7 @@ static void test_exposition_format(void)
 		samples++;
 	}
 	CHECK_INT_EQ(helps, types);
-	CHECK_INT_EQ(types, 20);
+	CHECK_INT_EQ(types, 24); /* listen_selftest_ok and notify_lock_waiters are present (0 here) */
 	CHECK(samples > types);
 	/* no secrets: the document never names a database */
 	CHECK(strstr(doc, "postgres") == NULL);
@@ -227,6 +254,7 @@ int main(int argc, char **argv)
 		TEST(test_histogram_is_cumulative),
 		TEST(test_sampled_gauges_absent_until_sampled),
 		TEST(test_exposition_format),
+		TEST(test_host_series),
 		TEST(test_size_cap),
 		TEST_END,
 	};

@@ -27,6 +27,9 @@
 #define ROW_1 "0190a000-0000-7000-8000-000000000001"
 #define ROW_2 "0190a000-0000-7000-8000-000000000002"
 #define ROW_3 "0190a000-0000-7000-8000-000000000003"
+#define ROW_4 "0190a000-0000-7000-8000-000000000004"
+#define PART_C "0190a000-0000-7000-8000-00000000000c"
+#define PART_D "0190a000-0000-7000-8000-00000000000d"
 #define DESTS "[{\"url\":\"http://127.0.0.1:9/hook\"}]"
 
 struct env {
@@ -121,6 +124,27 @@ static enum part_state state_of(struct env *e, const char *key)
 	return p ? p->state : PS_COUNT; /* PS_COUNT: not in the table (freed) */
 }
 
+/* The work connection's running statement is the self-test's NOTIFY: answer it, and deliver
+ * the notification on the listen connection when heard. */
+static bool selftest_answered(struct env *e, bool heard)
+{
+	if (head_is(e->work, OBR_SQL_LASTLOOK)) {
+		/* the last look after a (re)connect goes first: nothing in progress */
+		fake_pg_answer(e->work, last_look(true, true, "9:9:"), NULL);
+		settle(e);
+	}
+	struct fake_query *q = fake_pg_head(e->work);
+	if (!q || !strstr(q->sql, "pg_notify") || q->nparams != 2 || strcmp(q->params[0], "outbox") != 0)
+		return false;
+	char token[128];
+	snprintf(token, sizeof(token), "%s", q->params[1]);
+	fake_pg_answer(e->work, empty(1), NULL);
+	if (heard)
+		fake_pg_notify(e->listen, "outbox", token);
+	settle(e);
+	return true;
+}
+
 /* A relay with its three connections up, its first scan and sample answered: idle. */
 static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 {
@@ -149,17 +173,23 @@ static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 	fake_pg_connect(e->work);
 	fake_pg_connect(e->claim);
 	settle(e);
-	/* the catch-up scan, the gauges, and the last look after connecting (nothing in progress:
-	 * it asks for one more scan) */
-	bool scanned = false, sampled = false, looked = false;
+	/* the LISTEN self-test, the catch-up scan, the gauges, and the last look after connecting
+	 * (nothing in progress: it asks for one more scan), in whatever order the relay sends them */
+	bool tested = false, scanned = false, sampled = false, looked = false;
 	for (int i = 0; i < 8 && (fake_pg_head(e->work) || fake_pg_head(e->claim)); i++) {
-		if (head_is(e->work, OBR_SQL_SAMPLE) && !sampled) {
+		struct fake_query *q = fake_pg_head(e->work);
+		if (q && strstr(q->sql, "pg_notify") && !tested) {
+			if (!selftest_answered(e, true))
+				return false;
+			tested = true;
+			continue;
+		} else if (head_is(e->work, OBR_SQL_SAMPLE) && !sampled) {
 			fake_pg_answer(e->work, fake_error_result(), "not in this test");
 			sampled = true;
 		} else if (head_is(e->work, OBR_SQL_LASTLOOK) && !looked) {
 			fake_pg_answer(e->work, last_look(true, true, "9:9:"), NULL);
 			looked = true;
-		} else if (fake_pg_head(e->work)) {
+		} else if (q) {
 			return false;
 		}
 		if (head_is(e->claim, OBR_SQL_SCAN)) {
@@ -170,7 +200,7 @@ static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 		}
 		settle(e);
 	}
-	return scanned && sampled && looked && !fake_pg_head(e->work) && !fake_pg_head(e->claim);
+	return tested && scanned && sampled && looked && !fake_pg_head(e->work) && !fake_pg_head(e->claim);
 }
 
 static void env_free(struct env *e)
@@ -518,8 +548,186 @@ static void test_error_after_result(void)
 	fake_pg_finish(e.work);
 	settle(&e);
 	CHECK_INT_EQ(fake_send_count(), 0);
-	CHECK(e.r->complete_paused); /* refused: backing off, then written again */
+	CHECK(relay_backing_off(e.r, SK_COMPLETE)); /* refused: backing off, then written again */
 	CHECK_INT_EQ(e.r->marks.len, 1);
+	env_free(&e);
+}
+
+/* Issue 12 item 6: a refused results statement backs off; then its results go one per
+ * statement (to find a bad one), but results that were not in it go together again: steady
+ * load must not keep the relay writing one result per statement. */
+static void test_isolate_only_the_refused_results(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	const char *r1[] = { ROW_1 }, *r2[] = { ROW_2 }, *r3[] = { ROW_3 }, *r4[] = { ROW_4 };
+	CHECK(claim_with_rows(&e, PART_A, r1, 1));
+	CHECK(claim_with_rows(&e, PART_B, r2, 1));
+	fake_send_answer(0, true);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK(strstr(param(e.work, 0), ROW_1) && strstr(param(e.work, 0), ROW_2));
+	fake_pg_answer(e.work, fake_error_result(), "deadlock detected");
+	settle(&e);
+	CHECK(relay_backing_off(e.r, SK_COMPLETE));
+	CHECK(!fake_pg_head(e.work)); /* nothing during the backoff */
+	/* meanwhile two more partitions finish a row */
+	CHECK(claim_with_rows(&e, PART_C, r3, 1));
+	CHECK(claim_with_rows(&e, PART_D, r4, 1));
+	fake_send_answer(0, true);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(!fake_pg_head(e.work));
+	/* after the backoff: the two refused results, each alone */
+	const char *alone[2];
+	for (int i = 0; i < 2; i++) {
+		CHECK(wait_for(&e, e.work, OBR_SQL_COMPLETE));
+		const char *p0 = param(e.work, 0);
+		CHECK(p0 && (!strcmp(p0, "{" ROW_1 "}") || !strcmp(p0, "{" ROW_2 "}")));
+		alone[i] = p0 && strstr(p0, ROW_1) ? ROW_1 : ROW_2;
+		fake_pg_answer(e.work, heads(), NULL);
+		settle(&e);
+	}
+	CHECK(strcmp(alone[0], alone[1]) != 0);
+	CHECK(!relay_backing_off(e.r, SK_COMPLETE));
+	/* the others together */
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK(param(e.work, 0) && strstr(param(e.work, 0), ROW_3) && strstr(param(e.work, 0), ROW_4));
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	env_free(&e);
+}
+
+/* Issue 12 item 4: a results statement stalls past the lease (a row lock, an I/O stall): the
+ * renewals cannot go out on the busy connection, so when it finally answers, the next fetched
+ * row must not start before the lease is confirmed; an advance renews it (or finds it lost)
+ * and fetches the head again. The work connection's statement_timeout is a third of the lease. */
+static void test_no_row_starts_past_the_lease_deadline(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "1000", "8000"));
+	CHECK_INT_EQ(fake_pg_statement_timeout(e.work), 333);
+	CHECK_INT_EQ(fake_pg_statement_timeout(e.claim), 0);
+	const char *rows[] = { ROW_1, ROW_2 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 2));
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	/* the statement stalls past 80% of the lease */
+	int64_t until = now_ms() + 900;
+	while (now_ms() < until) {
+		struct timeval tv = { 0, 20000 };
+		event_base_loopexit(e.base, &tv);
+		event_base_dispatch(e.base);
+	}
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE)); /* nothing else could go meanwhile */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 0); /* ROW_2 fetched, but not started */
+	CHECK_INT_EQ(fake_send_started(), 1);
+	CHECK(state_of(&e, PART_A) == PS_ADVANCE_WANTED || state_of(&e, PART_A) == PS_ADVANCING);
+	if (head_is(e.work, OBR_SQL_RENEW)) {
+		PGresult *ren = empty(1);
+		const char *v[] = { PART_A };
+		fake_result_row(ren, v);
+		fake_pg_answer(e.work, ren, NULL);
+		settle(&e);
+	}
+	CHECK(head_is(e.work, OBR_SQL_ADVANCE));
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_2);
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(fake_send_count(), 1); /* renewed by the advance: ROW_2 goes now */
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	fake_send_answer(0, true);
+	settle(&e);
+	env_free(&e);
+}
+
+/* Issue 15 item 3: LISTEN that hears nothing (a transaction pooler) is found by the self-test:
+ * /ready says so, the relay polls every second, and tests again; a passing test ends it. Other
+ * instances' self-tests are not partitions. */
+static void test_listen_selftest(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	char why[256];
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
+	/* another instance's self-test: ignored, no scan, no claim */
+	fake_pg_notify(e.listen, "outbox", "outbox-relay-selftest 11111111-2222-4333-8444-555555555555 1");
+	settle(&e);
+	CHECK(!fake_pg_head(e.claim) && !fake_pg_head(e.work));
+
+	/* the listen connection comes back, and this time nothing is heard */
+	fake_pg_drop(e.listen, "gone");
+	fake_pg_connect(e.listen);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_SCAN)); /* the catch-up scan */
+	fake_pg_answer(e.claim, empty(2), NULL);
+	CHECK(selftest_answered(&e, false));
+	listen_selftest_timeout(e.r); /* what its timer does after SELFTEST_TIMEOUT_MS */
+	CHECK(!obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK(strstr(why, "LISTEN hears no notifications") != NULL);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 0);
+	CHECK(e.r->listen_deaf);
+	/* tested again later: heard */
+	listen_selftest_retry(e.r);
+	settle(&e);
+	CHECK(selftest_answered(&e, true));
+	CHECK(!e.r->listen_deaf);
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
+	env_free(&e);
+}
+
+/* The self-test's deadline runs from the commit of its NOTIFY, not from the send: a NOTIFY
+ * whose commit waits (for the notify commit lock behind busy writers, a slow WAL flush, a
+ * statement backoff) says nothing about LISTEN, and must not make the relay unready. A
+ * notification heard before the statement's answer needs no deadline at all. */
+static void test_listen_selftest_deadline_from_commit(void)
+{
+	struct env e;
+	CHECK(env_start(&e, "30000", "8000"));
+	char why[256];
+	fake_pg_drop(e.listen, "gone");
+	fake_pg_connect(e.listen);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_SCAN));
+	fake_pg_answer(e.claim, empty(2), NULL);
+	CHECK(head_is(e.work, OBR_SQL_LASTLOOK)); /* after the reconnect; nothing in progress */
+	fake_pg_answer(e.work, last_look(true, true, "9:9:"), NULL);
+	settle(&e);
+	struct fake_query *q = fake_pg_head(e.work);
+	CHECK(q && strstr(q->sql, "pg_notify") != NULL);
+	/* sent, not committed yet: no deadline runs */
+	CHECK(!evtimer_pending(e.r->selftest_timeout_ev, NULL));
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK(!e.r->listen_deaf);
+	/* committed: now it must arrive in time */
+	CHECK(selftest_answered(&e, false));
+	CHECK(evtimer_pending(e.r->selftest_timeout_ev, NULL));
+	listen_selftest_timeout(e.r);
+	CHECK(e.r->listen_deaf);
+	CHECK(!obr_relay_ready(e.r, why, sizeof(why)));
+
+	/* heard before its statement's answer came in: passed, and no deadline is left behind */
+	listen_selftest_retry(e.r);
+	settle(&e);
+	q = fake_pg_head(e.work);
+	CHECK(q && strstr(q->sql, "pg_notify") != NULL && q->nparams == 2);
+	char token[128];
+	snprintf(token, sizeof(token), "%s", q->params[1]);
+	fake_pg_notify(e.listen, "outbox", token);
+	settle(&e);
+	CHECK(!e.r->listen_deaf);
+	fake_pg_answer(e.work, empty(1), NULL);
+	settle(&e);
+	CHECK(!evtimer_pending(e.r->selftest_timeout_ev, NULL));
+	CHECK(obr_relay_ready(e.r, why, sizeof(why)));
+	CHECK_INT_EQ(obr_relay_stats(e.r)->listen_selftest_ok, 1);
 	env_free(&e);
 }
 
@@ -756,6 +964,10 @@ int main(int argc, char **argv)
 		TEST(test_results_connection_lost),
 		TEST(test_results_answered_twice),
 		TEST(test_error_after_result),
+		TEST(test_isolate_only_the_refused_results),
+		TEST(test_no_row_starts_past_the_lease_deadline),
+		TEST(test_listen_selftest),
+		TEST(test_listen_selftest_deadline_from_commit),
 		TEST(test_result_final_at_statement_end),
 		TEST(test_lost_while_sending),
 		TEST(test_claim_connection_lost),

@@ -311,6 +311,55 @@ test_set_header_replaces_ignoring_case(void)
 	outbox_row_free(row);
 }
 
+#define TP "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+/* Issue 15 item 4: the trace context as an argument, with 008's rules, refused when bad. */
+static void
+test_trace_context(void)
+{
+	struct outbox_row *row = NULL;
+	struct outbox_error err;
+	static const char *const bad[] = {
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",     /* no flags */
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  /* uppercase */
+		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  /* version ff */
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01",  /* zero trace id */
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  /* zero parent id */
+		"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+		"",
+	};
+	char big[600];
+
+	CHECK_INT_EQ(outbox_row_sqs(&row, PK, QUEUE, NULL, 0, "p", NULL), OUTBOX_OK);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		CHECK_INT_EQ(outbox_row_set_trace_context(row, bad[i], NULL, &err), OUTBOX_E_INVALID);
+		CHECK(strstr(err.message, "traceparent") != NULL);
+	}
+	CHECK_INT_EQ(outbox_row_set_trace_context(row, NULL, NULL, &err), OUTBOX_E_INVALID);
+	CHECK(outbox_row_headers_json(row) == NULL); /* nothing set by a refusal */
+
+	CHECK_INT_EQ(outbox_row_set_header(row, "TraceParent", "old", NULL), OUTBOX_OK);
+	CHECK_INT_EQ(outbox_row_set_trace_context(row, TP, "congo=t61rcWkgMzE", &err), OUTBOX_OK);
+	CHECK_STR_EQ(outbox_row_headers_json(row),
+		     "{\"traceparent\":\"" TP "\",\"tracestate\":\"congo=t61rcWkgMzE\"}");
+	/* an empty tracestate sets only the traceparent */
+	outbox_row_free(row);
+	row = NULL;
+	CHECK_INT_EQ(outbox_row_sqs(&row, PK, QUEUE, NULL, 0, "p", NULL), OUTBOX_OK);
+	CHECK_INT_EQ(outbox_row_set_trace_context(row, TP, "", NULL), OUTBOX_OK);
+	CHECK_STR_EQ(outbox_row_headers_json(row), "{\"traceparent\":\"" TP "\"}");
+	/* a bad tracestate changes nothing */
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	CHECK_INT_EQ(outbox_row_set_trace_context(row, TP, big, &err), OUTBOX_E_TOO_BIG);
+	CHECK_INT_EQ(outbox_row_set_trace_context(row, TP, "a=\x01", &err), OUTBOX_E_INVALID);
+	CHECK(strstr(err.message, "tracestate") != NULL);
+	CHECK_STR_EQ(outbox_row_headers_json(row), "{\"traceparent\":\"" TP "\"}");
+	CHECK_INT_EQ(outbox_row_set_trace_context(NULL, TP, NULL, &err), OUTBOX_E_INVALID);
+	outbox_row_free(row);
+}
+
 static void
 test_keys(void)
 {
@@ -1056,6 +1105,7 @@ main(int argc, char **argv)
 		TEST(test_array_literal_limit),
 		TEST(test_timestamps),
 		TEST(test_error_messages),
+		TEST(test_trace_context),
 		TEST(test_shared_cases),
 		TEST(test_builders_refuse_what_the_relay_parks),
 		TEST_END,

@@ -1,7 +1,8 @@
 /*
  * test_util.c - the small modules of src/relay/util: numbers as text (numfmt.c) and the
- * clock helpers (clock.c).
+ * clock helpers (clock.c), backoff with a rate-limited log (backoff.c).
  */
+#include "util/backoff.h"
 #include "util/clock.h"
 #include "util/numfmt.h"
 #include "harness.h"
@@ -72,12 +73,62 @@ static void test_monotonic(void)
 	CHECK(ms >= a / 1000 && ms <= b / 1000);
 }
 
+/* The pause doubles from min to max, jittered within [next/2, next]; a success starts over. */
+static void test_backoff_pauses(void)
+{
+	struct obr_backoff b;
+	obr_backoff_init(&b, 100, 30000);
+	CHECK(!obr_backoff_waiting(&b, 0));
+	int64_t want = 100, now = 1000;
+	for (int i = 0; i < 12; i++) {
+		int64_t lo = obr_backoff_failed(&b, now, 0);
+		CHECK_INT_EQ(lo, want - want / 2);
+		CHECK(obr_backoff_waiting(&b, now + lo - 1));
+		CHECK(!obr_backoff_waiting(&b, now + lo));
+		want = want * 2 > 30000 ? 30000 : want * 2;
+	}
+	CHECK_INT_EQ(b.failures, 12);
+	/* at max: the jitter spans [max/2, max], never beyond */
+	CHECK_INT_EQ(obr_backoff_failed(&b, now, 15001 * 7), 15000);
+	CHECK_INT_EQ(obr_backoff_failed(&b, now, 15000), 30000);
+	CHECK_INT_EQ(obr_backoff_failed(&b, now, UINT32_MAX), 15000 + (int64_t)(UINT32_MAX % 15001));
+	CHECK_INT_EQ(obr_backoff_ok(&b), 15);
+	CHECK(!obr_backoff_waiting(&b, now));
+	CHECK_INT_EQ(obr_backoff_failed(&b, now, 0), 50);
+	CHECK_INT_EQ(obr_backoff_ok(&b), 1);
+	CHECK_INT_EQ(obr_backoff_ok(&b), 0);
+	/* nonsense limits still give a pause */
+	obr_backoff_init(&b, 0, -5);
+	CHECK(obr_backoff_failed(&b, now, 7) >= 1);
+}
+
+/* The first failure of a run is logged, then one line per interval with the count left out. */
+static void test_backoff_log(void)
+{
+	struct obr_backoff b;
+	obr_backoff_init(&b, 100, 30000);
+	uint64_t repeats = 99;
+	CHECK(obr_backoff_should_log(&b, 5000, 10000, &repeats));
+	CHECK_INT_EQ(repeats, 0);
+	for (int i = 1; i <= 7; i++)
+		CHECK(!obr_backoff_should_log(&b, 5000 + i * 1000, 10000, &repeats));
+	CHECK(obr_backoff_should_log(&b, 15000, 10000, &repeats));
+	CHECK_INT_EQ(repeats, 7);
+	CHECK(!obr_backoff_should_log(&b, 15001, 10000, &repeats));
+	/* a success ends the run: the next failure is logged at once */
+	obr_backoff_ok(&b);
+	CHECK(obr_backoff_should_log(&b, 15002, 10000, &repeats));
+	CHECK_INT_EQ(repeats, 0);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct test tests[] = {
 		TEST(test_fmt_double),
 		TEST(test_timeval),
 		TEST(test_monotonic),
+		TEST(test_backoff_pauses),
+		TEST(test_backoff_log),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);

@@ -62,6 +62,47 @@ static void by_kind(struct obr_strbuf *b, const char *name, const uint64_t *valu
 	}
 }
 
+/* {host="..."} with the Prometheus escapes: host names come from rows. */
+static void host_label(char *out, size_t cap, const char *host)
+{
+	size_t n = 0;
+	n += (size_t)snprintf(out, cap, "{host=\"");
+	for (const char *c = host; *c && n + 4 < cap; c++) {
+		if (*c == '\\' || *c == '"')
+			out[n++] = '\\';
+		out[n++] = *c == '\n' ? 'n' : *c;
+	}
+	snprintf(out + n, cap - n, "\"}");
+}
+
+/* Per-host figures of the hosts in use or sick (at most OBR_HOST_STATS). */
+static void host_families(struct obr_strbuf *out, const struct obr_relay_stats *st)
+{
+	family(out, "outbox_relay_circuits_open", "gauge", "HTTP hosts whose circuit is open (OUTBOX_CIRCUIT_FAILURES)");
+	sample_u64(out, "outbox_relay_circuits_open", NULL, st->circuits_open > 0 ? (uint64_t)st->circuits_open : 0);
+	family(out, "outbox_relay_circuit_deferred_total", "counter",
+	       "Rows put off without an attempt because their host's circuit was open");
+	sample_u64(out, "outbox_relay_circuit_deferred_total", NULL, st->circuit_deferred);
+	if (st->nhosts == 0)
+		return;
+	static const char *const names[] = { "outbox_relay_host_requests_in_flight", "outbox_relay_host_failures",
+		                             "outbox_relay_host_circuit_open" };
+	static const char *const helps[] = {
+		"HTTP requests in flight to this host (hosts in use or sick, at most 20)",
+		"Consecutive failures of this host (no answer, timeout, 5xx)",
+		"1 while this host's circuit is open",
+	};
+	for (size_t f = 0; f < 3; f++) {
+		family(out, names[f], "gauge", helps[f]);
+		for (size_t i = 0; i < st->nhosts && i < OBR_HOST_STATS; i++) {
+			char labels[300];
+			host_label(labels, sizeof(labels), st->hosts[i].name);
+			int64_t v = f == 0 ? st->hosts[i].in_flight : f == 1 ? st->hosts[i].failures : st->hosts[i].open;
+			sample_u64(out, names[f], labels, v > 0 ? (uint64_t)v : 0);
+		}
+	}
+}
+
 int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_strbuf *out)
 {
 	family(out, "outbox_relay_up", "gauge", "1 while the relay process serves this endpoint");
@@ -105,6 +146,13 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 	           st->in_flight_requests > 0 ? (uint64_t)st->in_flight_requests : 0);
 	family(out, "outbox_relay_leases_held", "gauge", "Partition leases this instance holds");
 	sample_u64(out, "outbox_relay_leases_held", NULL, st->leases_held > 0 ? (uint64_t)st->leases_held : 0);
+	host_families(out, st);
+
+	if (st->listen_selftest_ok >= 0) {
+		family(out, "outbox_relay_listen_selftest_ok", "gauge",
+		       "1 when LISTEN heard the relay's own test notification; 0 when not (polling instead: a transaction pooler?)");
+		sample_u64(out, "outbox_relay_listen_selftest_ok", NULL, (uint64_t)st->listen_selftest_ok);
+	}
 
 	/* sampled from the database: absent until the first sample (-1) */
 	if (st->due_rows >= 0) {
@@ -120,6 +168,11 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 		family(out, "outbox_relay_notification_queue_usage", "gauge",
 		       "pg_notification_queue_usage(): fraction 0..1 of the NOTIFY queue in use (sampled)");
 		sample_double(out, "outbox_relay_notification_queue_usage", NULL, st->notification_queue_usage);
+	}
+	if (st->notify_lock_waiters >= 0) {
+		family(out, "outbox_relay_notify_lock_waiters", "gauge",
+		       "Sessions waiting for the cluster-wide lock a committing transaction that notified takes (sampled)");
+		sample_u64(out, "outbox_relay_notify_lock_waiters", NULL, (uint64_t)st->notify_lock_waiters);
 	}
 	if (st->sampled_at_unix > 0) {
 		family(out, "outbox_relay_last_sample_timestamp_seconds", "gauge",

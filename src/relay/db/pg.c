@@ -586,6 +586,15 @@ int obr_pg_set_statement_timeout(struct obr_pg *pg, int ms)
 	return 0;
 }
 
+int obr_pg_drop_session_state(struct obr_pg *pg)
+{
+	free(pg->caller_setup);
+	pg->caller_setup = NULL;
+	pg->prepared = NULL;
+	pg->statement_timeout_ms = 0;
+	return build_setup(pg);
+}
+
 void obr_pg_start(struct obr_pg *pg)
 {
 	start_connect(pg);

@@ -55,6 +55,11 @@ void obr_pg_start(struct obr_pg *pg);
  * statement_timeout on the relay's role instead. Returns -1 when out of memory. */
 int obr_pg_set_statement_timeout(struct obr_pg *pg, int ms);
 
+/* Forgets the setup statements, the prepared statements and the statement_timeout from the
+ * next connect on (a transaction pooler hands each transaction any server session, where
+ * they do not exist): statements then run unnamed. Returns -1 when out of memory. */
+int obr_pg_drop_session_state(struct obr_pg *pg);
+
 /* Queues a statement; it runs when the connection is up and earlier ones are done. Values
  * are copied. Returns 0, or -1 when the connection is down (the callback is not called). */
 int obr_pg_query(struct obr_pg *pg, const char *sql, int nparams, const char *const *values, obr_pg_result_fn fn,

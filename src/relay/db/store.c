@@ -158,9 +158,13 @@ const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$
  *
  * $1 uuid[] delivered; failures as parallel arrays: $2 uuid[] key, $3 text[] error,
  * $4 bigint[] retry delay ms, $5 bool[] park, $6 text[] sent_destinations (int[] literals),
- * $7 bool[] counts as an attempt; $8 lock_id, $9 uuid[] partitions to advance, $10 rows per
- * partition, $11 lease ms, $12 byte budget. The result is the advance's (no rows when $9 is empty), then the
- * re-read rows.
+ * $7 bool[] counts as an attempt, $13 bigint[] the row's attempts when it was fetched; $8
+ * lock_id, $9 uuid[] partitions to advance, $10 rows per partition, $11 lease ms, $12 byte
+ * budget. The result is the advance's (no rows when $9 is empty), then the re-read rows.
+ *
+ * Written once: a statement that committed but whose answer was lost with its connection is
+ * sent again after the reconnect. A delivered row is then already processed; a failed one
+ * has moved past the attempts it was fetched with, so its failure is not counted twice.
  */
 #define MOVED_COLUMNS "o.partition_key, o.process_after, o.created_at, o.idempotent_key"
 #define NOT_WRITTEN_HERE(t) " AND " t "idempotent_key <> ALL($1::uuid[]) AND " t "idempotent_key <> ALL($2::uuid[])"
@@ -180,9 +184,9 @@ const char OBR_SQL_ADVANCE[] = "WITH " LEASES_FIRST("$2") ADVANCE("$1", "$2", "$
 	"failed AS (UPDATE outbox o SET attempts = o.attempts + f.counted::int, last_error = f.err, " \
 	"       retry_after = CASE WHEN f.park THEN NULL ELSE now() + f.delay_ms * interval '1 millisecond' END, " \
 	"       dead_at = CASE WHEN f.park THEN now() END, sent_destinations = f.sent::int[] " \
-	"  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[]) " \
-	"       AS f(key, err, delay_ms, park, sent, counted) " \
-	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE" AFTER_LEASES \
+	"  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[], $13::bigint[]) " \
+	"       AS f(key, err, delay_ms, park, sent, counted, attempts) " \
+	" WHERE o.idempotent_key = f.key AND (o.processed_at IS NULL) IS TRUE AND o.attempts = f.attempts" AFTER_LEASES \
 	"RETURNING " MOVED_COLUMNS ", f.park), " \
 	ADVANCE("$8", "$9", "$10", "$11", NOT_WRITTEN_HERE("o."), "$12") REREAD_ROWS
 
@@ -302,10 +306,14 @@ const char OBR_SQL_RELEASE_ALL[] =
 
 /* The gauges behind /metrics, sampled every few seconds (never per scrape): due rows and the
  * age of the oldest (a '-infinity' process_after, possible in rows older than sql/007, is left
- * out of the age), from the partial index of pending rows; the notification queue's fill. */
+ * out of the age), from the partial index of pending rows; the notification queue's fill; the
+ * sessions waiting for the cluster-wide lock that every committing transaction which notified
+ * takes (held through its WAL flush): the first sign that notifying writers queue on it. */
 const char OBR_SQL_SAMPLE[] =
 	"SELECT count(*), coalesce(extract(epoch FROM now() - min(process_after) FILTER (WHERE isfinite(process_after))), 0)::float8, "
-	"       pg_notification_queue_usage() "
+	"       pg_notification_queue_usage(), "
+	"       (SELECT count(*) FROM pg_locks WHERE locktype = 'object' AND classid = 'pg_database'::regclass "
+	"           AND objid = 0 AND NOT granted) "
 	"  FROM outbox WHERE processed_at IS NULL AND dead_at IS NULL AND process_after IS NOT NULL "
 	"   AND " DUE_AT("") " <= now()";
 

@@ -94,6 +94,7 @@ enum obr_sample_col {
 	OBR_SAMPLE_DUE_ROWS = 0,        /* bigint */
 	OBR_SAMPLE_OLDEST_DUE_AGE_S,    /* float8, 0 when nothing is due */
 	OBR_SAMPLE_QUEUE_USAGE,         /* float8, pg_notification_queue_usage() */
+	OBR_SAMPLE_NOTIFY_LOCK_WAITERS, /* bigint, sessions waiting for the notify commit lock */
 	OBR_SAMPLE_COLUMNS
 };
 extern const char OBR_SQL_SAMPLE[];

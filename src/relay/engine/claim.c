@@ -66,7 +66,13 @@ static struct row *row_from_result(struct obr_relay *r, const PGresult *res, int
 	return row;
 }
 
-void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state expect, bool from_claim)
+int64_t claim_lease_deadline(const struct obr_relay *r, const struct stmt *s)
+{
+	return s->sent_ms + r->cfg->lease_ms * (100 - LEASE_MARGIN_PERCENT) / 100;
+}
+
+void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult *res, enum part_state expect,
+                      bool from_claim)
 {
 	int n = PQntuples(res);
 	for (int i = 0; i < n;) {
@@ -111,6 +117,9 @@ void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state 
 		/* held: queue the leading due rows; a row that is not due stops the queue */
 		if (from_claim)
 			p->held_since = r->claim_seq;
+		int64_t until = claim_lease_deadline(r, s); /* taken, or renewed by an advance */
+		if (until > p->lease_until_ms)
+			p->lease_until_ms = until;
 		p->notified = false;
 		p->fetched_full = i - first >= r->cfg->batch_size;
 		for (int j = first; j < i; j++) {
@@ -189,10 +198,11 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 
 	if (!failed) {
 		r->claim_seq++;
-		claim_take_heads(r, res, PS_CLAIMING, true);
+		claim_take_heads(r, s, res, PS_CLAIMING, true);
 		r->stats.claims++;
+		relay_statement_ok(r, SK_CLAIM);
 	} else {
-		relay_statement_error("claim", err);
+		relay_statement_failed(r, SK_CLAIM, s, res, err);
 	}
 	/* partitions not in the result are held by another instance (or the statement failed) */
 	struct part *p;
@@ -209,7 +219,9 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 /* Notified partitions, as many as there are free delivery slots. */
 static size_t claim_room(const struct obr_relay *r)
 {
-	size_t held = part_held(&r->parts);
+	/* partitions waiting for a busy host (OUTBOX_HOST_MAX_IN_FLIGHT) take no slot */
+	size_t held = part_held(&r->parts), waiting = r->host_waiting < held ? r->host_waiting : held;
+	held -= waiting;
 	return (size_t)r->cfg->max_in_flight > held ? (size_t)r->cfg->max_in_flight - held : 0;
 }
 
@@ -246,11 +258,12 @@ static void on_scan_result(void *arg, const PGresult *res, const char *err)
 	struct obr_relay *r = s->relay;
 
 	if (!res || err) {
-		relay_statement_error("scan", err);
-		r->scan_wanted = true;
+		relay_statement_failed(r, SK_SCAN, s, res, err);
+		r->scan_wanted = true; /* after the backoff */
 		relay_kick(r);
 		return;
 	}
+	relay_statement_ok(r, SK_SCAN);
 	r->stats.scans++;
 	int n = PQntuples(res);
 	for (int i = 0; i < n; i++) {

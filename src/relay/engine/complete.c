@@ -27,13 +27,13 @@ static void marks_return(struct obr_relay *r, struct vec *marks)
 	marks->len = 0;
 }
 
-/* The database refused the statement: back off, and write results one at a time so one bad
- * result cannot hold back the others; a result that keeps failing alone is given up (its row
- * stays pending and is delivered again). */
-static void complete_refused(struct obr_relay *r, struct vec *marks, const char *err)
+/* The database refused the statement: back off, and write its results one at a time so one
+ * bad result cannot hold back the others (results that were not in it still go together); a
+ * result that keeps failing alone is given up (its row stays pending and is delivered again). */
+static void complete_refused(struct obr_relay *r, struct stmt *s, const PGresult *res, const char *err)
 {
-	obr_log_error("could not record %zu delivery results, backing off %d ms: %s", marks->len, r->complete_backoff_ms,
-	              err);
+	struct vec *marks = &s->marks;
+	relay_statement_failed(r, SK_COMPLETE, s, res, err);
 	bool alone = marks->len == 1;
 	for (size_t i = 0; i < marks->len; i++) {
 		struct mark *m = marks->items[i];
@@ -47,6 +47,8 @@ static void complete_refused(struct obr_relay *r, struct vec *marks, const char 
 			part_set_state(r, p, p->state == PS_LOST ? PS_IDLE : PS_ADVANCE_WANTED);
 			mark_free(m);
 			marks->items[i] = NULL;
+		} else {
+			m->suspect = true;
 		}
 	}
 	size_t kept = 0;
@@ -55,11 +57,6 @@ static void complete_refused(struct obr_relay *r, struct vec *marks, const char 
 			marks->items[kept++] = marks->items[i];
 	marks->len = kept;
 	marks_return(r, marks);
-	r->complete_isolate = true;
-	r->complete_paused = true;
-	relay_timer_ms(r->complete_retry_ev, r->complete_backoff_ms);
-	r->complete_backoff_ms = r->complete_backoff_ms * 2 > COMPLETE_BACKOFF_MAX_MS ? COMPLETE_BACKOFF_MAX_MS
-	                                                                          : r->complete_backoff_ms * 2;
 }
 
 /* Partitions still ADVANCING after their statement's result was taken were not in it: look again. */
@@ -80,20 +77,17 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 
 	if (!res) {
 		/* connection lost: keep the results, they go out after the reconnect */
-		relay_statement_error("complete", err);
+		relay_statement_failed(r, SK_COMPLETE, s, res, err);
 		marks_return(r, marks);
 		relay_kick(r);
 		return;
 	}
 	if (err) {
-		complete_refused(r, marks, err);
+		complete_refused(r, s, res, err);
 		relay_kick(r);
 		return;
 	}
-	if (r->marks.len == 0) {
-		r->complete_isolate = false;
-		r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
-	}
+	relay_statement_ok(r, SK_COMPLETE);
 	for (size_t i = 0; i < marks->len; i++) {
 		struct mark *m = marks->items[i];
 		struct part *p = m->part;
@@ -111,7 +105,7 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 		else
 			part_set_state(r, p, PS_ADVANCE_WANTED);
 	}
-	claim_take_heads(r, res, PS_ADVANCING, false);
+	claim_take_heads(r, s, res, PS_ADVANCING, false);
 	advancing_not_answered(r);
 	for (size_t i = 0; i < marks->len; i++)
 		mark_free(marks->items[i]);
@@ -124,7 +118,7 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
  * every row in flight has its result: then nothing more can come). */
 bool complete_wanted(struct obr_relay *r)
 {
-	return r->marks.len && !r->complete_paused;
+	return r->marks.len > 0;
 }
 
 /* At most what a result adds to a results statement (array elements may be escaped and quoted). */
@@ -143,7 +137,7 @@ static size_t statement_bytes(struct obr_strbuf *const *bufs, size_t n, const st
 
 static void send_complete(struct obr_relay *r, size_t limit)
 {
-	struct obr_strbuf done, keys, errs, delays, parks, sents, counted;
+	struct obr_strbuf done, keys, errs, delays, parks, sents, counted, attempts;
 	size_t nd = 0, nf = 0;
 	struct stmt *s = stmt_new(r, &r->work);
 	if (!s)
@@ -155,8 +149,10 @@ static void send_complete(struct obr_relay *r, size_t limit)
 	obr_strbuf_init(&parks, r->statement_limit);
 	obr_strbuf_init(&sents, r->statement_limit);
 	obr_strbuf_init(&counted, r->statement_limit);
-	struct obr_strbuf *all[] = { &done, &keys, &errs, &delays, &parks, &sents, &counted };
-	for (size_t i = 0; i < 7; i++)
+	obr_strbuf_init(&attempts, r->statement_limit);
+	struct obr_strbuf *all[] = { &done, &keys, &errs, &delays, &parks, &sents, &counted, &attempts };
+	const size_t nall = sizeof(all) / sizeof(all[0]);
+	for (size_t i = 0; i < nall; i++)
 		obr_strbuf_puts(all[i], "{");
 
 	/* partitions these results leave with nothing fetched, and that had fewer rows than a
@@ -175,7 +171,7 @@ static void send_complete(struct obr_relay *r, size_t limit)
 		struct part *p = m->part;
 		/* what fits the string limit goes now, the rest in the next statement (one result
 		 * always fits: its error and sent list are short) */
-		if (i > 0 && statement_bytes(all, 7, &adv) + mark_bytes(m) > r->statement_limit) {
+		if (i > 0 && statement_bytes(all, nall, &adv) + mark_bytes(m) > r->statement_limit) {
 			take = i;
 			break;
 		}
@@ -204,13 +200,16 @@ static void send_complete(struct obr_relay *r, size_t limit)
 			c = nf;
 			obr_strbuf_array_sep(&sents, &c);
 			obr_strbuf_array_elem(&sents, m->sent);
-			obr_strbuf_array_sep(&counted, &nf);
+			c = nf;
+			obr_strbuf_array_sep(&counted, &c);
 			obr_strbuf_puts(&counted, m->counted ? "t" : "f");
+			obr_strbuf_array_sep(&attempts, &nf);
+			obr_strbuf_printf(&attempts, "%ld", m->attempts);
 		}
 		relay_vec_push(&s->marks, m);
 	}
 	bool failed = false;
-	for (size_t i = 0; i < 7; i++) {
+	for (size_t i = 0; i < nall; i++) {
 		obr_strbuf_puts(all[i], "}");
 		failed |= all[i]->failed;
 	}
@@ -223,8 +222,9 @@ static void send_complete(struct obr_relay *r, size_t limit)
 		char budget[24];
 		claim_fetch_budget(r, budget);
 		const char *params[] = { done.data, keys.data, errs.data, delays.data, parks.data, sents.data,
-			                 counted.data, r->lock_id, adv.data, r->param.batch, r->param.lease, budget };
-		if (!stmt_send(s, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 12, params,
+			                 counted.data, r->lock_id, adv.data, r->param.batch, r->param.lease, budget,
+			                 attempts.data };
+		if (!stmt_send(s, r->cfg->delete_on_success ? OBR_SQL_COMPLETE_DELETE : OBR_SQL_COMPLETE, 13, params,
 		               on_complete_result)) {
 			/* back in front, in their order */
 			memmove(r->marks.items + take, r->marks.items, r->marks.len * sizeof(void *));
@@ -237,17 +237,26 @@ static void send_complete(struct obr_relay *r, size_t limit)
 		s->marks.len = 0; /* still r->marks' */
 		stmt_free(s);
 	}
-	for (size_t i = 0; i < 7; i++)
+	for (size_t i = 0; i < nall; i++)
 		obr_strbuf_free(all[i]);
 	obr_strbuf_free(&adv);
 }
 
 bool complete_send(struct obr_relay *r)
 {
-	if (!r->complete_isolate &&
-	    relay_gathering(r, &r->mark_arrivals, r->marks.len, (size_t)relay_active(r), r->marks_window_ev))
+	/* a result of a refused statement goes alone, first */
+	for (size_t i = 0; i < r->marks.len; i++) {
+		struct mark *m = r->marks.items[i];
+		if (m->suspect) {
+			r->marks.items[i] = r->marks.items[0];
+			r->marks.items[0] = m;
+			send_complete(r, 1);
+			return true;
+		}
+	}
+	if (relay_gathering(r, &r->mark_arrivals, r->marks.len, (size_t)relay_active(r), r->marks_window_ev))
 		return true;
-	send_complete(r, r->complete_isolate ? 1 : r->marks.len);
+	send_complete(r, r->marks.len);
 	return true;
 }
 
@@ -260,10 +269,12 @@ static void on_advance_result(void *arg, const PGresult *res, const char *err)
 		return;
 	struct obr_relay *r = s->relay;
 
-	if (res && !err)
-		claim_take_heads(r, res, PS_ADVANCING, false);
-	else
-		relay_statement_error("advance", err);
+	if (res && !err) {
+		relay_statement_ok(r, SK_ADVANCE);
+		claim_take_heads(r, s, res, PS_ADVANCING, false);
+	} else {
+		relay_statement_failed(r, SK_ADVANCE, s, res, err);
+	}
 	/* a failed statement: still ours as far as we know; look again */
 	advancing_not_answered(r);
 	deliver_dispatch(r);
@@ -322,10 +333,11 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 		return;
 	struct obr_relay *r = s->relay;
 	if (!res || err) {
-		relay_statement_error("lease renewal", err);
+		relay_statement_failed(r, SK_RENEW, s, res, err);
 		relay_kick(r);
 		return;
 	}
+	relay_statement_ok(r, SK_RENEW);
 	/* every partition we believe held but is not in the result has been taken over (claims and
 	 * advances in flight are answered by their own statements) */
 	enum part_state held[] = { PS_READY, PS_DELIVERING, PS_ADVANCE_WANTED };
@@ -334,8 +346,14 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 		for (; p; p = next) {
 			next = p->next;
 			/* claimed on the claim connection after this renewal was sent: not in its result */
-			if (p->held_since > r->renew_seq || renewal_knows(res, p))
+			if (p->held_since > r->renew_seq)
 				continue;
+			if (renewal_knows(res, p)) {
+				int64_t until = claim_lease_deadline(r, s);
+				if (until > p->lease_until_ms)
+					p->lease_until_ms = until;
+				continue;
+			}
 			obr_log_warn("lease on partition %s expired and was taken over; its fetched rows are dropped", p->key);
 			part_drop_queue(p);
 			part_set_state(r, p, p->current ? PS_LOST : PS_IDLE);

@@ -18,6 +18,9 @@
 #include "db/pg.h"
 #include "send/destination.h"
 
+#include "engine/hosts.h"
+#include "util/backoff.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,12 +28,34 @@
 #define MAX_CLAIM_SET 8192           /* notified partitions remembered; beyond, forgotten: a scan catches up */
 #define MAX_STATEMENT_BYTES (64u << 20)
 #define LISTEN_CHECK_TIMEOUT_MS 5000
+#define SELFTEST_TIMEOUT_MS 5000       /* the relay's own notification must arrive this soon after its commit ... */
+#define SELFTEST_RETRY_MS 30000        /* ... else it polls and tests LISTEN again this often */
+#define SELFTEST_PREFIX "outbox-relay-selftest " /* a payload no partition key can be */
+#define DEAF_POLL_MS 1000              /* the poll interval while LISTEN hears nothing (as poll mode's) */
 #define SAMPLE_MS 5000                 /* gauges for /metrics, at most this often, when scraped */
-#define COMPLETE_BACKOFF_MIN_MS 200    /* after a complete statement failed with an SQL error */
-#define COMPLETE_BACKOFF_MAX_MS 30000
+#define LEASE_MARGIN_PERCENT 20      /* a lease is ours until 80% of it from when it was taken or renewed */
+#define STATEMENT_TIMEOUT_SHARE 3    /* the work connection's statement_timeout: a third of the lease */
+#define STMT_BACKOFF_MIN_MS 100     /* a statement kind the database refused waits this, doubling */
+#define STMT_BACKOFF_MAX_MS 30000   /* ... up to this, until one succeeds */
+#define STMT_LOG_EVERY_MS 10000     /* a repeating statement error is logged this often, with a count */
 #define COMPLETE_MAX_FAILURES 3        /* a result that fails alone this often is given up */
 #define HARD_STOP_AFTER_GRACE_MS 2000  /* results that still cannot be written do not hold the exit */
 #define RETENTION_EVERY_MS 60000       /* a retention pass (at a poll tick); a full batch asks for the next at once */
+
+/* The statements the engine sends, each backing off on its own while the database refuses it. */
+enum stmt_kind {
+	SK_CLAIM,
+	SK_SCAN,
+	SK_ADVANCE,
+	SK_COMPLETE,
+	SK_RENEW,
+	SK_SAMPLE,
+	SK_RETENTION,
+	SK_SELFTEST,
+	SK_LASTLOOK,
+	SK_KINDS,
+	SK_NONE = SK_KINDS, /* a scheduler entry that sends nothing */
+};
 
 struct obr_sender;
 struct event;
@@ -40,6 +65,8 @@ struct request_ctx {
 	struct obr_relay *relay;
 	struct delivery *delivery;
 	int dest;
+	struct obr_host *host;      /* an HTTP destination's host (hosts.c), or NULL */
+	bool probe;                 /* the request probes the host's open circuit */
 };
 
 /* One row being delivered: its destinations' requests, then its result until committed. */
@@ -51,6 +78,10 @@ struct delivery {
 	bool *ok;                   /* per destination */
 	struct request_ctx *ctx;    /* per destination: what a request's callback needs */
 	char error[1024];           /* first failure */
+	int fail_dest;              /* the destination of the first failure; -1: none */
+	long fail_status;           /* its HTTP status; 0: none */
+	int64_t retry_after_ms;     /* the longest pause a destination asked for (Retry-After); -1: none */
+	int64_t started_us;         /* monotonic: the first request */
 	bool permanent;             /* a destination said retrying cannot help */
 	bool finished;
 };
@@ -63,9 +94,11 @@ struct mark {
 	bool park;
 	bool counted;               /* an attempt was made (malformed rows are parked without one) */
 	int64_t delay_ms;
+	long attempts;              /* the row's attempts when fetched: a result is written only once */
 	char *error;
 	char *sent;                 /* int[] literal */
-	int failures;               /* complete statements that failed with this result in them */
+	int failures;               /* complete statements that failed with this result alone */
+	bool suspect;               /* in a complete statement that failed: written alone until it works */
 	bool advance;               /* the complete statement also advances its partition */
 };
 
@@ -96,6 +129,7 @@ struct stmt {
 	struct obr_relay *relay;
 	struct conn *conn;
 	obr_pg_result_fn handler;   /* the engine's callback: called once, with the outcome */
+	int64_t sent_ms;            /* monotonic: when it was queued (leases it takes or renews count from here) */
 	bool answered;              /* pg.c called back */
 	bool handed_over;           /* handler called */
 	PGresult *res;              /* the answer, until the statement has ended */
@@ -107,6 +141,8 @@ struct conn {
 	struct obr_pg *pg;
 	struct stmt *head, *tail;
 	bool running;               /* a statement has not been handed over yet */
+	bool reset_wanted;          /* the server is read-only: reconnect (at the next flush) */
+	bool drop_session_wanted;   /* a prepared statement was missing: a transaction pooler */
 };
 
 /* lastlook.c: partition keys (OBR_KEY_LEN bytes each, no terminator) */
@@ -123,7 +159,6 @@ struct lastlook {
 	char *snap;                 /* pg_snapshot as text */
 	bool running, timer_armed;
 	int backoff_ms;             /* while waiting on snap */
-	int error_backoff_ms;       /* after a failed round */
 	struct event *ev;
 };
 
@@ -141,6 +176,8 @@ struct obr_relay {
 	struct conn claim;          /* claims and scans: the path from a notification to a request
 	                               never waits behind the results of earlier rows */
 	struct obr_sender *sender;  /* HTTP, SQS and SNS destinations */
+	struct obr_hosts hosts;     /* per HTTP host: requests in flight, circuit breaker */
+	size_t host_waiting;        /* READY partitions the last dispatch left for a busy host */
 
 	struct part_table parts;    /* every known partition, and one list per state */
 	struct vec marks;           /* struct mark *, not sent yet */
@@ -161,9 +198,13 @@ struct obr_relay {
 	bool stopping;
 	bool released_all;
 	bool listen_check_pending;
-	bool complete_isolate;      /* an SQL error: write results one per statement to find the bad one */
-	bool complete_paused;       /* backing off after an SQL error */
-	int complete_backoff_ms;
+	bool selftest_wanted;       /* LISTEN (re)connected: send ourselves a notification */
+	bool selftest_pending;      /* sent, not heard yet */
+	bool listen_deaf;           /* the self-test failed: polling every DEAF_POLL_MS until one passes */
+	uint64_t selftest_seq;
+	char selftest_token[sizeof(SELFTEST_PREFIX) + OBR_KEY_LEN + 24];
+	struct obr_backoff backoff[SK_KINDS]; /* per statement kind: refused by the database */
+	bool read_only;             /* a write failed with SQLSTATE 25006 and none has worked since */
 
 	struct event *kick_ev;      /* one flush per loop turn */
 	struct event *poll_ev;
@@ -179,7 +220,9 @@ struct obr_relay {
 	struct arrivals mark_arrivals;    /* results to write (batch window) */
 	struct event *claim_window_ev;
 	struct event *marks_window_ev;
-	struct event *complete_retry_ev;
+	struct event *backoff_ev;   /* the earliest end of a statement kind's backoff */
+	struct event *selftest_timeout_ev;
+	struct event *selftest_retry_ev;
 	struct event *hard_stop_ev;
 	struct event *settle_ev;    /* a statement answered but not ended yet: look again soon */
 	struct lastlook lastlook;
@@ -197,7 +240,14 @@ int relay_vec_push(struct vec *v, void *item);
 void relay_arrived(const struct obr_relay *r, struct arrivals *a, bool first_waiting);
 bool relay_gathering(struct obr_relay *r, const struct arrivals *a, size_t have, size_t enough, struct event *timer);
 void relay_arm_due(struct obr_relay *r, int64_t in_ms);
-void relay_statement_error(const char *what, const char *err);
+/* A statement's outcome, for its kind's backoff: failed with res (the error result; NULL when
+ * the connection was lost: pg.c's reconnect backs off then) and err. A read-only database
+ * (SQLSTATE 25006) also makes /ready say so and reconnects s's connection. */
+void relay_statement_failed(struct obr_relay *r, enum stmt_kind k, struct stmt *s, const PGresult *res, const char *err);
+void relay_statement_ok(struct obr_relay *r, enum stmt_kind k);
+bool relay_backing_off(const struct obr_relay *r, enum stmt_kind k);
+void relay_backoff_over(struct obr_relay *r);    /* the backoff timer fired */
+void relay_poll_every(struct obr_relay *r, int64_t ms); /* the fallback poll's interval from now on */
 void relay_check_ready(struct obr_relay *r);     /* logs and tells systemd once everything is up */
 bool relay_senders_idle(const struct obr_relay *r); /* no request in flight */
 
@@ -226,12 +276,19 @@ void listen_on_connected(void *arg);
 void listen_on_disconnected(void *arg, const char *why);
 void listen_check(struct obr_relay *r);
 void listen_on_check_timeout(struct obr_relay *r);
+bool listen_selftest_wanted(struct obr_relay *r);
+bool listen_selftest_send(struct obr_relay *r);
+void listen_selftest_timeout(struct obr_relay *r);  /* not heard in time: poll, test again later */
+void listen_selftest_retry(struct obr_relay *r);
 
 /* ---- claim.c ---- */
 void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: claim it */
 /* Takes a claim or advance result: rows per partition, in order, for partitions in state
  * expect (others are not ours to change and are skipped). */
-void claim_take_heads(struct obr_relay *r, const PGresult *res, enum part_state expect, bool from_claim);
+void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult *res, enum part_state expect,
+                      bool from_claim);
+/* Where the lease of a partition held by statement s ends for us, on the monotonic clock. */
+int64_t claim_lease_deadline(const struct obr_relay *r, const struct stmt *s);
 /* What a statement may fetch now: OUTBOX_FETCH_BYTES less the rows held, as text; 0 when full. */
 size_t claim_fetch_budget(const struct obr_relay *r, char out[24]);
 bool claim_send_heads(struct obr_relay *r, struct conn *c, const char *sql, enum part_state in, obr_pg_result_fn fn);

@@ -20,8 +20,6 @@
 
 #define LASTLOOK_BACKOFF_MIN_MS 1
 #define LASTLOOK_BACKOFF_MAX_MS 100
-#define LASTLOOK_ERROR_BACKOFF_MIN_MS 100 /* a failing statement backs off further */
-#define LASTLOOK_ERROR_BACKOFF_MAX_MS 10000
 
 static char *keyset_array(const struct keyset *k)
 {
@@ -71,16 +69,6 @@ static void retry_later(struct obr_relay *r)
 	l->backoff_ms = l->backoff_ms * 2 > LASTLOOK_BACKOFF_MAX_MS ? LASTLOOK_BACKOFF_MAX_MS : l->backoff_ms * 2;
 }
 
-static void retry_after_error(struct obr_relay *r)
-{
-	struct lastlook *l = &r->lastlook;
-	l->error_backoff_ms = l->error_backoff_ms ? l->error_backoff_ms * 2 : LASTLOOK_ERROR_BACKOFF_MIN_MS;
-	if (l->error_backoff_ms > LASTLOOK_ERROR_BACKOFF_MAX_MS)
-		l->error_backoff_ms = LASTLOOK_ERROR_BACKOFF_MAX_MS;
-	l->timer_armed = true;
-	relay_timer_ms(l->ev, l->error_backoff_ms);
-}
-
 static void on_lastlook_result(void *arg, const PGresult *res, const char *err)
 {
 	struct stmt *s = stmt_answer(arg, err);
@@ -90,13 +78,13 @@ static void on_lastlook_result(void *arg, const PGresult *res, const char *err)
 	struct lastlook *l = &r->lastlook;
 	l->running = false;
 	if (!res || err || PQntuples(res) < 1 || !PQgetisnull(res, 0, OBR_LASTLOOK_PARTITION)) {
-		relay_statement_error("last look after release", err);
-		keyset_merge(&l->fresh, &l->sent); /* they get a snapshot of a later round */
-		retry_after_error(r);
+		/* they get a snapshot of a later round, after this kind's backoff */
+		relay_statement_failed(r, SK_LASTLOOK, s, res, err ? err : "connection lost");
+		keyset_merge(&l->fresh, &l->sent);
 		relay_kick(r);
 		return;
 	}
-	l->error_backoff_ms = 0;
+	relay_statement_ok(r, SK_LASTLOOK);
 	bool old_done = !strcmp(PQgetvalue(res, 0, OBR_LASTLOOK_OLD_DONE), "t");
 	bool new_done = !strcmp(PQgetvalue(res, 0, OBR_LASTLOOK_NEW_DONE), "t");
 	for (int i = 1; i < PQntuples(res); i++)
@@ -151,7 +139,6 @@ bool lastlook_send(struct obr_relay *r)
 	if (!ok) {
 		stmt_free(s);
 		keyset_merge(&l->fresh, &l->sent);
-		retry_after_error(r);
 		return false;
 	}
 	l->running = true;

@@ -12,6 +12,7 @@
 
 #include <event2/event.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 const double obr_latency_bounds[OBR_LATENCY_BUCKETS] = {
@@ -102,9 +103,96 @@ void relay_arm_due(struct obr_relay *r, int64_t in_ms)
 	relay_timer_ms(r->due_ev, in_ms);
 }
 
-void relay_statement_error(const char *what, const char *err)
+/* ---- statements the database refuses ---- */
+
+static const char *const stmt_kind_names[SK_KINDS] = {
+	[SK_CLAIM] = "claim",         [SK_SCAN] = "scan",     [SK_ADVANCE] = "advance",
+	[SK_COMPLETE] = "results",    [SK_RENEW] = "lease renewal",
+	[SK_SAMPLE] = "sample",       [SK_RETENTION] = "retention", [SK_SELFTEST] = "LISTEN self-test",
+	[SK_LASTLOOK] = "last look",
+};
+
+#define SQLSTATE_READ_ONLY "25006"
+#define SQLSTATE_NO_PREPARED_STATEMENT "26000"
+
+static void arm_backoff_timer(struct obr_relay *r)
 {
-	obr_log_warn("%s statement failed, will retry: %s", what, err ? err : "connection lost");
+	int64_t now = relay_mono_ms(), first = 0;
+	for (int k = 0; k < SK_KINDS; k++)
+		if (obr_backoff_waiting(&r->backoff[k], now) && (!first || r->backoff[k].until_ms < first))
+			first = r->backoff[k].until_ms;
+	if (first)
+		relay_timer_ms(r->backoff_ev, first - now);
+}
+
+void relay_poll_every(struct obr_relay *r, int64_t ms)
+{
+	struct timeval tv = obr_timeval_from_ms(ms);
+	event_del(r->poll_ev);
+	event_add(r->poll_ev, &tv);
+}
+
+void relay_backoff_over(struct obr_relay *r)
+{
+	arm_backoff_timer(r); /* for the kinds whose pause ends later */
+	relay_kick(r);
+}
+
+bool relay_backing_off(const struct obr_relay *r, enum stmt_kind k)
+{
+	return k < SK_KINDS && obr_backoff_waiting(&r->backoff[k], relay_mono_ms());
+}
+
+void relay_statement_failed(struct obr_relay *r, enum stmt_kind k, struct stmt *s, const PGresult *res, const char *err)
+{
+	const char *what = stmt_kind_names[k];
+	if (!res) {
+		/* the connection was lost: pg.c logs it and reconnects with its own backoff */
+		obr_log_warn("%s statement failed, connection lost: %s", what, err ? err : "connection lost");
+		return;
+	}
+	struct obr_backoff *b = &r->backoff[k];
+	int64_t now = relay_mono_ms();
+	int64_t pause = obr_backoff_failed(b, now, (uint32_t)random());
+	arm_backoff_timer(r);
+	uint64_t repeats;
+	if (obr_backoff_should_log(b, now, STMT_LOG_EVERY_MS, &repeats)) {
+		if (repeats)
+			obr_log_warn("%s statement failed (%llu more times since the last message), retrying in %lld ms: %s",
+			             what, (unsigned long long)repeats, (long long)pause, err ? err : "unknown error");
+		else
+			obr_log_warn("%s statement failed, retrying in %lld ms: %s", what, (long long)pause,
+			             err ? err : "unknown error");
+	}
+	if (!strcmp(obr_pg_sqlstate(res), SQLSTATE_READ_ONLY) && s) {
+		/* a standby, or a primary fenced or demoted in a failover: the address may now lead to
+		 * the new primary (a multi-host URL with target_session_attrs=read-write finds it) */
+		if (!r->read_only)
+			obr_log_error("the database is read-only (SQLSTATE 25006): not ready; reconnecting with backoff until "
+			              "writes work again");
+		r->read_only = true;
+		s->conn->reset_wanted = true; /* not from inside the handler: the reset frees s */
+	}
+	if (!strcmp(obr_pg_sqlstate(res), SQLSTATE_NO_PREPARED_STATEMENT) && s && !s->conn->drop_session_wanted) {
+		/* prepared at connect, missing now: another server session, i.e. a transaction pooler */
+		obr_log_error("a prepared statement is missing (SQLSTATE 26000): %s goes through a transaction pooler; "
+		              "its statements run unprepared from the next connect on (prefer OUTBOX_MODE=poll there)",
+		              s->conn == &r->work ? "the work connection" : "the claim connection");
+		s->conn->drop_session_wanted = true;
+		s->conn->reset_wanted = true;
+	}
+}
+
+void relay_statement_ok(struct obr_relay *r, enum stmt_kind k)
+{
+	uint64_t ended = obr_backoff_ok(&r->backoff[k]);
+	if (ended)
+		obr_log_info("%s statement works again after %llu failures", stmt_kind_names[k], (unsigned long long)ended);
+	/* only a write proves the database takes writes again */
+	if (r->read_only && k != SK_SCAN && k != SK_SAMPLE) {
+		r->read_only = false;
+		obr_log_info("the database takes writes again");
+	}
 }
 
 bool relay_senders_idle(const struct obr_relay *r)

@@ -213,6 +213,8 @@ void row_free(struct row *row)
 	free(row->headers);
 	free(row->payload);
 	free(row->sent);
+	obr_plan_clear(&row->plan);
+	free(row->plan_error);
 	free(row);
 }
 

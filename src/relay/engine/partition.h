@@ -19,6 +19,8 @@
 #ifndef OBR_PARTITION_H
 #define OBR_PARTITION_H
 
+#include "send/destination.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,6 +53,10 @@ struct row {
 	int64_t created_ms;
 	size_t bytes;               /* of destinations, headers and payload */
 	size_t *held_bytes;         /* the relay's sum of fetched rows' bytes, less this row's when freed */
+	bool planned;               /* destinations parsed into plan (or plan_error), at the first look */
+	struct obr_plan plan;       /* moves to the delivery when the row starts */
+	bool plan_failed;           /* they could not be parsed ... */
+	char *plan_error;           /* ... and why (NULL when out of memory) */
 };
 
 struct part {
@@ -61,6 +67,9 @@ struct part {
 	bool notified;              /* notified while held: look again before letting go */
 	bool fetched_full;          /* the last fetch returned a full batch: more rows are likely */
 	uint64_t held_since;        /* claim_seq when it was claimed: a renewal sent before cannot know it */
+	int64_t lease_until_ms;     /* monotonic: no row starts after this without a newer claim, advance
+	                               or renewal (the sending time of the last one that held it, plus
+	                               the lease, less a margin) */
 	struct row *queue, *queue_tail;
 	struct delivery *current;   /* DELIVERING and LOST only */
 };

@@ -32,13 +32,15 @@ static void on_sample_result(void *arg, const PGresult *res, const char *err)
 	if (!s)
 		return;
 	struct obr_relay *r = s->relay;
-	if (res && !err && PQntuples(res) == 1) {
-		r->stats.due_rows = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-		r->stats.oldest_due_age_s = strtod(PQgetvalue(res, 0, 1), NULL);
-		r->stats.notification_queue_usage = strtod(PQgetvalue(res, 0, 2), NULL);
+	if (res && !err && PQntuples(res) == 1 && PQnfields(res) == OBR_SAMPLE_COLUMNS) {
+		r->stats.due_rows = strtoll(PQgetvalue(res, 0, OBR_SAMPLE_DUE_ROWS), NULL, 10);
+		r->stats.oldest_due_age_s = strtod(PQgetvalue(res, 0, OBR_SAMPLE_OLDEST_DUE_AGE_S), NULL);
+		r->stats.notification_queue_usage = strtod(PQgetvalue(res, 0, OBR_SAMPLE_QUEUE_USAGE), NULL);
+		r->stats.notify_lock_waiters = strtoll(PQgetvalue(res, 0, OBR_SAMPLE_NOTIFY_LOCK_WAITERS), NULL, 10);
 		r->stats.sampled_at_unix = relay_realtime_ms() / 1000;
+		relay_statement_ok(r, SK_SAMPLE);
 	} else {
-		relay_statement_error("sample", err);
+		relay_statement_failed(r, SK_SAMPLE, s, res, err);
 	}
 	relay_kick(r);
 }
@@ -50,10 +52,12 @@ static void on_retention_result(void *arg, const PGresult *res, const char *err)
 		return;
 	struct obr_relay *r = s->relay;
 	if (!res || err || PQntuples(res) != 1) {
-		relay_statement_error("retention", err);
+		relay_statement_failed(r, SK_RETENTION, s, res, err ? err : "unexpected result");
+		r->retention_wanted = true; /* after the backoff */
 		relay_kick(r);
 		return;
 	}
+	relay_statement_ok(r, SK_RETENTION);
 	bool got = !strcmp(PQgetvalue(res, 0, 0), "t");
 	long long rows = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
 	long long leases = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
@@ -103,33 +107,50 @@ static bool retention_send(struct obr_relay *r)
 }
 
 /* One entry of a connection's priorities: when wanted, send; send returns true when the
- * connection is taken (or deliberately held back) for this turn, false to look further. */
+ * connection is taken (or deliberately held back) for this turn, false to look further. A
+ * kind the database refused waits out its backoff; the entries below it go meanwhile. */
 struct want {
+	enum stmt_kind kind;
 	bool (*wanted)(struct obr_relay *r);
 	bool (*send)(struct obr_relay *r);
 };
 
 static const struct want work_wants[] = {
-	{ renew_wanted, renew_send },             /* a late renewal lets another instance send our rows */
-	{ complete_wanted, complete_send },       /* results unblock their partitions */
-	{ advance_drop_wanted, advance_drop },    /* at shutdown nothing is fetched any more */
-	{ advance_wanted, advance_send },         /* held with nothing left: more rows, or release */
-	{ lastlook_wanted, lastlook_send },       /* after releases: rows of writers that skipped NOTIFY */
-	{ release_all_wanted, release_all_send }, /* shutdown: nothing below runs any more */
-	{ sample_wanted, sample_send },
-	{ retention_wanted, retention_send },
+	{ SK_RENEW, renew_wanted, renew_send },             /* a late renewal lets another instance send our rows */
+	{ SK_COMPLETE, complete_wanted, complete_send },    /* results unblock their partitions */
+	{ SK_NONE, advance_drop_wanted, advance_drop },     /* at shutdown nothing is fetched any more */
+	{ SK_ADVANCE, advance_wanted, advance_send },       /* held with nothing left: more rows, or release */
+	{ SK_LASTLOOK, lastlook_wanted, lastlook_send },      /* after releases: rows of writers that skipped NOTIFY */
+	{ SK_NONE, release_all_wanted, release_all_send },  /* shutdown: nothing below runs any more */
+	{ SK_SELFTEST, listen_selftest_wanted, listen_selftest_send },
+	{ SK_SAMPLE, sample_wanted, sample_send },
+	{ SK_RETENTION, retention_wanted, retention_send },
 };
 
 static const struct want claim_wants[] = {
-	{ claim_wanted, claim_send },             /* notified partitions first */
-	{ claim_scan_wanted, claim_send_scan },   /* then partitions no notification announced */
+	{ SK_CLAIM, claim_wanted, claim_send },             /* notified partitions first */
+	{ SK_SCAN, claim_scan_wanted, claim_send_scan },    /* then partitions no notification announced */
 };
 
 static void run_wants(struct obr_relay *r, const struct want *w, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		if (w[i].wanted(r) && w[i].send(r))
+		if (!relay_backing_off(r, w[i].kind) && w[i].wanted(r) && w[i].send(r))
 			return;
+}
+
+/* A statement found the server read-only: reconnect (pg.c backs off), now that its handler
+ * is done with the statement the reset frees. */
+static void reset_if_wanted(struct conn *c)
+{
+	if (!c->reset_wanted)
+		return;
+	c->reset_wanted = false;
+	if (c->drop_session_wanted && obr_pg_drop_session_state(c->pg) == 0) {
+		obr_pg_reset(c->pg, "statements run unprepared from now on (a transaction pooler)");
+		return;
+	}
+	obr_pg_reset(c->pg, "the server is read-only");
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -137,6 +158,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	struct obr_relay *r = arg;
 	stmt_settle(r, &r->work);
 	stmt_settle(r, &r->claim);
+	reset_if_wanted(&r->work);
+	reset_if_wanted(&r->claim);
 	deliver_dispatch(r);
 	if (!r->work.running && obr_pg_is_up(r->work.pg))
 		run_wants(r, work_wants, sizeof(work_wants) / sizeof(work_wants[0]));
@@ -161,6 +184,16 @@ static void on_listen_check(evutil_socket_t fd, short what, void *arg)
 static void on_listen_check_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	listen_on_check_timeout(arg);
+}
+
+static void on_selftest_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	listen_selftest_timeout(arg);
+}
+
+static void on_selftest_retry(evutil_socket_t fd, short what, void *arg)
+{
+	listen_selftest_retry(arg);
 }
 
 /* The fallback poll tick also carries the periodic chores (the listen connection's health
@@ -192,11 +225,10 @@ static void on_window(evutil_socket_t fd, short what, void *arg)
 	relay_kick(arg);
 }
 
-static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
+
+static void on_backoff(evutil_socket_t fd, short what, void *arg)
 {
-	struct obr_relay *r = arg;
-	r->complete_paused = false;
-	relay_kick(r);
+	relay_backoff_over(arg);
 }
 
 static void on_hard_stop(evutil_socket_t fd, short what, void *arg)
@@ -313,7 +345,8 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	snprintf(r->param.retention_ms, sizeof(r->param.retention_ms), "%lld", (long long)cfg->retention_ms);
 	snprintf(r->param.retention_batch, sizeof(r->param.retention_batch), "%lld", (long long)cfg->retention_batch);
 
-	bool table_ok = part_table_init(&r->parts) == 0;
+	bool table_ok = part_table_init(&r->parts) == 0 &&
+	                obr_hosts_init(&r->hosts, (int)cfg->host_max_in_flight, (int)cfg->circuit_failures) == 0;
 	struct obr_send_options sopt = { .timeout_ms = (long)cfg->http_timeout_ms,
 		                         .ca_file = cfg->ca_file,
 		                         .tls_verify = cfg->tls_verify,
@@ -336,19 +369,24 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->listen_check_ev = event_new(base, -1, EV_PERSIST, on_listen_check, r);
 	r->listen_check_timeout_ev = evtimer_new(base, on_listen_check_timeout, r);
 	r->grace_ev = evtimer_new(base, on_grace, r);
-	r->complete_retry_ev = evtimer_new(base, on_complete_retry, r);
+	r->backoff_ev = evtimer_new(base, on_backoff, r);
+	r->selftest_timeout_ev = evtimer_new(base, on_selftest_timeout, r);
+	r->selftest_retry_ev = evtimer_new(base, on_selftest_retry, r);
 	r->claim_window_ev = evtimer_new(base, on_window, r);
 	r->marks_window_ev = evtimer_new(base, on_window, r);
 	r->hard_stop_ev = evtimer_new(base, on_hard_stop, r);
 	r->settle_ev = evtimer_new(base, on_window, r);
 	r->lastlook.ev = evtimer_new(base, on_lastlook, r);
 	lastlook_init(r);
-	r->complete_backoff_ms = COMPLETE_BACKOFF_MIN_MS;
+	for (int k = 0; k < SK_KINDS; k++)
+		obr_backoff_init(&r->backoff[k], STMT_BACKOFF_MIN_MS, STMT_BACKOFF_MAX_MS);
 	r->statement_limit = MAX_STATEMENT_BYTES;
 	r->stats.due_rows = -1;
 	r->stats.oldest_due_age_s = -1;
 	r->stats.notification_queue_usage = -1;
-	if (!r->complete_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->lastlook.ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
+	r->stats.notify_lock_waiters = -1;
+	r->stats.listen_selftest_ok = -1;
+	if (!r->backoff_ev || !r->selftest_timeout_ev || !r->selftest_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->lastlook.ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
@@ -383,6 +421,10 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->claim.pg = obr_pg_new(base, cfg->database_url, "outbox-relay claim", claim_setup, session ? claim_prepared : NULL,
 	                         &claim_cb, r);
 	if (!r->work.pg || !r->claim.pg)
+		goto fail;
+	/* a statement stalled on the connection that renews (a lock wait, an I/O stall, a
+	 * synchronous standby away) is cancelled well before the lease could expire behind it */
+	if (session && obr_pg_set_statement_timeout(r->work.pg, (int)(cfg->lease_ms / STATEMENT_TIMEOUT_SHARE)))
 		goto fail;
 	if (cfg->mode == OBR_MODE_LISTEN) {
 		char listen_sql[128];
@@ -435,6 +477,18 @@ const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 	}
 	r->stats.in_flight_requests = obr_sender_in_flight(r->sender);
 	r->stats.leases_held = (int64_t)part_held(&r->parts);
+	r->stats.circuits_open = (int64_t)obr_hosts_open_count(&r->hosts);
+	r->stats.nhosts = 0;
+	for (size_t i = 0; i < r->hosts.nbuckets && r->stats.nhosts < OBR_HOST_STATS; i++)
+		for (const struct obr_host *h = r->hosts.buckets[i]; h && r->stats.nhosts < OBR_HOST_STATS; h = h->hash_next) {
+			if (!h->in_flight && !h->failures && !h->open_until_ms)
+				continue; /* idle and healthy: no series */
+			size_t k = r->stats.nhosts++;
+			snprintf(r->stats.hosts[k].name, sizeof(r->stats.hosts[k].name), "%s", h->name);
+			r->stats.hosts[k].in_flight = h->in_flight;
+			r->stats.hosts[k].failures = h->failures;
+			r->stats.hosts[k].open = h->open_until_ms != 0;
+		}
 	return &r->stats;
 }
 
@@ -444,12 +498,23 @@ bool obr_relay_ready(const struct obr_relay *r, char *why, size_t whylen)
 		snprintf(why, whylen, "shutting down");
 		return false;
 	}
+	if (r->read_only) {
+		snprintf(why, whylen, "the database is read-only (SQLSTATE 25006: a standby, or a primary fenced or demoted "
+		                      "in a failover); reconnecting until writes work");
+		return false;
+	}
 	if (!obr_pg_is_up(r->work.pg) || !obr_pg_is_up(r->claim.pg)) {
 		snprintf(why, whylen, "database connection is down");
 		return false;
 	}
 	if (r->listen_pg && !r->listen_ready) {
 		snprintf(why, whylen, "LISTEN is not active (listen connection down)");
+		return false;
+	}
+	if (r->listen_deaf) {
+		snprintf(why, whylen, "LISTEN hears no notifications (the relay's own test notification did not arrive: a "
+		                      "transaction pooler?); polling every %lld ms instead",
+		         (long long)(r->cfg->poll_interval_ms < DEAF_POLL_MS ? r->cfg->poll_interval_ms : DEAF_POLL_MS));
 		return false;
 	}
 	if (!r->listen_pg && !r->first_scan_done) {
@@ -473,13 +538,14 @@ void obr_relay_free(struct obr_relay *r)
 	stmt_forget_all(&r->claim, NULL);
 	obr_sender_abort_all(r->sender);
 	part_table_free(&r->parts);
+	obr_hosts_free(&r->hosts);
 	for (size_t i = 0; i < r->marks.len; i++)
 		mark_free(r->marks.items[i]);
 	free(r->marks.items);
 	obr_sender_free(r->sender);
 	struct event *evs[] = { r->kick_ev, r->poll_ev, r->due_ev, r->renew_ev, r->listen_check_ev,
 		                r->listen_check_timeout_ev, r->grace_ev,
-		                r->complete_retry_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
+		                r->backoff_ev, r->selftest_timeout_ev, r->selftest_retry_ev, r->hard_stop_ev, r->settle_ev, r->claim_window_ev, r->marks_window_ev };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);

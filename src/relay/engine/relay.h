@@ -21,6 +21,7 @@ struct event_base;
 struct obr_relay;
 
 #define OBR_LATENCY_BUCKETS 16
+#define OBR_HOST_STATS 20   /* hosts with their own series on /metrics, at most (names come from rows) */
 
 /* Upper bounds (seconds) of the commit-to-delivery latency histogram buckets. */
 extern const double obr_latency_bounds[OBR_LATENCY_BUCKETS];
@@ -38,16 +39,28 @@ struct obr_relay_stats {
 	uint64_t claims;
 	uint64_t reconnects;
 	uint64_t retention_deleted;               /* processed rows deleted by retention */
+	uint64_t circuit_deferred;                /* rows put off, without an attempt, for an open circuit */
 	uint64_t latency_count;                   /* created_at -> destination's answer */
 	double latency_sum;                       /* seconds */
 	uint64_t latency_buckets[OBR_LATENCY_BUCKETS]; /* cumulative is computed by the exporter */
 	/* gauges */
 	int64_t in_flight_requests;
 	int64_t leases_held;
+	int64_t circuits_open;                    /* HTTP hosts whose circuit is open */
+	size_t nhosts;                            /* per-host figures below: hosts in use or sick, at most OBR_HOST_STATS */
+	struct {
+		char name[128];
+		int64_t in_flight;
+		int64_t failures;
+		bool open;
+	} hosts[OBR_HOST_STATS];
+	int64_t listen_selftest_ok;               /* 1: LISTEN heard the relay's own notification; 0: not
+	                                             (polling instead); -1: not tested (poll mode, or not yet) */
 	/* sampled from the database every OBR_SAMPLE_MS; -1 until the first sample */
 	int64_t due_rows;
 	double oldest_due_age_s;
 	double notification_queue_usage;
+	int64_t notify_lock_waiters;              /* sessions waiting for the notify commit lock */
 	int64_t sampled_at_unix;
 };
 

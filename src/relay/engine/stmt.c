@@ -84,6 +84,7 @@ bool stmt_send(struct stmt *s, const char *sql, int nparams, const char *const *
 {
 	struct conn *c = s->conn;
 	s->handler = fn;
+	s->sent_ms = relay_mono_ms();
 	if (c->tail)
 		c->tail->next = s;
 	else

@@ -547,11 +547,13 @@ static void on_sent(void *arg, const struct obr_http_result *res)
 {
 	struct send_ctx *c = arg;
 	ctx_unlink(c->s, c);
-	struct obr_send_result out = { .retry_after_ms = res->retry_after_s >= 0 ? res->retry_after_s * 1000 : -1 };
-	if (res->ok)
-		out.status = OBR_SEND_OK;
-	else
+	struct obr_send_result out = { .status = OBR_SEND_OK };
+	if (!res->ok)
 		obr_send_result_set(&out, res->permanent ? OBR_SEND_PERMANENT : OBR_SEND_RETRY, "%s", res->error);
+	out.http_status = res->status;
+	/* only "too many requests" and "unavailable" ask for a pause (RFC 9110 10.2.3) */
+	bool busy = res->status == 429 || res->status == 503;
+	out.retry_after_ms = busy && res->retry_after_s >= 0 ? res->retry_after_s * 1000 : -1;
 	c->done(c->arg, &out);
 	free(c);
 }

@@ -28,7 +28,9 @@ enum obr_send_status {
 struct obr_send_result {
 	enum obr_send_status status;
 	char message[OBR_SEND_MESSAGE_MAX]; /* why not OK, for last_error and the log; no secrets */
-	long retry_after_ms;                /* the destination asked for this pause (Retry-After); -1: none */
+	long retry_after_ms;                /* the destination asked for this pause (Retry-After on a 429
+	                                       or 503, seconds or an HTTP date); -1: none */
+	long http_status;                   /* HTTP destinations: the answer's status; 0: none (or not HTTP) */
 };
 
 /* One delivery. Everything is copied by submit. */
