@@ -398,17 +398,26 @@ SQL
 trigger_after() { psql_ -f "$root/sql/010_notify_skip.sql"; }
 run_writers() {
   echo "== writers: 4 clients x 1-row INSERT+COMMIT for $writers_secs s over 100 partitions, relay running"
-  echo "   (clone) outbox's shape, no trigger; (before) outbox + sql/002 trigger; (after) outbox + sql/010 trigger"
+  echo "   (clone) outbox's shape, no trigger; (before) outbox + sql/002 trigger; (after) outbox + sql/010"
+  echo "   trigger, relay with OUTBOX_LINGER_MS=0; (linger) sql/010 trigger, relay with its default linger"
   for rep in $(seq "$reps"); do
     relay_stop; truncate_all; sink_reset
     quiet
-    relay_start
-    sleep 0.3
     local line="" sent=0 order v
-    case $(( rep % 3 )) in 1) order="clone before after" ;; 2) order="before after clone" ;; *) order="after clone before" ;; esac
+    case $(( rep % 4 )) in
+      1) order="clone before after linger" ;; 2) order="before after linger clone" ;;
+      3) order="after linger clone before" ;; *) order="linger clone before after" ;;
+    esac
     for v in $order; do
       local table=outbox out c0 c1 rows
-      case $v in clone) table=clone ;; before) trigger_before ;; after) trigger_after ;; esac
+      relay_stop
+      case $v in
+        clone) table=clone; relay_start ;;
+        before) trigger_before; relay_start OUTBOX_LINGER_MS=0 ;;
+        after) trigger_after; relay_start OUTBOX_LINGER_MS=0 ;;
+        linger) trigger_after; relay_start ;;
+      esac
+      sleep 0.3
       c0=$(cpu_ms "$relay_pid")
       out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table "$table" --clients 4 \
               --partitions 100 --seconds "$writers_secs")
@@ -424,6 +433,7 @@ run_writers() {
       rec writers "${v}_rows_per_s" "$(kv rows_per_s "$out")"
       line="$line $v $(kv rows_per_s "$out") rows/s;"
     done
+    relay_stop
     # the lever's ceiling: every partition leased by another (fake) instance, so no writer
     # notifies and the relay has nothing to do; the rows wait (they are truncated next)
     trigger_after
@@ -438,7 +448,6 @@ run_writers() {
     line="$line all held $(kv rows_per_s "$out") rows/s;"
     fmt "  rep $rep" "$line"
   done
-  relay_stop
   trigger_after
   python3 - "$results" <<'PY'
 import statistics, sys
@@ -449,10 +458,11 @@ for line in open(sys.argv[1]):
         d.setdefault(f, []).append(float(v))
 m = lambda k: statistics.median(d[k]) if k in d else float("nan")
 c = m("clone_rows_per_s")
-print(f"   median rows/s: clone {c:.0f}, before {m('before_rows_per_s'):.0f} ({m('before_rows_per_s') / c:.2f} of clone, "
-      f"{m('before_notifies_per_tx'):.2f} NOTIFYs/tx), after {m('after_rows_per_s'):.0f} ({m('after_rows_per_s') / c:.2f} of clone, "
-      f"{m('after_notifies_per_tx'):.2f} NOTIFYs/tx), every partition held {m('held_rows_per_s'):.0f} "
-      f"({m('held_rows_per_s') / c:.2f} of clone, {m('held_notifies_per_tx'):.2f} NOTIFYs/tx)")
+parts = [f"clone {c:.0f}"]
+for v in ("before", "after", "linger", "held"):
+    parts.append(f"{v} {m(v + '_rows_per_s'):.0f} ({m(v + '_rows_per_s') / c:.2f} of clone, "
+                 f"{m(v + '_notifies_per_tx'):.2f} NOTIFYs/tx)")
+print("   median rows/s: " + "; ".join(parts))
 PY
 }
 

@@ -37,6 +37,9 @@ struct obr_config {
 	int64_t claim_limit;
 	int64_t fetch_bytes;           /* row data fetched and not delivered yet, at most (one row more) */
 	int64_t batch_window_ms;       /* listen mode: gather claims and results this long first */
+	int64_t linger_ms;             /* a busy partition stays held this long after its last row */
+	int64_t linger_min_rate;       /* ... while the relay delivers at least this many rows/s */
+	int64_t linger_poll_ms;        /* lingering partitions are read this often */
 	int64_t shutdown_grace_ms;
 	int64_t health_check_ms;
 	char *ca_file;

@@ -1,6 +1,8 @@
 """Issue 14: writers do not NOTIFY for a partition the relay holds (sql/010), and the relay's
 last look after a release (src/relay/engine/lastlook.c) delivers the row of a writer that
-skipped its NOTIFY and committed after the release. The relays here poll once an hour
+skipped its NOTIFY and committed after the release. A busy partition lingers (stays held after
+its last row, src/relay/engine/linger.c), so its writers skip their NOTIFY, and the relay finds
+their rows by reading the lingering partitions. The relays here poll once an hour
 (relay_util.PUSH_ENV), so a row that arrives did not wait for the fallback poll."""
 
 import json
@@ -9,10 +11,15 @@ import select
 import threading
 import time
 
+import pytest
+
 from conftest import uuid7, wait_until
-from relay_util import env, http_dest, insert, instance_id, wait_no_leases, wait_processed
+from relay_util import env, http_dest, insert, instance_id, metric, wait_no_leases, wait_processed
 
 HOLD_MS = 1500  # the sink answers the first row this late: its partition stays held meanwhile
+# partitions linger whatever the rate (the tests' writers are slow), this long after a row
+LINGER = {"OUTBOX_LINGER_MIN_RATE": "0", "OUTBOX_LINGER_MS": "1500"}
+NO_LINGER = {"OUTBOX_LINGER_MS": "0"}
 
 
 class Listener:
@@ -66,7 +73,7 @@ def test_writer_paused_across_the_release_is_delivered_promptly(db, sink, relay)
     """A writer inserts while the partition is held (so it skips its NOTIFY), the relay finishes
     the partition and releases it, then the writer commits: its row arrives without a poll."""
     sink.rules([{"prefix": "/held/first", "delay_ms": HOLD_MS}])
-    relay(db, env=env())
+    relay(db, env=env(**NO_LINGER))
     listener = Listener(db)
     part = str(uuid7())
     first = hold_partition(db, sink, listener, part)
@@ -87,7 +94,7 @@ def test_no_notify_for_a_held_partition(db, sink, relay):
     """Writers of a held partition send no NOTIFY; writers of a free partition, and writers in
     REPEATABLE READ (whose snapshot may predate a release), still do."""
     sink.rules([{"prefix": "/held/first", "delay_ms": HOLD_MS}])
-    relay(db, env=env())
+    relay(db, env=env(**NO_LINGER))
     listener = Listener(db)
     held, free = str(uuid7()), str(uuid7())
     first = hold_partition(db, sink, listener, held)
@@ -139,11 +146,14 @@ def test_writer_paused_across_a_shutdown_is_delivered_by_another_instance(db, si
     listener.close()
 
 
-def test_writers_hammering_releases_leave_nothing_to_the_poll(db, sink, relay):
+@pytest.mark.parametrize("linger", [NO_LINGER, {"OUTBOX_LINGER_MIN_RATE": "0", "OUTBOX_LINGER_MS": "20"}],
+                         ids=["released-at-once", "lingering-20ms"])
+def test_writers_hammering_releases_leave_nothing_to_the_poll(db, sink, relay, linger):
     """Four writers commit single-row transactions into 4 partitions, with an open transaction
-    now and then and always at the end, while the relay claims and releases them all the time:
-    every row arrives, none waits for the poll (an hour away)."""
-    relay(db, env=env())
+    now and then and always at the end, while the relay claims and releases them all the time
+    (at once, or after lingering 20 ms): every row arrives, none waits for the poll (an hour
+    away)."""
+    relay(db, env=env(**linger))
     parts = [str(uuid7()) for _ in range(4)]
     written, errors = [], []
     lock = threading.Lock()
@@ -174,3 +184,81 @@ def test_writers_hammering_releases_leave_nothing_to_the_poll(db, sink, relay):
         t.join(60)
     assert not errors, errors
     wait_processed(db, written, timeout=20)
+
+
+def lease_count(db, part: str) -> int:
+    return db.scalar("SELECT count(*) FROM outbox_lock WHERE partition_key = %s::uuid AND processed_at IS NULL",
+                     (part,))
+
+
+def test_a_lingering_partition_takes_rows_without_notifies_then_is_released(db, sink, relay):
+    """After its row is delivered a busy partition stays held: the next rows' writers send no
+    NOTIFY, the relay still delivers them in order, and once no row came for OUTBOX_LINGER_MS
+    the partition is released (a row after that notifies again)."""
+    proc = relay(db, env=env(**LINGER))
+    listener = Listener(db)
+    part = str(uuid7())
+    first = insert(db, [row(sink, "/linger", part, "0")])[0]["idempotent_key"]
+    wait_processed(db, [first])
+    wait_until(lambda: listener.poll().get(part, 0) == 1, 10, "the first row's NOTIFY", interval=0.01)
+    assert lease_count(db, part) == 1, "the partition was released at once"
+    assert metric(proc, "outbox_relay_partitions_lingering") == 1
+
+    later = []
+    for i in range(1, 21):
+        later += insert(db, [row(sink, "/linger", part, str(i))])
+        wait_processed(db, [later[-1]["idempotent_key"]], timeout=10)
+    assert listener.poll().get(part, 0) == 1, f"writers of the lingering partition notified: {listener.seen}"
+    bodies = [r["body"] for r in sink.requests() if r["path"] == "/linger"]
+    assert [b.decode() if isinstance(b, bytes) else b for b in bodies] == [str(i) for i in range(21)]
+
+    # no row for OUTBOX_LINGER_MS: released, and the next writer notifies
+    wait_until(lambda: lease_count(db, part) == 0, 10, "the partition's release after the linger",
+               interval=0.02)
+    assert metric(proc, "outbox_relay_partitions_lingering") == 0
+    after = insert(db, [row(sink, "/linger", part, "after")])[0]["idempotent_key"]
+    wait_processed(db, [after], timeout=10)
+    wait_until(lambda: listener.poll().get(part, 0) == 2, 10, "a NOTIFY once released", interval=0.01)
+    listener.close()
+
+
+def test_writer_open_across_the_end_of_the_linger_is_delivered_promptly(db, sink, relay):
+    """A writer inserts into a lingering partition (no NOTIFY) and stays open until the linger
+    is over and the partition released: the last look delivers its row, not the poll."""
+    relay(db, env=env(**LINGER))
+    listener = Listener(db)
+    part = str(uuid7())
+    first = insert(db, [row(sink, "/linger", part, "first")])[0]["idempotent_key"]
+    wait_processed(db, [first])
+    assert lease_count(db, part) == 1
+    writer = db.conn(autocommit=False)
+    late = insert_open(writer, sink, part, "late")   # trigger ran under the lingering lease
+    wait_until(lambda: lease_count(db, part) == 0, 10, "the release after the linger", interval=0.02)
+    writer.commit()
+    wait_processed(db, [late], timeout=10)           # the poll would take an hour
+    listener.poll()
+    assert listener.seen.get(part, 0) == 1, f"the late writer notified: {listener.seen}"
+    writer.close()
+    listener.close()
+
+
+def test_a_lingering_instance_stops_while_a_writer_is_open(db, sink, relay):
+    """The instance a partition lingers on stops while a writer that skipped its NOTIFY is
+    still open: the stop NOTIFYs the released partition, and the other instance delivers the
+    writer's row once it commits."""
+    relays = [relay(db, env=env(**LINGER)), relay(db, env=env(**LINGER))]
+    part = str(uuid7())
+    first = insert(db, [row(sink, "/linger", part, "first")])[0]["idempotent_key"]
+    wait_processed(db, [first])
+    holder_id = db.scalar("SELECT lock_id::text FROM outbox_lock WHERE partition_key = %s::uuid"
+                          " AND processed_at IS NULL", (part,))
+    assert holder_id, "the partition does not linger"
+    holder = next(r for r in relays if instance_id(r) == holder_id)
+    other = next(r for r in relays if r is not holder)
+    writer = db.conn(autocommit=False)
+    late = insert_open(writer, sink, part, "late")
+    assert holder.stop() == 0
+    writer.commit()
+    wait_processed(db, [late], timeout=10)
+    assert other.alive()
+    writer.close()

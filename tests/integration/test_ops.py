@@ -229,6 +229,7 @@ def test_metrics_match_what_the_sink_received(db, relay, sink, admin_port):
         "outbox_relay_delivered": "counter", "outbox_relay_failed": "counter",
         "outbox_relay_parked": "counter", "outbox_relay_rows_delivered": "counter",
         "outbox_relay_requests_in_flight": "gauge", "outbox_relay_leases_held": "gauge",
+        "outbox_relay_partitions_lingering": "gauge",
         "outbox_relay_notifications": "counter", "outbox_relay_polls": "counter",
         "outbox_relay_poll_found_partitions": "counter", "outbox_relay_claims": "counter",
         "outbox_relay_reconnects": "counter", "outbox_relay_up": "gauge",

@@ -33,6 +33,7 @@ static struct obr_relay_stats sample_stats(void)
 	st.latency_sum = 12.5;
 	st.in_flight_requests = 3;
 	st.leases_held = 2;
+	st.partitions_lingering = 3;
 	st.due_rows = -1;
 	st.oldest_due_age_s = -1;
 	st.notification_queue_usage = -1;
@@ -86,6 +87,7 @@ static void test_counters_by_kind(void)
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_reconnects_total", v, sizeof(v)), "1");
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_requests_in_flight", v, sizeof(v)), "3");
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_leases_held", v, sizeof(v)), "2");
+	CHECK_STR_EQ(value_of(doc, "outbox_relay_partitions_lingering", v, sizeof(v)), "3");
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_up", v, sizeof(v)), "1");
 	CHECK_STR_EQ(value_of(doc, "outbox_relay_ready", v, sizeof(v)), "1");
 	const char *info = strstr(doc, "\noutbox_relay_info{version=\"");
@@ -229,7 +231,7 @@ static void test_exposition_format(void)
 		samples++;
 	}
 	CHECK_INT_EQ(helps, types);
-	CHECK_INT_EQ(types, 24); /* listen_selftest_ok and notify_lock_waiters are present (0 here) */
+	CHECK_INT_EQ(types, 25); /* listen_selftest_ok and notify_lock_waiters are present (0 here) */
 	CHECK(samples > types);
 	/* no secrets: the document never names a database */
 	CHECK(strstr(doc, "postgres") == NULL);

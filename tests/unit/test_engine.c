@@ -145,6 +145,8 @@ static bool selftest_answered(struct env *e, bool heard)
 	return true;
 }
 
+static const char *extra_env[4]; /* more settings for the next env_start */
+
 /* A relay with its three connections up, its first scan and sample answered: idle. */
 static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 {
@@ -152,7 +154,8 @@ static bool env_start(struct env *e, const char *lease_ms, const char *grace_ms)
 	snprintf(lease, sizeof(lease), "OUTBOX_LEASE_MS=%s", lease_ms);
 	snprintf(grace, sizeof(grace), "OUTBOX_SHUTDOWN_GRACE_MS=%s", grace_ms);
 	const char *envp[] = { "DATABASE_URL=postgresql://127.0.0.1/unit", "OUTBOX_BATCH_WINDOW_MS=0",
-		               "OUTBOX_POLL_INTERVAL_MS=3600000", "OUTBOX_RETENTION=0", lease, grace, NULL };
+		               "OUTBOX_POLL_INTERVAL_MS=3600000", "OUTBOX_RETENTION=0", lease, grace,
+		               extra_env[0], extra_env[1], extra_env[2], extra_env[3], NULL };
 	char err[512];
 	memset(e, 0, sizeof(*e));
 	fake_send_reset();
@@ -949,6 +952,123 @@ static void test_results_split_at_string_limit(void)
 	env_free(&e);
 }
 
+/* ---- lingering (linger.c) ---- */
+
+/* A busy partition stays held after its row: the results statement does not advance it, the
+ * probe reads it for new rows (read-only, on the claim connection, without renewing the lease)
+ * and delivers what it finds; once the linger is over the advance releases it, and the last
+ * look follows. A notification for a lingering partition makes the probe go at once. */
+static void test_linger_probe_and_release(void)
+{
+	struct env e;
+	extra_env[0] = "OUTBOX_LINGER_MIN_RATE=0";
+	extra_env[1] = "OUTBOX_LINGER_MS=300";
+	extra_env[2] = "OUTBOX_LINGER_POLL_MS=5";
+	bool started = env_start(&e, "30000", "8000");
+	memset(extra_env, 0, sizeof(extra_env));
+	CHECK(started);
+	const char *rows[] = { ROW_1 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 1));
+	int64_t lease_until = part_find(&e.r->parts, PART_A)->lease_until_ms;
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 8), "{}"); /* not advanced: it lingers */
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_LINGERING);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->partitions_lingering, 1);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->leases_held, 1);
+
+	/* the probe, after OUTBOX_LINGER_POLL_MS: nothing new yet */
+	CHECK(wait_for(&e, e.claim, OBR_SQL_PROBE));
+	CHECK_STR_EQ(param(e.claim, 1), "{" PART_A "}");
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_PROBING);
+	fake_pg_answer(e.claim, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_LINGERING);
+
+	/* the next one finds a row: delivered under the lease already held, which it did not renew */
+	CHECK(wait_for(&e, e.claim, OBR_SQL_PROBE));
+	PGresult *res = heads();
+	head_row(res, PART_A, ROW_2);
+	fake_pg_answer(e.claim, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_DELIVERING);
+	CHECK_INT_EQ(fake_send_started(), 2);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	CHECK(part_find(&e.r->parts, PART_A)->lease_until_ms == lease_until);
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_LINGERING);
+
+	/* a notification for it (a writer that did not see the lease): probed at once */
+	fake_pg_notify(e.listen, "outbox", PART_A);
+	settle(&e);
+	CHECK(head_is(e.claim, OBR_SQL_PROBE));
+	fake_pg_answer(e.claim, heads(), NULL);
+	settle(&e);
+
+	/* no row for OUTBOX_LINGER_MS (the probes meanwhile find nothing): the advance releases it,
+	 * and the last look follows */
+	int64_t until = now_ms() + 10000;
+	while (!head_is(e.work, OBR_SQL_ADVANCE) && now_ms() < until) {
+		if (head_is(e.claim, OBR_SQL_PROBE))
+			fake_pg_answer(e.claim, heads(), NULL);
+		if (head_is(e.work, OBR_SQL_SAMPLE)) /* its backoff after env_start's refusal is over */
+			fake_pg_answer(e.work, fake_error_result(), "not in this test");
+		if (head_is(e.work, OBR_SQL_RENEW)) { /* a lingering partition's lease is renewed too */
+			PGresult *ren = empty(1);
+			const char *v[] = { PART_A };
+			fake_result_row(ren, v);
+			fake_pg_answer(e.work, ren, NULL);
+		}
+		struct timeval tv = { 0, 2000 };
+		event_base_loopexit(e.base, &tv);
+		event_base_dispatch(e.base);
+	}
+	CHECK(head_is(e.work, OBR_SQL_ADVANCE));
+	CHECK_STR_EQ(param(e.work, 1), "{" PART_A "}");
+	res = heads();
+	head_none(res, PART_A, "released");
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_COUNT);
+	CHECK(head_is(e.work, OBR_SQL_LASTLOOK));
+	fake_pg_answer(e.work, last_look(true, true, "9:9:"), NULL);
+	settle(&e);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->partitions_lingering, 0);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->rows_delivered, 2);
+	env_free(&e);
+}
+
+/* Below OUTBOX_LINGER_MIN_RATE (the default 500 rows/s; one row here) nothing lingers: the
+ * results statement advances the partition as before. Covered by
+ * test_claim_deliver_complete_release. At shutdown a lingering partition is let go. */
+static void test_linger_let_go_at_shutdown(void)
+{
+	struct env e;
+	extra_env[0] = "OUTBOX_LINGER_MIN_RATE=0";
+	bool started = env_start(&e, "30000", "8000");
+	memset(extra_env, 0, sizeof(extra_env));
+	CHECK(started);
+	const char *rows[] = { ROW_1 };
+	CHECK(claim_with_rows(&e, PART_A, rows, 1));
+	fake_send_answer(0, true);
+	settle(&e);
+	fake_pg_answer(e.work, heads(), NULL);
+	settle(&e);
+	CHECK_INT_EQ(state_of(&e, PART_A), PS_LINGERING);
+	obr_relay_shutdown(e.r);
+	settle(&e);
+	CHECK(state_of(&e, PART_A) == PS_COUNT || state_of(&e, PART_A) == PS_IDLE);
+	CHECK(head_is(e.work, OBR_SQL_RELEASE_ALL));
+	env_free(&e);
+}
+
 int main(int argc, char **argv)
 {
 	obr_log_configure(getenv("OBR_TEST_LOG") ? OBR_LOG_DEBUG : OBR_LOG_ERROR, OBR_LOG_TEXT);
@@ -976,6 +1096,8 @@ int main(int argc, char **argv)
 		TEST(test_notification_flood_forgotten),
 		TEST(test_fetch_budget),
 		TEST(test_results_split_at_string_limit),
+		TEST(test_linger_probe_and_release),
+		TEST(test_linger_let_go_at_shutdown),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);

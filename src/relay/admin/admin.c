@@ -146,6 +146,10 @@ int obr_metrics_format(const struct obr_relay_stats *st, bool ready, struct obr_
 	           st->in_flight_requests > 0 ? (uint64_t)st->in_flight_requests : 0);
 	family(out, "outbox_relay_leases_held", "gauge", "Partition leases this instance holds");
 	sample_u64(out, "outbox_relay_leases_held", NULL, st->leases_held > 0 ? (uint64_t)st->leases_held : 0);
+	family(out, "outbox_relay_partitions_lingering", "gauge",
+	       "Held partitions with nothing to deliver, kept a little after their last row (their writers skip NOTIFY)");
+	sample_u64(out, "outbox_relay_partitions_lingering", NULL,
+	           st->partitions_lingering > 0 ? (uint64_t)st->partitions_lingering : 0);
 	host_families(out, st);
 
 	if (st->listen_selftest_ok >= 0) {

@@ -271,6 +271,21 @@ const char OBR_SQL_RENEW[] =
 	"RETURNING partition_key::text";
 
 /*
+ * Linger probe: the heads of partitions we hold with nothing fetched (OUTBOX_LINGER_MS), in
+ * one read-only statement: no lock, no lease written, no commit to wait for. Only partitions
+ * with a pending row and still leased to us are in the result (a lease lost meanwhile is for
+ * the renewal to find); its rows are those of the claim, under the lease already held.
+ * $1 lock_id, $2 uuid[] partitions, $3 rows per partition, $4 byte budget
+ */
+const char OBR_SQL_PROBE[] =
+	"SELECT p.k::text, '" OBR_LEASE_HELD "', " HEADS_COLUMNS("$4::bigint")
+	"  FROM (SELECT DISTINCT k FROM unnest($2::uuid[]) AS k) p "
+	"  JOIN outbox_lock l ON l.partition_key = p.k AND l.processed_at IS NULL AND l.lock_id = $1::uuid "
+	"  CROSS JOIN LATERAL (" HEADS_OF("p.k", "$3", "", "") ") h "
+	" WINDOW w AS (ORDER BY p.k, h.rn) "
+	" ORDER BY p.k, h.rn";
+
+/*
  * Last look after releases (sql/010: a writer skips its NOTIFY while the partition's lease is
  * live, so a row it commits after the release committed was seen by nobody). Sent on the
  * connection that released, so after those releases committed: its snapshot "cur" then counts

@@ -46,6 +46,9 @@ extern const char OBR_SQL_CLAIM[];
 extern const char OBR_SQL_ADVANCE[];          /* the same parameters */
 extern const char OBR_SQL_COMPLETE[];         /* $1..$12, see store.c */
 extern const char OBR_SQL_COMPLETE_DELETE[];
+/* Heads columns too; only partitions with pending rows. $1 lock_id, $2 uuid[] partitions,
+ * $3 rows per partition, $4 byte budget */
+extern const char OBR_SQL_PROBE[];
 
 /* The engine's old names for the heads columns, until it uses the ones above. */
 #define HC_PARTITION OBR_HEAD_PARTITION

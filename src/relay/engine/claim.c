@@ -72,7 +72,7 @@ int64_t claim_lease_deadline(const struct obr_relay *r, const struct stmt *s)
 }
 
 void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult *res, enum part_state expect,
-                      bool from_claim)
+                      enum heads_from from)
 {
 	int n = PQntuples(res);
 	for (int i = 0; i < n;) {
@@ -115,11 +115,13 @@ void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult 
 		}
 
 		/* held: queue the leading due rows; a row that is not due stops the queue */
-		if (from_claim)
+		if (from == HEADS_CLAIM)
 			p->held_since = r->claim_seq;
-		int64_t until = claim_lease_deadline(r, s); /* taken, or renewed by an advance */
-		if (until > p->lease_until_ms)
-			p->lease_until_ms = until;
+		if (from != HEADS_PROBE) {
+			int64_t until = claim_lease_deadline(r, s); /* taken, or renewed by an advance */
+			if (until > p->lease_until_ms)
+				p->lease_until_ms = until;
+		}
 		p->notified = false;
 		p->fetched_full = i - first >= r->cfg->batch_size;
 		for (int j = first; j < i; j++) {
@@ -147,8 +149,7 @@ void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult 
 	}
 }
 
-/* The keys of the partitions in state s, as a uuid[] literal. */
-static char *uuid_array(struct obr_relay *r, enum part_state s)
+char *claim_keys_in(struct obr_relay *r, enum part_state s)
 {
 	struct obr_strbuf b;
 	size_t count = 0;
@@ -177,7 +178,7 @@ size_t claim_fetch_budget(const struct obr_relay *r, char out[24])
 bool claim_send_heads(struct obr_relay *r, struct conn *c, const char *sql, enum part_state in, obr_pg_result_fn fn)
 {
 	struct stmt *s = stmt_new(r, c);
-	char *keys = uuid_array(r, in);
+	char *keys = claim_keys_in(r, in);
 	char budget[24];
 	claim_fetch_budget(r, budget);
 	const char *params[] = { r->lock_id, keys, r->param.batch, r->param.lease, budget };
@@ -198,7 +199,7 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 
 	if (!failed) {
 		r->claim_seq++;
-		claim_take_heads(r, s, res, PS_CLAIMING, true);
+		claim_take_heads(r, s, res, PS_CLAIMING, HEADS_CLAIM);
 		r->stats.claims++;
 		relay_statement_ok(r, SK_CLAIM);
 	} else {
@@ -219,8 +220,10 @@ static void on_claim_result(void *arg, const PGresult *res, const char *err)
 /* Notified partitions, as many as there are free delivery slots. */
 static size_t claim_room(const struct obr_relay *r)
 {
-	/* partitions waiting for a busy host (OUTBOX_HOST_MAX_IN_FLIGHT) take no slot */
-	size_t held = part_held(&r->parts), waiting = r->host_waiting < held ? r->host_waiting : held;
+	/* partitions waiting for a busy host (OUTBOX_HOST_MAX_IN_FLIGHT) take no slot, nor do
+	 * lingering ones (they take one when a probe finds them rows) */
+	size_t held = part_held(&r->parts) - linger_count(r);
+	size_t waiting = r->host_waiting < held ? r->host_waiting : held;
 	held -= waiting;
 	return (size_t)r->cfg->max_in_flight > held ? (size_t)r->cfg->max_in_flight - held : 0;
 }

@@ -96,16 +96,20 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 		delivery_free(d);
 		if (!m->success && !m->park)
 			part_drop_queue(p); /* the head waits for its retry; the advance releases the partition */
+		if (m->success || m->park)
+			linger_row_done(r);
 		if (m->advance)
 			part_set_state(r, p, PS_ADVANCING); /* its fate is in the result */
 		else if (p->state == PS_LOST)
 			part_set_state(r, p, PS_IDLE);
 		else if (p->queue && !r->stopping)
 			part_set_state(r, p, PS_READY);
+		else if (m->linger && !r->stopping)
+			linger_enter(r, p);
 		else
 			part_set_state(r, p, PS_ADVANCE_WANTED);
 	}
-	claim_take_heads(r, s, res, PS_ADVANCING, false);
+	claim_take_heads(r, s, res, PS_ADVANCING, HEADS_ADVANCE);
 	advancing_not_answered(r);
 	for (size_t i = 0; i < marks->len; i++)
 		mark_free(marks->items[i]);
@@ -175,8 +179,10 @@ static void send_complete(struct obr_relay *r, size_t limit)
 			take = i;
 			break;
 		}
+		/* a busy partition lingers instead (linger.c): no advance, no release */
+		m->linger = (m->success || m->park) && linger_takes(r, p);
 		m->advance = (m->success || m->park) && !p->queue && !p->fetched_full && !r->stopping &&
-		             p->state == PS_DELIVERING;
+		             p->state == PS_DELIVERING && !m->linger;
 		if (m->advance) {
 			obr_strbuf_array_sep(&adv, &na);
 			obr_strbuf_append(&adv, p->key, OBR_KEY_LEN);
@@ -271,7 +277,7 @@ static void on_advance_result(void *arg, const PGresult *res, const char *err)
 
 	if (res && !err) {
 		relay_statement_ok(r, SK_ADVANCE);
-		claim_take_heads(r, s, res, PS_ADVANCING, false);
+		claim_take_heads(r, s, res, PS_ADVANCING, HEADS_ADVANCE);
 	} else {
 		relay_statement_failed(r, SK_ADVANCE, s, res, err);
 	}
@@ -340,7 +346,7 @@ static void on_renew_result(void *arg, const PGresult *res, const char *err)
 	relay_statement_ok(r, SK_RENEW);
 	/* every partition we believe held but is not in the result has been taken over (claims and
 	 * advances in flight are answered by their own statements) */
-	enum part_state held[] = { PS_READY, PS_DELIVERING, PS_ADVANCE_WANTED };
+	enum part_state held[] = { PS_READY, PS_DELIVERING, PS_ADVANCE_WANTED, PS_LINGERING };
 	for (size_t k = 0; k < sizeof(held) / sizeof(held[0]); k++) {
 		struct part *p = part_first(&r->parts, held[k]), *next;
 		for (; p; p = next) {

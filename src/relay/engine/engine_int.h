@@ -7,6 +7,7 @@
  *   claim.c     claim and scan statements; take_heads turns fetched rows into a queue
  *   deliver.c   starts a row's requests, collects their answers into a result (a mark)
  *   complete.c  results statements, advances, renewals, the final release
+ *   linger.c    busy partitions held a little after their last row, and read for new ones
  *   partition.c the partition table and THE gate for partition state (part_set_state)
  *   relay.c     the loop: scheduler (kick/flush), timers, connections, shutdown, public API
  */
@@ -53,6 +54,7 @@ enum stmt_kind {
 	SK_RETENTION,
 	SK_SELFTEST,
 	SK_LASTLOOK,
+	SK_PROBE,
 	SK_KINDS,
 	SK_NONE = SK_KINDS, /* a scheduler entry that sends nothing */
 };
@@ -100,6 +102,7 @@ struct mark {
 	int failures;               /* complete statements that failed with this result alone */
 	bool suspect;               /* in a complete statement that failed: written alone until it works */
 	bool advance;               /* the complete statement also advances its partition */
+	bool linger;                /* ... or its partition lingers after it (linger.c) */
 };
 
 struct vec {
@@ -159,6 +162,14 @@ struct lastlook {
 	char *snap;                 /* pg_snapshot as text */
 	bool running, timer_armed;
 	int backoff_ms;             /* while waiting on snap */
+	struct event *ev;
+};
+
+/* Busy partitions kept after their last row (OUTBOX_LINGER_MS). */
+struct lingering {
+	int64_t last_row_us;        /* monotonic: the latest result of a delivered row */
+	int64_t gap_us;             /* moving average of the time between results */
+	bool probe_due;             /* the poll interval is over (or a lingering partition was notified) */
 	struct event *ev;
 };
 
@@ -226,6 +237,7 @@ struct obr_relay {
 	struct event *hard_stop_ev;
 	struct event *settle_ev;    /* a statement answered but not ended yet: look again soon */
 	struct lastlook lastlook;
+	struct lingering linger;
 
 	struct obr_relay_stats stats;
 };
@@ -285,8 +297,15 @@ void listen_selftest_retry(struct obr_relay *r);
 void claim_want(struct obr_relay *r, struct part *p);   /* an IDLE partition: claim it */
 /* Takes a claim or advance result: rows per partition, in order, for partitions in state
  * expect (others are not ours to change and are skipped). */
+enum heads_from {
+	HEADS_CLAIM,                /* took the leases */
+	HEADS_ADVANCE,              /* renewed them (advance, or results that advance) */
+	HEADS_PROBE,                /* read under leases held already: they last as they did */
+};
 void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult *res, enum part_state expect,
-                      bool from_claim);
+                      enum heads_from from);
+/* The keys of the partitions in state s, as a uuid[] literal (malloc'ed); NULL: out of memory. */
+char *claim_keys_in(struct obr_relay *r, enum part_state s);
 /* Where the lease of a partition held by statement s ends for us, on the monotonic clock. */
 int64_t claim_lease_deadline(const struct obr_relay *r, const struct stmt *s);
 /* What a statement may fetch now: OUTBOX_FETCH_BYTES less the rows held, as text; 0 when full. */
@@ -296,6 +315,20 @@ bool claim_wanted(struct obr_relay *r);
 bool claim_send(struct obr_relay *r);
 bool claim_scan_wanted(struct obr_relay *r);
 bool claim_send_scan(struct obr_relay *r);
+
+/* ---- linger.c ---- */
+void linger_init(struct obr_relay *r);
+void linger_row_done(struct obr_relay *r);          /* a delivered row's result was written */
+/* Whether p, whose current row is done and which has nothing fetched, lingers instead of being
+ * advanced (and so released, when nothing is pending). */
+bool linger_takes(const struct obr_relay *r, const struct part *p);
+void linger_enter(struct obr_relay *r, struct part *p);
+void linger_poke(struct obr_relay *r);              /* a lingering partition was notified: look now */
+void linger_on_timer(struct obr_relay *r);
+void linger_stop(struct obr_relay *r);              /* shutdown: every lingering partition is let go */
+size_t linger_count(const struct obr_relay *r);     /* lingering and probing partitions */
+bool linger_probe_wanted(struct obr_relay *r);
+bool linger_probe_send(struct obr_relay *r);
 
 /* ---- deliver.c ---- */
 void deliver_dispatch(struct obr_relay *r);      /* starts rows of READY partitions, within the limit */

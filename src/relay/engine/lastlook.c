@@ -59,6 +59,8 @@ static void look_found(struct obr_relay *r, const char *key, int64_t due_in_ms)
 		claim_want(r, p);
 	else
 		p->notified = true;
+	if (p->state == PS_LINGERING)
+		linger_poke(r);
 }
 
 static void retry_later(struct obr_relay *r)

@@ -48,6 +48,8 @@ void listen_on_notify(void *arg, const char *channel, const char *payload)
 		claim_want(r, p);
 	else
 		p->notified = true;
+	if (p->state == PS_LINGERING)
+		linger_poke(r); /* a writer did not see our lease (or notified anyway): look now */
 	relay_kick(r);
 }
 

@@ -109,7 +109,7 @@ static const char *const stmt_kind_names[SK_KINDS] = {
 	[SK_CLAIM] = "claim",         [SK_SCAN] = "scan",     [SK_ADVANCE] = "advance",
 	[SK_COMPLETE] = "results",    [SK_RENEW] = "lease renewal",
 	[SK_SAMPLE] = "sample",       [SK_RETENTION] = "retention", [SK_SELFTEST] = "LISTEN self-test",
-	[SK_LASTLOOK] = "last look",
+	[SK_LASTLOOK] = "last look",  [SK_PROBE] = "linger probe",
 };
 
 #define SQLSTATE_READ_ONLY "25006"

@@ -18,6 +18,8 @@ static const char *const state_names[PS_COUNT] = {
 	[PS_LOST] = "lost",
 	[PS_ADVANCE_WANTED] = "advance-wanted",
 	[PS_ADVANCING] = "advancing",
+	[PS_LINGERING] = "lingering",
+	[PS_PROBING] = "probing",
 };
 
 #define BIT(s) (1u << (s))
@@ -31,10 +33,15 @@ static const unsigned legal_to[PS_COUNT] = {
 	[PS_READY] = BIT(PS_DELIVERING) | BIT(PS_ADVANCE_WANTED) |                 /* started; rows forgotten */
 	             BIT(PS_IDLE),                                                 /* lease expired */
 	[PS_DELIVERING] = BIT(PS_READY) | BIT(PS_ADVANCE_WANTED) | BIT(PS_ADVANCING) | /* result written */
+	                  BIT(PS_LINGERING) |                                      /* ... kept while busy */
 	                  BIT(PS_LOST) | BIT(PS_IDLE),                             /* lease expired; abandoned */
 	[PS_LOST] = BIT(PS_IDLE) | BIT(PS_ADVANCING),      /* result written (advanced when sent before the loss) */
 	[PS_ADVANCE_WANTED] = BIT(PS_ADVANCING) | BIT(PS_IDLE),                    /* sent; shutdown, expired */
 	[PS_ADVANCING] = BIT(PS_READY) | BIT(PS_ADVANCE_WANTED) | BIT(PS_IDLE),    /* held; failed; released */
+	[PS_LINGERING] = BIT(PS_PROBING) | BIT(PS_ADVANCE_WANTED) |                /* probe sent; linger over */
+	                 BIT(PS_IDLE),                                             /* lease expired */
+	[PS_PROBING] = BIT(PS_READY) | BIT(PS_LINGERING) |                         /* rows; none */
+	               BIT(PS_ADVANCE_WANTED),                                     /* head not due; shutdown */
 };
 
 static bool is_held(enum part_state s)

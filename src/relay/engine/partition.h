@@ -15,6 +15,8 @@
  *   LOST           its lease was taken over while a row was current: dropped once that is done
  *   ADVANCE_WANTED held, nothing left to deliver: waits for an advance (more rows, or release)
  *   ADVANCING      in the running advance statement (or a results statement that advances it)
+ *   LINGERING      held with nothing fetched, kept a little after its last row (linger.c)
+ *   PROBING        lingering, in the running linger probe
  */
 #ifndef OBR_PARTITION_H
 #define OBR_PARTITION_H
@@ -38,6 +40,8 @@ enum part_state {
 	PS_LOST,
 	PS_ADVANCE_WANTED,
 	PS_ADVANCING,
+	PS_LINGERING,
+	PS_PROBING,
 	PS_COUNT
 };
 
@@ -66,6 +70,7 @@ struct part {
 	struct part *hash_next;
 	bool notified;              /* notified while held: look again before letting go */
 	bool fetched_full;          /* the last fetch returned a full batch: more rows are likely */
+	int64_t last_row_ms;        /* monotonic: when its last row's result was written (linger) */
 	uint64_t held_since;        /* claim_seq when it was claimed: a renewal sent before cannot know it */
 	int64_t lease_until_ms;     /* monotonic: no row starts after this without a newer claim, advance
 	                               or renewal (the sending time of the last one that held it, plus

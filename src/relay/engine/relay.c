@@ -129,6 +129,7 @@ static const struct want work_wants[] = {
 
 static const struct want claim_wants[] = {
 	{ SK_CLAIM, claim_wanted, claim_send },             /* notified partitions first */
+	{ SK_PROBE, linger_probe_wanted, linger_probe_send }, /* new rows of lingering partitions */
 	{ SK_SCAN, claim_scan_wanted, claim_send_scan },    /* then partitions no notification announced */
 };
 
@@ -170,6 +171,11 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 }
 
 /* ---- timers ---- */
+
+static void on_linger(evutil_socket_t fd, short what, void *arg)
+{
+	linger_on_timer(arg);
+}
 
 static void on_lastlook(evutil_socket_t fd, short what, void *arg)
 {
@@ -321,6 +327,7 @@ void obr_relay_shutdown(struct obr_relay *r)
 	struct part *p;
 	while ((p = part_first(&r->parts, PS_CLAIM_WANTED)))
 		part_set_state(r, p, PS_IDLE);
+	linger_stop(r);
 	evtimer_del(r->poll_ev);
 	evtimer_del(r->due_ev);
 	relay_timer_ms(r->grace_ev, r->cfg->shutdown_grace_ms);
@@ -378,6 +385,8 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->settle_ev = evtimer_new(base, on_window, r);
 	r->lastlook.ev = evtimer_new(base, on_lastlook, r);
 	lastlook_init(r);
+	r->linger.ev = evtimer_new(base, on_linger, r);
+	linger_init(r);
 	for (int k = 0; k < SK_KINDS; k++)
 		obr_backoff_init(&r->backoff[k], STMT_BACKOFF_MIN_MS, STMT_BACKOFF_MAX_MS);
 	r->statement_limit = MAX_STATEMENT_BYTES;
@@ -386,7 +395,7 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 	r->stats.notification_queue_usage = -1;
 	r->stats.notify_lock_waiters = -1;
 	r->stats.listen_selftest_ok = -1;
-	if (!r->backoff_ev || !r->selftest_timeout_ev || !r->selftest_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->lastlook.ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
+	if (!r->backoff_ev || !r->selftest_timeout_ev || !r->selftest_retry_ev || !r->hard_stop_ev || !r->settle_ev || !r->lastlook.ev || !r->linger.ev || !r->claim_window_ev || !r->marks_window_ev || !table_ok ||
 	    !r->kick_ev || !r->poll_ev || !r->due_ev || !r->renew_ev || !r->listen_check_ev ||
 	    !r->listen_check_timeout_ev || !r->grace_ev)
 		goto fail;
@@ -477,6 +486,7 @@ const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 	}
 	r->stats.in_flight_requests = obr_sender_in_flight(r->sender);
 	r->stats.leases_held = (int64_t)part_held(&r->parts);
+	r->stats.partitions_lingering = (int64_t)linger_count(r);
 	r->stats.circuits_open = (int64_t)obr_hosts_open_count(&r->hosts);
 	r->stats.nhosts = 0;
 	for (size_t i = 0; i < r->hosts.nbuckets && r->stats.nhosts < OBR_HOST_STATS; i++)
@@ -551,6 +561,8 @@ void obr_relay_free(struct obr_relay *r)
 			event_free(evs[i]);
 	if (r->lastlook.ev)
 		event_free(r->lastlook.ev);
+	if (r->linger.ev)
+		event_free(r->linger.ev);
 	lastlook_free(r);
 	free(r);
 }

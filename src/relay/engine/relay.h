@@ -46,6 +46,7 @@ struct obr_relay_stats {
 	/* gauges */
 	int64_t in_flight_requests;
 	int64_t leases_held;
+	int64_t partitions_lingering;             /* held after their last row (OUTBOX_LINGER_MS) */
 	int64_t circuits_open;                    /* HTTP hosts whose circuit is open */
 	size_t nhosts;                            /* per-host figures below: hosts in use or sick, at most OBR_HOST_STATS */
 	struct {
