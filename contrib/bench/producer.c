@@ -27,7 +27,9 @@
  *             outbox and its trigger. A K-row transaction spreads its rows over M partitions. A listener
  *             (LISTEN outbox, LISTEN bench) counts the notifications that arrive.
  * Common: --partitions P (100), --url URL (the rows' destination), --out FILE (one line per
- * committed row: "p s insert_us commit_us").
+ * committed row: "p s insert_us commit_us"), --via insert|enqueue|enqueue_http (single-row
+ * transactions into the outbox: a plain INSERT (the default), or the same row through the SQL
+ * helper outbox_enqueue(), or outbox_enqueue_http() with the same URL and header).
  * Prints one line of key=value results on stdout.
  */
 #define _GNU_SOURCE
@@ -47,6 +49,7 @@
 
 enum mode { M_LATENCY, M_FILL, M_SUSTAINED, M_COST };
 enum table { T_PLAIN, T_NOTIFY, T_CLONE, T_CLONE_NOTIFY, T_ROWTRIG, T_OUTBOX };
+enum via { V_INSERT, V_ENQUEUE, V_ENQUEUE_HTTP };
 
 struct rec {
 	int p;
@@ -60,6 +63,7 @@ struct opts {
 	double rate, seconds;
 	long rows;
 	enum table table;
+	enum via via;
 };
 
 static struct opts o = { .partitions = 100, .conns = 4, .batch = 100, .rows_per_tx = 1, .tx_partitions = 1,
@@ -143,13 +147,28 @@ static const char *table_name(void)
 	}
 }
 
+/* The third parameter of ins1: the destinations, or for outbox_enqueue_http() the URL. */
+static const char *third_param(void)
+{
+	return o.via == V_ENQUEUE_HTTP ? o.url : destinations;
+}
+
 static void prepare(struct thread *t)
 {
 	char sql[512];
 	const char *tab = o.mode == M_COST ? table_name() : "outbox";
-	snprintf(sql, sizeof(sql),
-	         "INSERT INTO %s (idempotent_key, partition_key, destinations, payload) VALUES ($1, $2, $3, $4)", tab);
-	PGresult *r = PQprepare(t->conn, "ins1", sql, 4, NULL);
+	/* the same four parameters in every form (typed: outbox_enqueue_http() does not take $1) */
+	static const Oid types[4] = { 2950 /* uuid */, 2950, 25 /* text */, 25 };
+	if (o.via == V_ENQUEUE)
+		snprintf(sql, sizeof(sql), "SELECT outbox_enqueue($2, $3::jsonb, $4, NULL, NULL, $1)");
+	else if (o.via == V_ENQUEUE_HTTP)
+		snprintf(sql, sizeof(sql),
+		         "SELECT outbox_enqueue_http($2, $3, $4, 'POST', '{\"Content-Type\": \"application/json\"}')");
+	else
+		snprintf(sql, sizeof(sql),
+		         "INSERT INTO %s (idempotent_key, partition_key, destinations, payload) VALUES ($1, $2, $3::jsonb, $4)",
+		         tab);
+	PGresult *r = PQprepare(t->conn, "ins1", sql, 4, types);
 	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
 		fprintf(stderr, "bench-producer: prepare: %s", PQerrorMessage(t->conn));
 		exit(1);
@@ -169,10 +188,10 @@ static void prepare(struct thread *t)
 	char key[37], pk[37];
 	idem_key(t, key);
 	partition_key(0, pk);
-	const char *vals[4] = { key, pk, destinations, "{}" };
+	const char *vals[4] = { key, pk, third_param(), "{}" };
 	PQclear(PQexec(t->conn, "BEGIN"));
 	r = PQexecPrepared(t->conn, "ins1", 4, vals, NULL, NULL, 0);
-	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+	if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) { /* INSERT, or a helper's SELECT */
 		fprintf(stderr, "bench-producer: warm-up insert: %s", PQerrorMessage(t->conn));
 		exit(1);
 	}
@@ -241,7 +260,7 @@ static int transaction(struct thread *t, int n, const int *parts, const char *no
 		idem_key(t, key);
 		partition_key(p, pk);
 		snprintf(payload, sizeof(payload), "{\"p\":%d,\"s\":%" PRId64 ",\"t\":%" PRId64 "}", p, s, now);
-		const char *vals[4] = { key, pk, destinations, payload };
+		const char *vals[4] = { key, pk, third_param(), payload };
 		if (!PQsendQueryPrepared(t->conn, "ins1", 4, vals, NULL, NULL, 0))
 			goto fail;
 		push_rec(t, p, s, now);
@@ -464,7 +483,16 @@ int main(int argc, char **argv)
 			o.seconds = atof(v);
 		else if (!strcmp(a, "--rows"))
 			o.rows = atol(v);
-		else if (!strcmp(a, "--table")) {
+		else if (!strcmp(a, "--via")) {
+			if (!strcmp(v, "insert"))
+				o.via = V_INSERT;
+			else if (!strcmp(v, "enqueue"))
+				o.via = V_ENQUEUE;
+			else if (!strcmp(v, "enqueue_http"))
+				o.via = V_ENQUEUE_HTTP;
+			else
+				usage();
+		} else if (!strcmp(a, "--table")) {
 			if (!strcmp(v, "plain"))
 				o.table = T_PLAIN;
 			else if (!strcmp(v, "notify"))
@@ -483,6 +511,9 @@ int main(int argc, char **argv)
 			usage();
 	}
 	if (!o.db || o.partitions < 1 || o.conns < 1 || o.batch < 1 || o.rows_per_tx < 1 || o.tx_partitions < 1)
+		usage();
+	/* the helpers write one row per call into the outbox */
+	if (o.via != V_INSERT && (o.rows_per_tx != 1 || o.mode == M_FILL || (o.mode == M_COST && o.table != T_OUTBOX)))
 		usage();
 	if (o.mode == M_FILL)
 		o.conns = 1;

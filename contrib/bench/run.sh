@@ -5,7 +5,7 @@
 #                        [--relay-env NAME=VALUE]... [--quiet-wait S]
 #
 #   workloads (default: all, in this order):
-#                  limits latency drain drain_stale sustained cost writers idle analysis
+#                  limits latency drain drain_stale sustained cost writers helpers idle analysis
 #   extra (never in the default set): callgrind
 #   --quick        short runs, for smoke tests (numbers are not comparable)
 #   --reps N       repetitions of every workload (default 3; analysis and callgrind run once)
@@ -27,7 +27,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-all_workloads="limits latency drain drain_stale sustained cost writers idle analysis"
+all_workloads="limits latency drain drain_stale sustained cost writers helpers idle analysis"
 only=$all_workloads
 quick=0
 reps=3
@@ -399,19 +399,22 @@ trigger_after() { psql_ -f "$root/sql/010_notify_skip.sql"; }
 run_writers() {
   echo "== writers: 4 clients x 1-row INSERT+COMMIT for $writers_secs s over 100 partitions, relay running"
   echo "   (clone) outbox's shape, no trigger; (before) outbox + sql/002 trigger; (after) outbox + sql/010"
-  echo "   trigger, relay with OUTBOX_LINGER_MS=0; (linger) sql/010 trigger, relay with its default linger"
+  echo "   trigger, relay with OUTBOX_LINGER_MS=0; (linger) sql/010 trigger, relay with its default linger;"
+  echo "   (linger_http) the same through outbox_enqueue_http() instead of a plain INSERT"
   for rep in $(seq "$reps"); do
     relay_stop; truncate_all; sink_reset
     quiet
     local line="" sent=0 order v
-    case $(( rep % 4 )) in
-      1) order="clone before after linger" ;; 2) order="before after linger clone" ;;
-      3) order="after linger clone before" ;; *) order="linger clone before after" ;;
+    case $(( rep % 5 )) in
+      1) order="clone before after linger linger_http" ;; 2) order="before after linger linger_http clone" ;;
+      3) order="after linger linger_http clone before" ;; 4) order="linger linger_http clone before after" ;;
+      *) order="linger_http clone before after linger" ;;
     esac
     for v in $order; do
-      local table=outbox out c0 c1 rows
+      local table=outbox via=insert out c0 c1 rows
       relay_stop
       case $v in
+        linger_http) via=enqueue_http; trigger_after; relay_start ;;
         clone) table=clone; relay_start ;;
         before) trigger_before; relay_start OUTBOX_LINGER_MS=0 ;;
         after) trigger_after; relay_start OUTBOX_LINGER_MS=0 ;;
@@ -419,7 +422,7 @@ run_writers() {
       esac
       sleep 0.3
       c0=$(cpu_ms "$relay_pid")
-      out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table "$table" --clients 4 \
+      out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table "$table" --via "$via" --clients 4 \
               --partitions 100 --seconds "$writers_secs")
       rows=$(kv rows "$out")
       if [ "$table" = outbox ]; then
@@ -459,10 +462,50 @@ for line in open(sys.argv[1]):
 m = lambda k: statistics.median(d[k]) if k in d else float("nan")
 c = m("clone_rows_per_s")
 parts = [f"clone {c:.0f}"]
-for v in ("before", "after", "linger", "held"):
+for v in ("before", "after", "linger", "linger_http", "held"):
     parts.append(f"{v} {m(v + '_rows_per_s'):.0f} ({m(v + '_rows_per_s') / c:.2f} of clone, "
                  f"{m(v + '_notifies_per_tx'):.2f} NOTIFYs/tx)")
 print("   median rows/s: " + "; ".join(parts))
+PY
+}
+
+# ---- helpers: what the SQL helpers cost next to a plain INSERT of the same row (issue 14) --------
+# No relay runs and the sql/010 trigger is in place (every commit notifies, the same for all
+# three). insert: INSERT of key, partition, destinations and payload; enqueue: the same row
+# through outbox_enqueue(); enqueue_http: outbox_enqueue_http() with the same URL and header.
+# Interleaved in a rotating order; 1 client (the cost of one call) and 4 clients.
+run_helpers() {
+  echo "== helpers: 1-row transactions for $writers_secs s over 100 partitions, no relay"
+  relay_stop
+  trigger_after
+  for rep in $(seq "$reps"); do
+    quiet
+    local line="" order v c out
+    case $(( rep % 3 )) in 1) order="insert enqueue enqueue_http" ;; 2) order="enqueue enqueue_http insert" ;; *) order="enqueue_http insert enqueue" ;; esac
+    for c in 1 4; do
+      for v in $order; do
+        truncate_all
+        out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table outbox --via "$v" --clients "$c" \
+                --partitions 100 --seconds "$writers_secs")
+        rec helpers "${v}_${c}c_rows_per_s" "$(kv rows_per_s "$out")"
+        line="$line $v/${c}c $(kv rows_per_s "$out");"
+      done
+    done
+    fmt "  rep $rep" "$line"
+  done
+  python3 - "$results" <<'PY'
+import statistics, sys
+d = {}
+for line in open(sys.argv[1]):
+    w, f, v = line.rstrip("\n").split("\t")
+    if w == "helpers":
+        d.setdefault(f, []).append(float(v))
+m = lambda k: statistics.median(d[k]) if k in d else float("nan")
+for c in (1, 4):
+    i = m(f"insert_{c}c_rows_per_s")
+    print(f"   median rows/s, {c} client(s): insert {i:.0f}; enqueue {m(f'enqueue_{c}c_rows_per_s'):.0f} "
+          f"({m(f'enqueue_{c}c_rows_per_s') / i:.2f} of insert); enqueue_http {m(f'enqueue_http_{c}c_rows_per_s'):.0f} "
+          f"({m(f'enqueue_http_{c}c_rows_per_s') / i:.2f} of insert)")
 PY
 }
 

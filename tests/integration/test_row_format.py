@@ -45,6 +45,90 @@ def test_sql_helpers_refuse_what_liboutbox_refuses(db):
     assert any(c["refused"] is None for c in CASES) and any(c["relay"] == "parks" for c in CASES)
 
 
+def _http_args(case) -> tuple | None:
+    """outbox_enqueue_http's arguments for a case that is one plain HTTP destination."""
+    dests = json.loads(case["destinations"]) if case["destinations"].startswith("[") else None
+    if (not isinstance(dests, list) or len(dests) != 1 or not isinstance(dests[0], dict)
+            or set(dests[0]) - {"url", "headers", "method"} or not isinstance(dests[0].get("url"), str)
+            or case["headers"] not in (None, "null")):
+        return None
+    d = dests[0]
+    return (d["url"], d.get("method") if d.get("method") is not None else "POST",
+            json.dumps(d["headers"]) if "headers" in d else None)
+
+
+def _enqueue_http(cur, args) -> str | None:
+    cur.execute("SAVEPOINT c")
+    try:
+        cur.execute("SELECT outbox_enqueue_http(%s::uuid, %s, 'p', %s, %s::jsonb)", (str(uuid7()),) + args)
+        cur.execute("RELEASE SAVEPOINT c")
+        return None
+    except psycopg2.Error as e:
+        cur.execute("ROLLBACK TO SAVEPOINT c")
+        return str(e).strip()
+
+
+def test_sql_helpers_answer_the_same_the_second_time(db):
+    """sql/011 checks a destination and a row once per session and remembers what passed: every
+    case run twice in one session gets the same answer both times, through outbox_enqueue and,
+    for a single HTTP destination, through outbox_enqueue_http; the remembered checks survive
+    only what committed."""
+    conn = db.conn(autocommit=True)
+    wrong, http_cases = [], 0
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        for rnd in (1, 2):
+            for case in CASES:
+                got = _enqueue(cur, case)
+                if (got is None) != (case["refused"] is None):
+                    wrong.append(f"round {rnd}, outbox_enqueue, {case['case']}: {'accepted' if got is None else got}")
+                args = _http_args(case)
+                if args is not None:
+                    http_cases += rnd == 1
+                    got = _enqueue_http(cur, args)
+                    if (got is None) != (case["refused"] is None):
+                        wrong.append(f"round {rnd}, outbox_enqueue_http, {case['case']}: "
+                                     f"{'accepted' if got is None else got}")
+        cur.execute("ROLLBACK")
+        # a destination outbox_http_destination accepted (committed) with 64 headers of its own:
+        # outbox_enqueue_http still refuses the row (65 with x-idempotent-key)
+        many = json.dumps({f"X-H{i}": "v" for i in range(64)})
+        cur.execute("SELECT outbox_http_destination(%s, 'POST', %s::jsonb)", (PLACEHOLDER_URL, many))
+        with pytest.raises(psycopg2.Error) as e:
+            cur.execute("SELECT outbox_enqueue_http(%s::uuid, %s, 'p', 'POST', %s::jsonb)",
+                        (str(uuid7()), PLACEHOLDER_URL, many))
+        assert "over the limit of 64" in str(e.value)
+    conn.close()
+    assert not wrong, "\n".join(wrong)
+    assert http_cases >= 5
+
+
+def test_sql_uuid7_and_nesting_depth(db):
+    """outbox_uuid7 (sql/011 computes it inline): version 7, RFC 9562 variant, the current
+    millisecond, increasing within a session; outbox_jsonb_too_deep agrees with 006's
+    outbox_jsonb_depth > 32 for arrays, objects and both, 0 to 40 levels deep."""
+    rows = db.query("SELECT k::text, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+                    "  FROM (SELECT outbox_uuid7() AS k FROM generate_series(1, 200)) s")
+    got = [r[0] for r in rows]
+    assert got == sorted(got) and len(set(got)) == len(got)
+    for k, now_ms in rows:
+        h = k.replace("-", "")
+        assert h[12] == "7" and h[16] in "89ab", k
+        assert abs(int(h[:12], 16) - now_ms) < 5000, (k, now_ms)
+    disagree = db.query("""
+        WITH RECURSIVE g(n, a, o, m) AS (
+          SELECT 0, '1'::jsonb, '1'::jsonb, '1'::jsonb
+          UNION ALL
+          SELECT n + 1, jsonb_build_array(a), jsonb_build_object('k', o),
+                 CASE WHEN n % 2 = 0 THEN jsonb_build_array(1, m, '{}'::jsonb)
+                      ELSE jsonb_build_object('a', m, 'b', '[]'::jsonb) END
+            FROM g WHERE n < 40)
+        SELECT n, x::text FROM g, LATERAL (VALUES (a), (o), (m)) v(x)
+         WHERE (outbox_jsonb_depth(x) > 32) <> outbox_jsonb_too_deep(x)""")
+    assert disagree == []
+    assert db.scalar("SELECT outbox_jsonb_too_deep(NULL)") is False
+
+
 def test_sql_builders_refuse_relay_headers_and_secrets(db):
     """The destination builders apply the same rules: a header the relay sets itself, a
     placeholder for one of the relay's own variables, an SNS ARN of another service."""
