@@ -154,6 +154,21 @@ relay_stop() {
 }
 # CPU seconds (utime+stime) of a pid, in milliseconds
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000 / hz }' "/proc/$1/stat"; }
+# CPU milliseconds of every PostgreSQL process: the postmaster's own and that of the children it
+# reaped (cutime + cstime), plus its live children's. Backends that exit move from the second
+# sum into the first, so the total only grows.
+pg_cpu_ms() {
+  local pm
+  pm=$(head -1 "$work/pgdata/postmaster.pid")
+  {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$pm/stat"
+    for c in $(pgrep -P "$pm"); do
+      awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$c/stat" 2>/dev/null || true
+    done
+  } | awk -v hz="$(getconf CLK_TCK)" '{ t += $1 } END { print t * 1000 / hz }'
+}
+# microseconds per row from two pg_cpu_ms readings
+us_per_row() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", n ? (b - a) * 1000 / n : 0 }'; }
 # context switches (voluntary + involuntary) of a pid: its wake-ups, near enough
 ctx_switches() { awk '/^(nonvoluntary_|voluntary_)ctxt_switches/ { n += $2 } END { print n }' "/proc/$1/status"; }
 peak_rss_mb() { awk '/^VmHWM:/ { printf "%.2f", $2 / 1024 }' "/proc/$1/status"; }
@@ -210,19 +225,31 @@ run_limits() {
 
 # ---- latency: open-loop single-row transactions ----------------------------------------------
 run_latency() {
+  local rate via conns w
   for rate in 200 1000; do
-    echo "== latency at $rate rows/s ($lat_secs s, 4 connections, 1000 partitions, open loop)"
+   for via in insert enqueue_http; do
+    if [ "$via" = insert ]; then conns=4; w=latency$rate; else conns=2; w=latency${rate}_http; fi
+    echo "== latency at $rate rows/s ($lat_secs s, $conns connections writing with $via, 1000 partitions, open loop)"
     for rep in $(seq "$reps"); do
       relay_stop; truncate_all; sink_reset
       quiet
+      # the same writers without a relay: what PostgreSQL spends on them alone
+      local p0 p1 p2 p3 wout
+      p0=$(pg_cpu_ms)
+      wout=$("$work/bench-producer" latency --db "$db" --url "$hook" --rate "$rate" --seconds "$lat_secs" \
+               --conns "$conns" --via "$via" --partitions 1000)
+      p1=$(pg_cpu_ms)
+      truncate_all
       relay_start
       sleep 0.3
       local c0 out j delivered c1 v0 v1
       c0=$(cpu_ms "$relay_pid")
       v0=$(ctx_switches "$relay_pid")
+      p2=$(pg_cpu_ms)
       out=$("$work/bench-producer" latency --db "$db" --url "$hook" --rate "$rate" --seconds "$lat_secs" \
-              --conns 4 --partitions 1000 --out "$work/commits.txt")
+              --conns "$conns" --via "$via" --partitions 1000 --out "$work/commits.txt")
       sink_wait "$(kv rows "$out")" 15
+      p3=$(pg_cpu_ms)
       c1=$(cpu_ms "$relay_pid")
       v1=$(ctx_switches "$relay_pid")
       rec rss relay_peak_rss_mb "$(peak_rss_mb "$relay_pid")"
@@ -230,7 +257,6 @@ run_latency() {
       sink_dump "$work/sink.txt"
       j=$(python3 "$here/stats.py" join "$work/commits.txt" "$work/sink.txt")
       delivered=$(kv delivered "$j")
-      local w=latency$rate
       for f in p50_ms p90_ms p99_ms max_ms missing duplicates; do rec "$w" "$f" "$(kv "$f" "$j")"; done
       rec "$w" producer_behind_max_ms "$(kv behind_max_ms "$out")"
       local cpu_per_k
@@ -239,8 +265,14 @@ run_latency() {
       local wakes
       wakes=$(awk -v a="$v0" -v b="$v1" -v n="$delivered" 'BEGIN { printf "%.2f", n ? (b - a) / n : 0 }')
       rec "$w" relay_wakeups_per_delivery "$wakes"
-      fmt "  rep $rep" "committed $(kv committed "$j") delivered $delivered dup $(kv duplicates "$j"); p50 $(kv p50_ms "$j") p90 $(kv p90_ms "$j") p99 $(kv p99_ms "$j") max $(kv max_ms "$j") ms; relay CPU $cpu_per_k ms/1000, $wakes wake-ups per row; producer max lag $(kv behind_max_ms "$out") ms"
+      local dbw dbt
+      dbw=$(us_per_row "$p0" "$p1" "$(kv rows "$wout")")
+      dbt=$(us_per_row "$p2" "$p3" "$delivered")
+      rec "$w" db_cpu_us_per_row_writers "$dbw"
+      rec "$w" db_cpu_us_per_row_relay "$(awk -v a="$dbw" -v b="$dbt" 'BEGIN { printf "%.1f", b - a }')"
+      fmt "  rep $rep" "committed $(kv committed "$j") delivered $delivered dup $(kv duplicates "$j"); p50 $(kv p50_ms "$j") p90 $(kv p90_ms "$j") p99 $(kv p99_ms "$j") max $(kv max_ms "$j") ms; relay CPU $cpu_per_k ms/1000, $wakes wake-ups per row; producer max lag $(kv behind_max_ms "$out") ms; PostgreSQL CPU per row: writers alone $dbw us, with the relay $dbt us"
     done
+   done
   done
 }
 
@@ -270,10 +302,12 @@ SQL
       --batch "$drain_parts" --out "$work/commits.txt" >/dev/null
     [ "$w" = drain ] && psql_ -c "VACUUM ANALYZE outbox"
     quiet
-    local t0 j c1
+    local t0 j c1 p0 p1
+    p0=$(pg_cpu_ms)
     t0=$(now_us)
     relay_start
     sink_wait "$drain_rows" 120
+    p1=$(pg_cpu_ms)
     c1=$(cpu_ms "$relay_pid")
     rec rss relay_peak_rss_mb "$(peak_rss_mb "$relay_pid")"
     relay_stop
@@ -289,7 +323,8 @@ SQL
     rec "$w" duplicates "$(kv duplicates "$j")"
     rec "$w" order_violations "$(kv order_violations "$j")"
     rec "$w" relay_cpu_ms_per_1000 "$cpu_k"
-    fmt "  rep $rep" "$(kv delivered "$j") rows in $(kv seconds "$j") s from relay start: $(kv rows_per_s "$j") rows/s (first to last arrival: $first_rate/s); missing $(kv missing "$j"), order violations $(kv order_violations "$j"); relay CPU $cpu_k ms/1000 (startup included)"
+    rec "$w" db_cpu_us_per_row_relay "$(us_per_row "$p0" "$p1" "$(kv delivered "$j")")"
+    fmt "  rep $rep" "$(kv delivered "$j") rows in $(kv seconds "$j") s from relay start: $(kv rows_per_s "$j") rows/s (first to last arrival: $first_rate/s); missing $(kv missing "$j"), order violations $(kv order_violations "$j"); relay CPU $cpu_k ms/1000 (startup included); PostgreSQL CPU $(us_per_row "$p0" "$p1" "$(kv delivered "$j")") us per row"
   done
 }
 run_drain() { drain_common drain; }
@@ -303,14 +338,16 @@ run_sustained() {
     quiet
     relay_start
     sleep 0.3
-    local c0 c1 out t_end j committed backlog t_drained
+    local c0 c1 out t_end j committed backlog t_drained p0 p1
     c0=$(cpu_ms "$relay_pid")
+    p0=$(pg_cpu_ms)
     out=$("$work/bench-producer" sustained --db "$db" --url "$hook" --writers 4 --seconds "$sus_secs" \
             --partitions 100 --out "$work/commits.txt")
     t_end=$(now_us)
     committed=$(kv rows "$out")
     sink_wait "$committed" 120
     t_drained=$(now_us)
+    p1=$(pg_cpu_ms)
     c1=$(cpu_ms "$relay_pid")
     rec rss relay_peak_rss_mb "$(peak_rss_mb "$relay_pid")"
     relay_stop
@@ -328,6 +365,7 @@ run_sustained() {
     rec sustained p99_ms "$(kv p99_ms "$j")"
     rec sustained missing "$(kv missing "$j")"
     rec sustained order_violations "$(kv order_violations "$j")"
+    rec sustained db_cpu_us_per_row_total "$(us_per_row "$p0" "$p1" "$committed")"
     rec sustained relay_cpu_ms_per_1000 "$(awk -v a="$c0" -v b="$c1" -v n="$(kv delivered "$j")" 'BEGIN { printf "%.1f", n ? (b - a) * 1000 / n : 0 }')"
     fmt "  rep $rep" "enqueued $(kv rows_per_s "$out") rows/s, delivered $deliv_rate rows/s, backlog at end $backlog; latency p50 $(kv p50_ms "$j") p99 $(kv p99_ms "$j") ms; missing $(kv missing "$j"), order violations $(kv order_violations "$j")"
   done
@@ -422,12 +460,16 @@ run_writers() {
       esac
       sleep 0.3
       c0=$(cpu_ms "$relay_pid")
+      local p0 p1
+      p0=$(pg_cpu_ms)
       out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table "$table" --via "$via" --clients 4 \
               --partitions 100 --seconds "$writers_secs")
       rows=$(kv rows "$out")
       if [ "$table" = outbox ]; then
         sent=$(( sent + rows ))
         sink_wait "$sent" 60
+        p1=$(pg_cpu_ms)
+        rec writers "${v}_db_cpu_us_per_row_total" "$(us_per_row "$p0" "$p1" "$rows")"
         c1=$(cpu_ms "$relay_pid")
         rec writers "${v}_notifies_per_tx" "$(kv notifies_per_tx "$out")"
         rec writers "${v}_relay_cpu_ms_per_1000" "$(awk -v a="$c0" -v b="$c1" -v n="$rows" 'BEGIN { printf "%.1f", n ? (b - a) * 1000 / n : 0 }')"
@@ -470,23 +512,35 @@ PY
 }
 
 # ---- helpers: what the SQL helpers cost next to a plain INSERT of the same row (issue 14) --------
-# No relay runs and the sql/010 trigger is in place (every commit notifies, the same for all
-# three). insert: INSERT of key, partition, destinations and payload; enqueue: the same row
-# through outbox_enqueue(); enqueue_http: outbox_enqueue_http() with the same URL and header.
+# No relay runs and the sql/010 trigger is in place (every commit notifies, the same for all).
+# insert: INSERT of key, partition, destinations and payload; enqueue: the same row through
+# outbox_enqueue(); enqueue_http: outbox_enqueue_http() with the same URL and header. "old_" are
+# the helpers as sql/003, 006 and 009 left them (reapplied for that variant; sql/011 after it).
 # Interleaved in a rotating order; 1 client (the cost of one call) and 4 clients.
+helpers_sql() {
+  if [ "$1" = old ]; then
+    for f in 003_enqueue_functions 006_row_format 009_webhook_signatures; do psql_ -q -f "$root/sql/$f.sql"; done
+  else
+    psql_ -q -f "$root/sql/011_fast_helpers.sql"
+  fi
+}
 run_helpers() {
   echo "== helpers: 1-row transactions for $writers_secs s over 100 partitions, no relay"
   relay_stop
   trigger_after
+  local all="insert enqueue enqueue_http old_enqueue old_enqueue_http"
   for rep in $(seq "$reps"); do
     quiet
-    local line="" order v c out
-    case $(( rep % 3 )) in 1) order="insert enqueue enqueue_http" ;; 2) order="enqueue enqueue_http insert" ;; *) order="enqueue_http insert enqueue" ;; esac
+    local line="" order v c out n
+    n=$(( rep % 5 ))
+    order=$(echo $all $all | cut -d' ' -f$(( n + 1 ))-$(( n + 5 )))
     for c in 1 4; do
       for v in $order; do
         truncate_all
-        out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table outbox --via "$v" --clients "$c" \
+        case $v in old_*) helpers_sql old ;; esac
+        out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table outbox --via "${v#old_}" --clients "$c" \
                 --partitions 100 --seconds "$writers_secs")
+        case $v in old_*) helpers_sql new ;; esac
         rec helpers "${v}_${c}c_rows_per_s" "$(kv rows_per_s "$out")"
         line="$line $v/${c}c $(kv rows_per_s "$out");"
       done
@@ -503,9 +557,10 @@ for line in open(sys.argv[1]):
 m = lambda k: statistics.median(d[k]) if k in d else float("nan")
 for c in (1, 4):
     i = m(f"insert_{c}c_rows_per_s")
-    print(f"   median rows/s, {c} client(s): insert {i:.0f}; enqueue {m(f'enqueue_{c}c_rows_per_s'):.0f} "
-          f"({m(f'enqueue_{c}c_rows_per_s') / i:.2f} of insert); enqueue_http {m(f'enqueue_http_{c}c_rows_per_s'):.0f} "
-          f"({m(f'enqueue_http_{c}c_rows_per_s') / i:.2f} of insert)")
+    parts = [f"insert {i:.0f}"]
+    for v in ("enqueue", "enqueue_http", "old_enqueue", "old_enqueue_http"):
+        parts.append(f"{v} {m(f'{v}_{c}c_rows_per_s'):.0f} ({m(f'{v}_{c}c_rows_per_s') / i:.2f})")
+    print(f"   median rows/s, {c} client(s), (share of insert): " + "; ".join(parts))
 PY
 }
 

@@ -116,6 +116,21 @@ TARGETS = [
     ("idle", "relay_queries", "==", 0, "idle: no queries between polls"),
     ("rss", "relay_peak_rss_mb", "<=", 16.0, "peak RSS under load <= 16 MB"),
     ("sustained", "order_violations", "==", 0, "sustained: per-partition order kept"),
+    # issue 14
+    ("writers", "linger_rows_per_s", ">=", ("writers", "clone_rows_per_s", 0.8), "writers (INSERT), relay on >= 80% of no trigger"),
+    ("writers", "linger_http_rows_per_s", ">=", ("writers", "clone_rows_per_s", 0.8), "writers (enqueue_http), relay on >= 80% of no trigger"),
+    ("helpers", "enqueue_1c_rows_per_s", ">=", ("helpers", "insert_1c_rows_per_s", 0.95), "outbox_enqueue >= 95% of INSERT (1 client)"),
+    ("helpers", "enqueue_http_1c_rows_per_s", ">=", ("helpers", "insert_1c_rows_per_s", 0.95), "outbox_enqueue_http >= 95% of INSERT (1 client)"),
+    ("helpers", "enqueue_4c_rows_per_s", ">=", ("helpers", "insert_4c_rows_per_s", 0.95), "outbox_enqueue >= 95% of INSERT (4 clients)"),
+    ("helpers", "enqueue_http_4c_rows_per_s", ">=", ("helpers", "insert_4c_rows_per_s", 0.95), "outbox_enqueue_http >= 95% of INSERT (4 clients)"),
+    ("latency200", "p50_ms", "<=", 0.5, "latency 200/s p50 <= 0.5 ms (issue 14)"),
+    ("latency200", "p99_ms", "<=", 2.0, "latency 200/s p99 <= 2 ms (issue 14)"),
+    ("latency200_http", "p50_ms", "<=", 0.5, "latency 200/s, enqueue_http x2, p50 <= 0.5 ms"),
+    ("latency200_http", "p99_ms", "<=", 2.0, "latency 200/s, enqueue_http x2, p99 <= 2 ms"),
+    ("latency1000_http", "p99_ms", "<=", 5.0, "latency 1000/s, enqueue_http x2, p99 <= 5 ms"),
+    ("latency1000", "db_cpu_us_per_row_relay", "<=", 50.0, "PostgreSQL CPU the relay adds <= 50 us/row (1000/s)"),
+    ("latency1000_http", "relay_cpu_ms_per_1000", "<=", 60.0, "CPU <= 60 ms per 1000 deliveries (1000/s, http)"),
+    ("drain", "rows_per_s", ">=", 20000.0, "drain >= 20,000 rows/s (issue 14)"),
 ]
 
 

@@ -409,10 +409,12 @@ struct obr_relay *obr_relay_new(struct event_base *base, const struct obr_config
 		{ "obr_advance", OBR_SQL_ADVANCE },
 		{ "obr_complete", OBR_SQL_COMPLETE },
 		{ "obr_complete_delete", OBR_SQL_COMPLETE_DELETE },
+		{ "obr_lastlook", OBR_SQL_LASTLOOK },
 		{ NULL, NULL },
 	};
 	static const struct obr_pg_statement claim_prepared[] = {
 		{ "obr_claim", OBR_SQL_CLAIM },
+		{ "obr_probe", OBR_SQL_PROBE },
 		{ NULL, NULL },
 	};
 	bool session = cfg->mode == OBR_MODE_LISTEN;
