@@ -82,7 +82,7 @@ static const struct setting settings[] = {
 	{ "OUTBOX_BATCH_WINDOW_MS", "batch-window-ms", T_INT, OFF(batch_window_ms), "0", 0, 1000, NULL,
 	  "listen mode: while notified partitions or results arrive more often than once per window, gather them for up to this long before a claim or results statement: fewer statements and wake-ups per row under load, for up to this much more latency (0: send at once)" },
 	{ "OUTBOX_LINGER_MS", "linger-ms", T_INT, OFF(linger_ms), "200", 0, 60000, NULL,
-	  "while rows arrive at OUTBOX_LINGER_MIN_RATE or faster, a partition stays held this long after its last row, and writers of a held partition skip their NOTIFY (sql/010), which spares their commits PostgreSQL's notify lock; new rows of such partitions are found by one read-only statement every OUTBOX_LINGER_POLL_MS (0: release at once)" },
+	  "while rows arrive at OUTBOX_LINGER_MIN_RATE or faster, a partition whose rows come less than this far apart stays held this long after its last row, and writers of a held partition skip their NOTIFY (sql/010), which spares their commits PostgreSQL's notify lock; new rows of such partitions are found by one read-only statement every OUTBOX_LINGER_POLL_MS (0: release at once)" },
 	{ "OUTBOX_LINGER_MIN_RATE", "linger-min-rate", T_INT, OFF(linger_min_rate), "500", 0, 10000000, NULL,
 	  "rows per second the relay must be delivering before partitions linger (0: always)" },
 	{ "OUTBOX_LINGER_POLL_MS", "linger-poll-ms", T_INT, OFF(linger_poll_ms), "2", 1, 1000, NULL,

@@ -191,6 +191,20 @@ def lease_count(db, part: str) -> int:
                      (part,))
 
 
+def make_it_linger(db, sink, part: str) -> list[str]:
+    """Writes rows into part, one at a time, until one is delivered and the partition stays
+    held: a partition lingers once its previous row is recent (the first row of a partition
+    is released at once; with several instances, the next row may go to another one)."""
+    written = []
+    for i in range(20):
+        key = insert(db, [row(sink, "/linger", part, str(len(written)))])[0]["idempotent_key"]
+        written.append(key)
+        wait_processed(db, [key])
+        if lease_count(db, part) == 1:
+            return written
+    raise AssertionError("the partition never lingered")
+
+
 def test_a_lingering_partition_takes_rows_without_notifies_then_is_released(db, sink, relay):
     """After its row is delivered a busy partition stays held: the next rows' writers send no
     NOTIFY, the relay still delivers them in order, and once no row came for OUTBOX_LINGER_MS
@@ -198,19 +212,20 @@ def test_a_lingering_partition_takes_rows_without_notifies_then_is_released(db, 
     proc = relay(db, env=env(**LINGER))
     listener = Listener(db)
     part = str(uuid7())
-    first = insert(db, [row(sink, "/linger", part, "0")])[0]["idempotent_key"]
-    wait_processed(db, [first])
-    wait_until(lambda: listener.poll().get(part, 0) == 1, 10, "the first row's NOTIFY", interval=0.01)
-    assert lease_count(db, part) == 1, "the partition was released at once"
+    # the first row: released at once (nothing says the partition is busy); the second, written
+    # within OUTBOX_LINGER_MS of it: the partition lingers after it
+    first = make_it_linger(db, sink, part)
+    assert len(first) == 2, "a partition lingered after its first row, or not after its second"
+    wait_until(lambda: listener.poll().get(part, 0) == 2, 10, "the two rows' NOTIFYs", interval=0.01)
     assert metric(proc, "outbox_relay_partitions_lingering") == 1
 
     later = []
-    for i in range(1, 21):
+    for i in range(2, 22):
         later += insert(db, [row(sink, "/linger", part, str(i))])
         wait_processed(db, [later[-1]["idempotent_key"]], timeout=10)
-    assert listener.poll().get(part, 0) == 1, f"writers of the lingering partition notified: {listener.seen}"
+    assert listener.poll().get(part, 0) == 2, f"writers of the lingering partition notified: {listener.seen}"
     bodies = [r["body"] for r in sink.requests() if r["path"] == "/linger"]
-    assert [b.decode() if isinstance(b, bytes) else b for b in bodies] == [str(i) for i in range(21)]
+    assert [b.decode() if isinstance(b, bytes) else b for b in bodies] == [str(i) for i in range(22)]
 
     # no row for OUTBOX_LINGER_MS: released, and the next writer notifies
     wait_until(lambda: lease_count(db, part) == 0, 10, "the partition's release after the linger",
@@ -218,7 +233,7 @@ def test_a_lingering_partition_takes_rows_without_notifies_then_is_released(db, 
     assert metric(proc, "outbox_relay_partitions_lingering") == 0
     after = insert(db, [row(sink, "/linger", part, "after")])[0]["idempotent_key"]
     wait_processed(db, [after], timeout=10)
-    wait_until(lambda: listener.poll().get(part, 0) == 2, 10, "a NOTIFY once released", interval=0.01)
+    wait_until(lambda: listener.poll().get(part, 0) == 3, 10, "a NOTIFY once released", interval=0.01)
     listener.close()
 
 
@@ -228,16 +243,16 @@ def test_writer_open_across_the_end_of_the_linger_is_delivered_promptly(db, sink
     relay(db, env=env(**LINGER))
     listener = Listener(db)
     part = str(uuid7())
-    first = insert(db, [row(sink, "/linger", part, "first")])[0]["idempotent_key"]
-    wait_processed(db, [first])
-    assert lease_count(db, part) == 1
+    written = make_it_linger(db, sink, part)
+    notified = len(written)  # each found the partition free
+    wait_until(lambda: listener.poll().get(part, 0) == notified, 10, "the rows' NOTIFYs", interval=0.01)
     writer = db.conn(autocommit=False)
     late = insert_open(writer, sink, part, "late")   # trigger ran under the lingering lease
     wait_until(lambda: lease_count(db, part) == 0, 10, "the release after the linger", interval=0.02)
     writer.commit()
     wait_processed(db, [late], timeout=10)           # the poll would take an hour
     listener.poll()
-    assert listener.seen.get(part, 0) == 1, f"the late writer notified: {listener.seen}"
+    assert listener.seen.get(part, 0) == notified, f"the late writer notified: {listener.seen}"
     writer.close()
     listener.close()
 
@@ -248,8 +263,7 @@ def test_a_lingering_instance_stops_while_a_writer_is_open(db, sink, relay):
     writer's row once it commits."""
     relays = [relay(db, env=env(**LINGER)), relay(db, env=env(**LINGER))]
     part = str(uuid7())
-    first = insert(db, [row(sink, "/linger", part, "first")])[0]["idempotent_key"]
-    wait_processed(db, [first])
+    make_it_linger(db, sink, part)
     holder_id = db.scalar("SELECT lock_id::text FROM outbox_lock WHERE partition_key = %s::uuid"
                           " AND processed_at IS NULL", (part,))
     assert holder_id, "the partition does not linger"

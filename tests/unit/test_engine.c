@@ -954,20 +954,47 @@ static void test_results_split_at_string_limit(void)
 
 /* ---- lingering (linger.c) ---- */
 
-/* A busy partition stays held after its row: the results statement does not advance it, the
- * probe reads it for new rows (read-only, on the claim connection, without renewing the lease)
- * and delivers what it finds; once the linger is over the advance releases it, and the last
- * look follows. A notification for a lingering partition makes the probe go at once. */
+/* A relay whose partitions linger whatever the rate, and PART_A written once: its first row is
+ * delivered and the partition released at once (nothing says it is busy yet), as always. */
+static bool linger_start(struct env *e, const char *linger_ms)
+{
+	char ms[64];
+	snprintf(ms, sizeof(ms), "OUTBOX_LINGER_MS=%s", linger_ms);
+	extra_env[0] = "OUTBOX_LINGER_MIN_RATE=0";
+	extra_env[1] = ms;
+	extra_env[2] = "OUTBOX_LINGER_POLL_MS=5";
+	bool started = env_start(e, "30000", "8000");
+	memset(extra_env, 0, sizeof(extra_env));
+	const char *rows[] = { ROW_1 };
+	if (!started || !claim_with_rows(e, PART_A, rows, 1))
+		return false;
+	fake_send_answer(0, true);
+	settle(e);
+	char want[64];
+	snprintf(want, sizeof(want), "{%s}", PART_A);
+	if (!head_is(e->work, OBR_SQL_COMPLETE) || strcmp(param(e->work, 8), want) != 0)
+		return false; /* advanced (and so released) in the results statement */
+	PGresult *res = heads();
+	head_none(res, PART_A, "released");
+	fake_pg_answer(e->work, res, NULL);
+	settle(e);
+	if (!head_is(e->work, OBR_SQL_LASTLOOK))
+		return false;
+	fake_pg_answer(e->work, last_look(true, true, "9:9:"), NULL);
+	settle(e);
+	return state_of(e, PART_A) == PS_COUNT;
+}
+
+/* A busy partition (its previous row written less than OUTBOX_LINGER_MS ago, here before its
+ * release) stays held after its row: the results statement does not advance it, the probe
+ * reads it for new rows (read-only, on the claim connection, without renewing the lease) and
+ * delivers what it finds; once the linger is over the advance releases it, and the last look
+ * follows. A notification for a lingering partition makes the probe go at once. */
 static void test_linger_probe_and_release(void)
 {
 	struct env e;
-	extra_env[0] = "OUTBOX_LINGER_MIN_RATE=0";
-	extra_env[1] = "OUTBOX_LINGER_MS=300";
-	extra_env[2] = "OUTBOX_LINGER_POLL_MS=5";
-	bool started = env_start(&e, "30000", "8000");
-	memset(extra_env, 0, sizeof(extra_env));
-	CHECK(started);
-	const char *rows[] = { ROW_1 };
+	CHECK(linger_start(&e, "300"));
+	const char *rows[] = { ROW_2 };
 	CHECK(claim_with_rows(&e, PART_A, rows, 1));
 	int64_t lease_until = part_find(&e.r->parts, PART_A)->lease_until_ms;
 	fake_send_answer(0, true);
@@ -991,12 +1018,12 @@ static void test_linger_probe_and_release(void)
 	/* the next one finds a row: delivered under the lease already held, which it did not renew */
 	CHECK(wait_for(&e, e.claim, OBR_SQL_PROBE));
 	PGresult *res = heads();
-	head_row(res, PART_A, ROW_2);
+	head_row(res, PART_A, ROW_3);
 	fake_pg_answer(e.claim, res, NULL);
 	settle(&e);
 	CHECK_INT_EQ(state_of(&e, PART_A), PS_DELIVERING);
-	CHECK_INT_EQ(fake_send_started(), 2);
-	CHECK_STR_EQ(fake_send_get(0)->body, ROW_2);
+	CHECK_INT_EQ(fake_send_started(), 3);
+	CHECK_STR_EQ(fake_send_get(0)->body, ROW_3);
 	CHECK(part_find(&e.r->parts, PART_A)->lease_until_ms == lease_until);
 	fake_send_answer(0, true);
 	settle(&e);
@@ -1041,24 +1068,40 @@ static void test_linger_probe_and_release(void)
 	fake_pg_answer(e.work, last_look(true, true, "9:9:"), NULL);
 	settle(&e);
 	CHECK_INT_EQ(obr_relay_stats(e.r)->partitions_lingering, 0);
-	CHECK_INT_EQ(obr_relay_stats(e.r)->rows_delivered, 2);
+	CHECK_INT_EQ(obr_relay_stats(e.r)->rows_delivered, 3);
 	env_free(&e);
 }
 
-/* Below OUTBOX_LINGER_MIN_RATE (the default 500 rows/s; one row here) nothing lingers: the
- * results statement advances the partition as before. Covered by
- * test_claim_deliver_complete_release. At shutdown a lingering partition is let go. */
-static void test_linger_let_go_at_shutdown(void)
+/* A partition written once in a while does not linger: its previous row is longer ago than
+ * OUTBOX_LINGER_MS, so the results statement advances (releases) it as before. (Below
+ * OUTBOX_LINGER_MIN_RATE, 500 rows/s by default, nothing lingers:
+ * test_claim_deliver_complete_release.) At shutdown a lingering partition is let go. */
+static void test_linger_only_busy_partitions(void)
 {
 	struct env e;
-	extra_env[0] = "OUTBOX_LINGER_MIN_RATE=0";
-	bool started = env_start(&e, "30000", "8000");
-	memset(extra_env, 0, sizeof(extra_env));
-	CHECK(started);
-	const char *rows[] = { ROW_1 };
+	CHECK(linger_start(&e, "50"));
+	struct timespec pause = { 0, 80 * 1000000 }; /* longer than the linger */
+	nanosleep(&pause, NULL);
+	const char *rows[] = { ROW_2 };
 	CHECK(claim_with_rows(&e, PART_A, rows, 1));
 	fake_send_answer(0, true);
 	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_COMPLETE));
+	CHECK_STR_EQ(param(e.work, 8), "{" PART_A "}"); /* released at once */
+	PGresult *res = heads();
+	head_none(res, PART_A, "released");
+	fake_pg_answer(e.work, res, NULL);
+	settle(&e);
+	CHECK(head_is(e.work, OBR_SQL_LASTLOOK));
+	fake_pg_answer(e.work, last_look(true, true, "9:9:"), NULL);
+	settle(&e);
+
+	/* written again at once: busy now, it lingers; the shutdown lets it go */
+	const char *more[] = { ROW_3 };
+	CHECK(claim_with_rows(&e, PART_A, more, 1));
+	fake_send_answer(0, true);
+	settle(&e);
+	CHECK_STR_EQ(param(e.work, 8), "{}");
 	fake_pg_answer(e.work, heads(), NULL);
 	settle(&e);
 	CHECK_INT_EQ(state_of(&e, PART_A), PS_LINGERING);
@@ -1097,7 +1140,7 @@ int main(int argc, char **argv)
 		TEST(test_fetch_budget),
 		TEST(test_results_split_at_string_limit),
 		TEST(test_linger_probe_and_release),
-		TEST(test_linger_let_go_at_shutdown),
+		TEST(test_linger_only_busy_partitions),
 		TEST_END,
 	};
 	return run_tests(tests, argc, argv);

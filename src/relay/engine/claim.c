@@ -105,6 +105,8 @@ void claim_take_heads(struct obr_relay *r, const struct stmt *s, const PGresult 
 		if (!strcmp(lease, "released")) {
 			part_set_state(r, p, PS_IDLE);
 			lastlook_released(r, key);
+			if (p->last_row_ms) /* when its last row was written: was it busy? (linger.c) */
+				recent_release_note(&r->linger.recent, key, p->last_row_ms);
 			if (!PQgetisnull(res, first, HC_KEY))
 				relay_arm_due(r, strtoll(PQgetvalue(res, first, HC_DUE_IN_MS), NULL, 10));
 			if (p->notified) {

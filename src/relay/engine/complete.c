@@ -96,8 +96,10 @@ static void on_complete_result(void *arg, const PGresult *res, const char *err)
 		delivery_free(d);
 		if (!m->success && !m->park)
 			part_drop_queue(p); /* the head waits for its retry; the advance releases the partition */
-		if (m->success || m->park)
+		if (m->success || m->park) {
 			linger_row_done(r);
+			linger_row_written(p);
+		}
 		if (m->advance)
 			part_set_state(r, p, PS_ADVANCING); /* its fate is in the result */
 		else if (p->state == PS_LOST)

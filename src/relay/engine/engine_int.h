@@ -165,8 +165,17 @@ struct lastlook {
 	struct event *ev;
 };
 
+/* Partitions released lately and when their last row was written, by a hash of the key: a
+ * fixed table (keyset.c). A collision can only make a partition look busy. */
+#define RECENT_RELEASES 4096
+struct recent_releases {
+	uint64_t hash[RECENT_RELEASES];
+	int64_t at_ms[RECENT_RELEASES];     /* monotonic; 0: empty */
+};
+
 /* Busy partitions kept after their last row (OUTBOX_LINGER_MS). */
 struct lingering {
+	struct recent_releases recent;      /* a partition claimed again soon after its last row is busy */
 	int64_t last_row_us;        /* monotonic: the latest result of a delivered row */
 	int64_t gap_us;             /* moving average of the time between results */
 	bool probe_due;             /* the poll interval is over (or a lingering partition was notified) */
@@ -319,6 +328,7 @@ bool claim_send_scan(struct obr_relay *r);
 /* ---- linger.c ---- */
 void linger_init(struct obr_relay *r);
 void linger_row_done(struct obr_relay *r);          /* a delivered row's result was written */
+void linger_row_written(struct part *p);            /* ... it was p's */
 /* Whether p, whose current row is done and which has nothing fetched, lingers instead of being
  * advanced (and so released, when nothing is pending). */
 bool linger_takes(const struct obr_relay *r, const struct part *p);
@@ -350,6 +360,8 @@ void keyset_merge(struct keyset *into, struct keyset *from); /* empties from */
 void keyset_free(struct keyset *k);
 void lastlook_released(struct obr_relay *r, const char *key); /* a partition's lease was given back */
 void lastlook_rescan(struct obr_relay *r);                     /* scan once writers in progress ended */
+void recent_release_note(struct recent_releases *t, const char *key, int64_t now_ms);
+bool recent_release_within(const struct recent_releases *t, const char *key, int64_t now_ms, int64_t ms);
 
 /* ---- lastlook.c: a stage beside listen (it finds partitions to claim) ---- */
 bool lastlook_wanted(struct obr_relay *r);

@@ -58,6 +58,29 @@ void lastlook_released(struct obr_relay *r, const char *key)
 	keyset_add(&r->lastlook.fresh, key);
 }
 
+static uint64_t key_hash(const char *key)
+{
+	uint64_t h = 1469598103934665603u; /* FNV-1a */
+	for (const char *c = key; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211u;
+	return h ? h : 1;
+}
+
+void recent_release_note(struct recent_releases *t, const char *key, int64_t now_ms)
+{
+	uint64_t h = key_hash(key);
+	size_t i = (size_t)(h % RECENT_RELEASES);
+	t->hash[i] = h;
+	t->at_ms[i] = now_ms;
+}
+
+bool recent_release_within(const struct recent_releases *t, const char *key, int64_t now_ms, int64_t ms)
+{
+	uint64_t h = key_hash(key);
+	size_t i = (size_t)(h % RECENT_RELEASES);
+	return t->hash[i] == h && t->at_ms[i] && now_ms - t->at_ms[i] < ms;
+}
+
 void lastlook_rescan(struct obr_relay *r)
 {
 	r->lastlook.fresh.overflow = true; /* a set with keys left out is looked at with a scan */

@@ -5,7 +5,9 @@
  * send queues their commit on PostgreSQL's cluster-wide notify lock, held through the WAL
  * flush. Released at once, a busy partition is held only while a row is in flight, so most
  * writers still notify. So while the relay delivers OUTBOX_LINGER_MIN_RATE rows/s or more, a
- * partition whose last row is done keeps its lease (LINGERING), and one read-only statement on
+ * busy partition (its previous row written less than OUTBOX_LINGER_MS ago, while held or before
+ * its last release) whose last
+ * row is done keeps its lease (LINGERING), and one read-only statement on
  * the claim connection reads the heads of every lingering partition each OUTBOX_LINGER_POLL_MS
  * (the probe): new rows of a busy partition cost its writers no NOTIFY and the relay no claim.
  * A partition without a row for OUTBOX_LINGER_MS, or once the rate drops, goes to the advance,
@@ -58,10 +60,24 @@ size_t linger_count(const struct obr_relay *r)
 	return part_count(&r->parts, PS_LINGERING) + part_count(&r->parts, PS_PROBING);
 }
 
+/* A partition that rows come to more often than once per OUTBOX_LINGER_MS: its previous row was
+ * written that recently, while held or before its last release. A partition written once in a
+ * while is released at once, as before: lingering on it would cost probes and save nothing. */
+static bool part_busy(const struct obr_relay *r, const struct part *p, int64_t now)
+{
+	int64_t ms = r->cfg->linger_ms;
+	return (p->last_row_ms && now - p->last_row_ms < ms) || recent_release_within(&r->linger.recent, p->key, now, ms);
+}
+
 bool linger_takes(const struct obr_relay *r, const struct part *p)
 {
 	return p->state == PS_DELIVERING && !p->queue && !p->fetched_full && busy(r) &&
-	       linger_count(r) < (size_t)r->cfg->claim_limit;
+	       part_busy(r, p, relay_mono_ms()) && linger_count(r) < (size_t)r->cfg->claim_limit;
+}
+
+void linger_row_written(struct part *p)
+{
+	p->last_row_ms = relay_mono_ms();
 }
 
 static void arm(struct obr_relay *r)
@@ -73,7 +89,6 @@ static void arm(struct obr_relay *r)
 
 void linger_enter(struct obr_relay *r, struct part *p)
 {
-	p->last_row_ms = relay_mono_ms();
 	part_set_state(r, p, PS_LINGERING);
 	if (p->notified)
 		linger_poke(r);
