@@ -167,6 +167,11 @@ pg_cpu_ms() {
     done
   } | awk -v hz="$(getconf CLK_TCK)" '{ t += $1 } END { print t * 1000 / hz }'
 }
+# PostgreSQL's children now; pg_settle N waits (up to 2 s) until at most N are left, so the
+# backends of writers that just disconnected have been reaped into the postmaster's cutime
+# (read before that, an exited backend's CPU is in neither sum)
+pg_children() { pgrep -P "$(head -1 "$work/pgdata/postmaster.pid")" | wc -l; }
+pg_settle() { for _ in $(seq 100); do [ "$(pg_children)" -le "$1" ] && return 0; sleep 0.02; done; }
 # microseconds per row from two pg_cpu_ms readings
 us_per_row() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", n ? (b - a) * 1000 / n : 0 }'; }
 # context switches (voluntary + involuntary) of a pid: its wake-ups, near enough
@@ -234,10 +239,12 @@ run_latency() {
       relay_stop; truncate_all; sink_reset
       quiet
       # the same writers without a relay: what PostgreSQL spends on them alone
-      local p0 p1 p2 p3 wout
+      local p0 p1 p2 p3 wout n0
+      n0=$(pg_children)
       p0=$(pg_cpu_ms)
       wout=$("$work/bench-producer" latency --db "$db" --url "$hook" --rate "$rate" --seconds "$lat_secs" \
                --conns "$conns" --via "$via" --partitions 1000)
+      pg_settle "$n0"
       p1=$(pg_cpu_ms)
       truncate_all
       relay_start
@@ -245,10 +252,12 @@ run_latency() {
       local c0 out j delivered c1 v0 v1
       c0=$(cpu_ms "$relay_pid")
       v0=$(ctx_switches "$relay_pid")
+      n0=$(pg_children)
       p2=$(pg_cpu_ms)
       out=$("$work/bench-producer" latency --db "$db" --url "$hook" --rate "$rate" --seconds "$lat_secs" \
               --conns "$conns" --via "$via" --partitions 1000 --out "$work/commits.txt")
       sink_wait "$(kv rows "$out")" 15
+      pg_settle "$n0"
       p3=$(pg_cpu_ms)
       c1=$(cpu_ms "$relay_pid")
       v1=$(ctx_switches "$relay_pid")
@@ -340,6 +349,8 @@ run_sustained() {
     sleep 0.3
     local c0 c1 out t_end j committed backlog t_drained p0 p1
     c0=$(cpu_ms "$relay_pid")
+    local n0
+    n0=$(pg_children)
     p0=$(pg_cpu_ms)
     out=$("$work/bench-producer" sustained --db "$db" --url "$hook" --writers 4 --seconds "$sus_secs" \
             --partitions 100 --out "$work/commits.txt")
@@ -347,6 +358,7 @@ run_sustained() {
     committed=$(kv rows "$out")
     sink_wait "$committed" 120
     t_drained=$(now_us)
+    pg_settle "$n0"
     p1=$(pg_cpu_ms)
     c1=$(cpu_ms "$relay_pid")
     rec rss relay_peak_rss_mb "$(peak_rss_mb "$relay_pid")"
@@ -460,7 +472,8 @@ run_writers() {
       esac
       sleep 0.3
       c0=$(cpu_ms "$relay_pid")
-      local p0 p1
+      local p0 p1 n0
+      n0=$(pg_children)
       p0=$(pg_cpu_ms)
       out=$("$work/bench-producer" cost --db "$db" --url "$hook" --table "$table" --via "$via" --clients 4 \
               --partitions 100 --seconds "$writers_secs")
@@ -468,6 +481,7 @@ run_writers() {
       if [ "$table" = outbox ]; then
         sent=$(( sent + rows ))
         sink_wait "$sent" 60
+        pg_settle "$n0"
         p1=$(pg_cpu_ms)
         rec writers "${v}_db_cpu_us_per_row_total" "$(us_per_row "$p0" "$p1" "$rows")"
         c1=$(cpu_ms "$relay_pid")

@@ -5,11 +5,11 @@
  * send queues their commit on PostgreSQL's cluster-wide notify lock, held through the WAL
  * flush. Released at once, a busy partition is held only while a row is in flight, so most
  * writers still notify. So while the relay delivers OUTBOX_LINGER_MIN_RATE rows/s or more, a
- * busy partition (its previous row written less than OUTBOX_LINGER_MS ago, while held or before
- * its last release) whose last
- * row is done keeps its lease (LINGERING), and one read-only statement on
- * the claim connection reads the heads of every lingering partition each OUTBOX_LINGER_POLL_MS
- * (the probe): new rows of a busy partition cost its writers no NOTIFY and the relay no claim.
+ * busy partition (its previous row written less than OUTBOX_LINGER_MS ago, while held or
+ * before its last release) whose last row is done keeps its lease (LINGERING), and one
+ * read-only statement on the claim connection reads the heads of every lingering partition
+ * each OUTBOX_LINGER_POLL_MS (the probe): new rows of a busy partition cost its writers no
+ * NOTIFY and the relay no claim.
  * A partition without a row for OUTBOX_LINGER_MS, or once the rate drops, goes to the advance,
  * which releases it (the last look then covers writers that skipped meanwhile). At lower rates
  * nothing lingers and the relay behaves as without it.
@@ -43,7 +43,7 @@ void linger_row_done(struct obr_relay *r)
 }
 
 /* Rows arrive fast enough for lingering to pay: at the minimum rate or above. */
-static bool busy(const struct obr_relay *r)
+static bool fast_enough(const struct obr_relay *r)
 {
 	const struct obr_config *c = r->cfg;
 	if (c->linger_ms <= 0 || r->stopping)
@@ -71,7 +71,7 @@ static bool part_busy(const struct obr_relay *r, const struct part *p, int64_t n
 
 bool linger_takes(const struct obr_relay *r, const struct part *p)
 {
-	return p->state == PS_DELIVERING && !p->queue && !p->fetched_full && busy(r) &&
+	return p->state == PS_DELIVERING && !p->queue && !p->fetched_full && fast_enough(r) &&
 	       part_busy(r, p, relay_mono_ms()) && linger_count(r) < (size_t)r->cfg->claim_limit;
 }
 
@@ -143,12 +143,12 @@ bool linger_probe_send(struct obr_relay *r)
 {
 	r->linger.probe_due = false;
 	int64_t now = relay_mono_ms();
-	bool still_busy = busy(r);
+	bool still_fast = fast_enough(r);
 	struct part *p, *next;
 	for (p = part_first(&r->parts, PS_LINGERING); p; p = next) {
 		next = p->next;
 		/* quiet for the linger time, or rows slowed down: the advance releases it */
-		bool over = !still_busy || now - p->last_row_ms >= r->cfg->linger_ms;
+		bool over = !still_fast || now - p->last_row_ms >= r->cfg->linger_ms;
 		part_set_state(r, p, over ? PS_ADVANCE_WANTED : PS_PROBING);
 		if (!over)
 			p->notified = false; /* what was notified has committed: this probe sees it */
