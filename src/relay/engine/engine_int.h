@@ -293,6 +293,8 @@ void relay_forget_fetched_rows(struct obr_relay *r);
 
 /* ---- listen.c ---- */
 void listen_on_notify(void *arg, const char *channel, const char *payload);
+/* Partition key (normalized) has rows to look at: claim it, or make its holder look again. */
+void listen_wake(struct obr_relay *r, const char key[OBR_KEY_LEN + 1]);
 void listen_on_connected(void *arg);
 void listen_on_disconnected(void *arg, const char *why);
 void listen_check(struct obr_relay *r);

@@ -47,20 +47,8 @@ static void look_found(struct obr_relay *r, const char *key, int64_t due_in_ms)
 		return;
 	}
 	char k[OBR_KEY_LEN + 1];
-	if (strlen(key) != OBR_KEY_LEN)
-		return;
-	memcpy(k, key, sizeof(k));
-	struct part *p = part_get(r, k);
-	if (!p) {
-		r->scan_wanted = true;
-		return;
-	}
-	if (p->state == PS_IDLE || p->state == PS_CLAIM_WANTED)
-		claim_want(r, p);
-	else
-		p->notified = true;
-	if (p->state == PS_LINGERING)
-		linger_poke(r);
+	if (part_key_normalize(key, k))
+		listen_wake(r, k);
 }
 
 static void retry_later(struct obr_relay *r)

@@ -38,8 +38,13 @@ void listen_on_notify(void *arg, const char *channel, const char *payload)
 		obr_log_warn("ignoring notification on channel %s: payload \"%.64s\" is not a partition key", channel, payload);
 		return;
 	}
+	listen_wake(r, key);
+}
+
+void listen_wake(struct obr_relay *r, const char key[OBR_KEY_LEN + 1])
+{
 	struct part *p = part_get(r, key);
-	if (!p) {
+	if (!p) { /* out of memory: a scan finds it */
 		r->scan_wanted = true;
 		relay_kick(r);
 		return;
@@ -47,7 +52,7 @@ void listen_on_notify(void *arg, const char *channel, const char *payload)
 	if (p->state == PS_IDLE || p->state == PS_CLAIM_WANTED)
 		claim_want(r, p);
 	else
-		p->notified = true;
+		p->notified = true; /* held: its holder looks again before letting go */
 	if (p->state == PS_LINGERING)
 		linger_poke(r); /* a writer did not see our lease (or notified anyway): look now */
 	relay_kick(r);
