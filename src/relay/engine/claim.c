@@ -224,7 +224,7 @@ static size_t claim_room(const struct obr_relay *r)
 {
 	/* partitions waiting for a busy host (OUTBOX_HOST_MAX_IN_FLIGHT) take no slot, nor do
 	 * lingering ones (they take one when a probe finds them rows) */
-	size_t held = part_held(&r->parts) - linger_count(r);
+	size_t held = part_held(&r->parts) - part_lingering(&r->parts);
 	size_t waiting = r->host_waiting < held ? r->host_waiting : held;
 	held -= waiting;
 	return (size_t)r->cfg->max_in_flight > held ? (size_t)r->cfg->max_in_flight - held : 0;

@@ -338,7 +338,6 @@ void linger_enter(struct obr_relay *r, struct part *p);
 void linger_poke(struct obr_relay *r);              /* a lingering partition was notified: look now */
 void linger_on_timer(struct obr_relay *r);
 void linger_stop(struct obr_relay *r);              /* shutdown: every lingering partition is let go */
-size_t linger_count(const struct obr_relay *r);     /* lingering and probing partitions */
 bool linger_probe_wanted(struct obr_relay *r);
 bool linger_probe_send(struct obr_relay *r);
 

@@ -55,10 +55,6 @@ static bool fast_enough(const struct obr_relay *r)
 	return r->linger.gap_us * c->linger_min_rate <= 1000000 && now - r->linger.last_row_us < c->linger_ms * 1000;
 }
 
-size_t linger_count(const struct obr_relay *r)
-{
-	return part_count(&r->parts, PS_LINGERING) + part_count(&r->parts, PS_PROBING);
-}
 
 /* A partition that rows come to more often than once per OUTBOX_LINGER_MS: its previous row was
  * written that recently, while held or before its last release. A partition written once in a
@@ -72,7 +68,7 @@ static bool part_busy(const struct obr_relay *r, const struct part *p, int64_t n
 bool linger_takes(const struct obr_relay *r, const struct part *p)
 {
 	return p->state == PS_DELIVERING && !p->queue && !p->fetched_full && fast_enough(r) &&
-	       part_busy(r, p, relay_mono_ms()) && linger_count(r) < (size_t)r->cfg->claim_limit;
+	       part_busy(r, p, relay_mono_ms()) && part_lingering(&r->parts) < (size_t)r->cfg->claim_limit;
 }
 
 void linger_row_written(struct part *p)

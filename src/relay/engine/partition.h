@@ -112,6 +112,11 @@ static inline size_t part_count(const struct part_table *t, enum part_state s)
 {
 	return t->in[s].n;
 }
+/* Held with nothing to deliver after their last row (linger.c): lingering or being probed. */
+static inline size_t part_lingering(const struct part_table *t)
+{
+	return t->in[PS_LINGERING].n + t->in[PS_PROBING].n;
+}
 
 /* Frees the IDLE partitions; called at the end of a loop turn. */
 void part_reap(struct part_table *t);

@@ -488,7 +488,7 @@ const struct obr_relay_stats *obr_relay_stats(struct obr_relay *r)
 	}
 	r->stats.in_flight_requests = obr_sender_in_flight(r->sender);
 	r->stats.leases_held = (int64_t)part_held(&r->parts);
-	r->stats.partitions_lingering = (int64_t)linger_count(r);
+	r->stats.partitions_lingering = (int64_t)part_lingering(&r->parts);
 	r->stats.circuits_open = (int64_t)obr_hosts_open_count(&r->hosts);
 	r->stats.nhosts = 0;
 	for (size_t i = 0; i < r->hosts.nbuckets && r->stats.nhosts < OBR_HOST_STATS; i++)
