@@ -37,11 +37,12 @@ $fn$;
 
 -- 003's UUIDv7 of the time ts and the random bits of g (a version 4 UUID): an expression
 -- PostgreSQL inlines where ts and g are columns or variables (STABLE as extract() is: an
--- IMMUTABLE function of STABLE parts is not inlined).
+-- IMMUTABLE function of STABLE parts is not inlined). Milliseconds and fraction both come from
+-- the one microsecond count, as in 003, so they never disagree at a millisecond's edge.
 CREATE OR REPLACE FUNCTION outbox_uuid7_from(ts timestamptz, g uuid) RETURNS uuid
 LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
     SELECT encode(
-               substring(int8send(floor(extract(epoch FROM ts) * 1000)::bigint) FROM 3)        -- 6 bytes of milliseconds
+               substring(int8send(floor(extract(epoch FROM ts) * 1000000)::bigint / 1000) FROM 3) -- 6 bytes of milliseconds
             || int2send((28672 | (floor(extract(epoch FROM ts) * 1000000)::bigint % 1000) * 4096 / 1000)::int2) -- 0x7000 | 12-bit fraction
             || set_byte(substring(uuid_send(g) FROM 9), 0, (get_byte(uuid_send(g), 8) & 63) | 128), -- variant + random
            'hex')::uuid

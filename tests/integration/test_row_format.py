@@ -115,6 +115,9 @@ def test_sql_uuid7_and_nesting_depth(db):
         h = k.replace("-", "")
         assert h[12] == "7" and h[16] in "89ab", k
         assert abs(int(h[:12], 16) - now_ms) < 5000, (k, now_ms)
+    # a fixed time and random part: 003's layout exactly, at the last microsecond of a millisecond
+    assert db.scalar("SELECT outbox_uuid7_from('2026-01-01 00:00:00.999999+00',"
+                     " '00000000-0000-4000-8000-000000000000')::text") == "019b76da-abe7-7ffb-8000-000000000000"
     disagree = db.query("""
         WITH RECURSIVE g(n, a, o, m) AS (
           SELECT 0, '1'::jsonb, '1'::jsonb, '1'::jsonb
