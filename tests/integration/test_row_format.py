@@ -17,17 +17,22 @@ CASES = json.loads((Path(os.environ.get("OBR_SOURCE_ROOT", Path(__file__).parent
 PLACEHOLDER_URL = "http://127.0.0.1:9/a"  # the HTTP URL the cases use; the sink's in the relay test
 
 
-def _enqueue(cur, case) -> str | None:
-    """None when outbox_enqueue accepts the case's row, else the error it raised."""
+def _attempt(cur, sql: str, args: tuple) -> str | None:
+    """None when the statement succeeds, else the error it raised (rolled back to before it)."""
     cur.execute("SAVEPOINT c")
     try:
-        cur.execute("SELECT outbox_enqueue(%s::uuid, %s::jsonb, 'p', %s::jsonb)",
-                    (str(uuid7()), case["destinations"], case["headers"]))
+        cur.execute(sql, args)
         cur.execute("RELEASE SAVEPOINT c")
         return None
     except psycopg2.Error as e:
         cur.execute("ROLLBACK TO SAVEPOINT c")
         return str(e).strip()
+
+
+def _enqueue(cur, case) -> str | None:
+    """None when outbox_enqueue accepts the case's row, else the error it raised."""
+    return _attempt(cur, "SELECT outbox_enqueue(%s::uuid, %s::jsonb, 'p', %s::jsonb)",
+                    (str(uuid7()), case["destinations"], case["headers"]))
 
 
 def test_sql_helpers_refuse_what_liboutbox_refuses(db):
@@ -58,21 +63,15 @@ def _http_args(case) -> tuple | None:
 
 
 def _enqueue_http(cur, args) -> str | None:
-    cur.execute("SAVEPOINT c")
-    try:
-        cur.execute("SELECT outbox_enqueue_http(%s::uuid, %s, 'p', %s, %s::jsonb)", (str(uuid7()),) + args)
-        cur.execute("RELEASE SAVEPOINT c")
-        return None
-    except psycopg2.Error as e:
-        cur.execute("ROLLBACK TO SAVEPOINT c")
-        return str(e).strip()
+    return _attempt(cur, "SELECT outbox_enqueue_http(%s::uuid, %s, 'p', %s, %s::jsonb)", (str(uuid7()),) + args)
 
 
 def test_sql_helpers_answer_the_same_the_second_time(db):
     """sql/011 checks a destination and a row once per session and remembers what passed: every
     case run twice in one session gets the same answer both times, through outbox_enqueue and,
-    for a single HTTP destination, through outbox_enqueue_http; the remembered checks survive
-    only what committed."""
+    for a single HTTP destination, through outbox_enqueue_http; and a destination that
+    outbox_http_destination alone accepted does not let outbox_enqueue_http skip the row's own
+    check (64 headers of its own, 65 with x-idempotent-key)."""
     conn = db.conn(autocommit=True)
     wrong, http_cases = [], 0
     with conn.cursor() as cur:

@@ -335,8 +335,7 @@ void linger_row_written(struct part *p);            /* ... it was p's */
  * advanced (and so released, when nothing is pending). */
 bool linger_takes(const struct obr_relay *r, const struct part *p);
 void linger_enter(struct obr_relay *r, struct part *p);
-void linger_poke(struct obr_relay *r);              /* a lingering partition was notified: look now */
-void linger_on_timer(struct obr_relay *r);
+void linger_poke(struct obr_relay *r);              /* probe now: notified, or the poll interval is over */
 void linger_stop(struct obr_relay *r);              /* shutdown: every lingering partition is let go */
 bool linger_probe_wanted(struct obr_relay *r);
 bool linger_probe_send(struct obr_relay *r);

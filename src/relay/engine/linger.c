@@ -97,11 +97,6 @@ void linger_poke(struct obr_relay *r)
 	relay_kick(r);
 }
 
-void linger_on_timer(struct obr_relay *r)
-{
-	linger_poke(r);
-}
-
 void linger_stop(struct obr_relay *r)
 {
 	struct part *p;

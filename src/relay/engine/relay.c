@@ -174,7 +174,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 static void on_linger(evutil_socket_t fd, short what, void *arg)
 {
-	linger_on_timer(arg);
+	linger_poke(arg); /* the poll interval is over */
 }
 
 static void on_lastlook(evutil_socket_t fd, short what, void *arg)
